@@ -1,0 +1,1 @@
+"""The cloud large-model service: full-quality generation and speculative verification."""

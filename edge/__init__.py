@@ -1,0 +1,1 @@
+"""The on-device runtime: model backends behind one interface and the edge service."""

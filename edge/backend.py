@@ -1,0 +1,60 @@
+"""The interface every edge backend implements, and the registry that picks one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tandem.shared.sampling import TokenSampler
+from tandem.shared.tier_service import GeneratedToken
+
+if TYPE_CHECKING:
+    from tandem.edge.config import EdgeConfig
+    from tandem.shared.models import ModelSource
+
+
+@dataclass(frozen=True)
+class DraftResult:
+    tokens: list[int]
+    probs: list[float]
+    cached_tokens: int  # prefix tokens whose KV was reused
+    computed_tokens: int  # tokens run through the model
+
+
+class EdgeBackend(ABC):
+    """A model that generates token streams and drafts continuations of a sequence."""
+
+    #: Weight format reported by Info (e.g. "Q4_1").
+    dtype: str = ""
+
+    @abstractmethod
+    def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
+                 session_id: str) -> AsyncIterator[GeneratedToken]:
+        """Sampled tokens after ``prompt_ids`` until the consumer stops iterating."""
+
+    @abstractmethod
+    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
+                    stop_ids: frozenset[int]) -> DraftResult:
+        """Up to ``num_tokens`` tokens after ``tokens`` (ending early at a ``stop_ids`` token),
+        reusing cached KV for the longest common prefix with the previous call, so rejected
+        drafts are rolled back rather than the prefix re-processed."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    def close(self) -> None:
+        """Release the model."""
+
+
+def create_backend(config: EdgeConfig, source: ModelSource) -> EdgeBackend:
+    """Instantiate the configured backend (registry lookup, no fallback)."""
+    from tandem.edge.llama_cpp_backend import LlamaCppBackend
+
+    backends: dict[str, type[EdgeBackend]] = {LlamaCppBackend.name: LlamaCppBackend}
+    cls = backends.get(config.backend)
+    if cls is None:
+        raise ValueError(f"unknown edge backend {config.backend!r}; known: {sorted(backends)}")
+    return cls.from_config(config, source)  # type: ignore[attr-defined]

@@ -1,0 +1,114 @@
+"""The default edge backend: a GGUF model run by llama.cpp (llama-cpp-python).
+
+One llama.cpp context holds one sequence; requests take turns on it (an asyncio lock)
+and each call re-uses the KV of the longest common prefix with the previous one, so a
+speculative session continues without re-processing and rolls back rejected drafts by
+truncating the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tandem.edge.backend import DraftResult, EdgeBackend
+from tandem.shared.sampling import TokenSampler
+from tandem.shared.tier_service import GeneratedToken
+
+if TYPE_CHECKING:
+    from tandem.edge.config import EdgeConfig
+    from tandem.shared.models import ModelSource
+
+
+class LlamaCppBackend(EdgeBackend):
+    name = "llama.cpp"
+
+    def __init__(self, model_path: str, context_window: int, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=model_path, n_ctx=context_window, n_threads=threads,
+                         n_threads_batch=threads, logits_all=False, verbose=False)
+        self.dtype = _file_type(self.llm)
+        self._n_vocab = self.llm.n_vocab()
+        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-model")
+
+    @classmethod
+    def from_config(cls, config: EdgeConfig, source: ModelSource) -> LlamaCppBackend:
+        if not source.is_gguf:
+            raise ValueError(f"the llama.cpp backend needs a .gguf model, got {source.path}")
+        return cls(str(source.path), config.context_window, config.threads or os.cpu_count() or 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    def _eval_after_prefix(self, tokens: Sequence[int]) -> tuple[int, np.ndarray]:
+        """Make the context hold ``tokens``; returns (reused prefix length, last logits)."""
+        cached = self.llm.input_ids[: self.llm.n_tokens]
+        reuse = 0
+        limit = min(len(cached), len(tokens) - 1)  # the last token is re-run for its logits
+        while reuse < limit and cached[reuse] == tokens[reuse]:
+            reuse += 1
+        self.llm.n_tokens = reuse  # eval() drops the KV past n_tokens before appending
+        self.llm.eval(list(tokens[reuse:]))
+        return reuse, self._last_logits()
+
+    def _eval_one(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return self._last_logits()
+
+    def _last_logits(self) -> np.ndarray:
+        # logits of the last evaluated position: [V] (a view into llama.cpp's buffer)
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self._n_vocab,))
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
+                       session_id: str) -> AsyncIterator[GeneratedToken]:
+        async with self._lock:
+            _, logits = await self._run(self._eval_after_prefix, prompt_ids)
+            while True:
+                token, logprob, _ = sampler.sample(logits)
+                yield GeneratedToken(token, logprob)
+                logits = await self._run(self._eval_one, token)
+
+    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
+                    stop_ids: frozenset[int]) -> DraftResult:
+        async with self._lock:
+            return await self._run(self._draft_sync, tokens, num_tokens, sampler, stop_ids)
+
+    def _draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
+                    stop_ids: frozenset[int]) -> DraftResult:
+        reuse, logits = self._eval_after_prefix(tokens)
+        computed = len(tokens) - reuse
+        drafted: list[int] = []
+        probs: list[float] = []
+        for i in range(num_tokens):
+            token, _, prob = sampler.sample(logits)
+            drafted.append(token)
+            probs.append(prob)
+            if token in stop_ids or i == num_tokens - 1:
+                break
+            logits = self._eval_one(token)
+            computed += 1
+        return DraftResult(drafted, probs, reuse, computed)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.llm.close()
+
+
+def _file_type(llm: Any) -> str:
+    """The GGUF's weight format name (e.g. "Q4_1") from its metadata."""
+    ftype = llm.metadata.get("general.file_type")
+    names = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0",
+             "9": "Q5_1", "10": "Q2_K", "11": "Q3_K_S", "12": "Q3_K_M", "13": "Q3_K_L",
+             "14": "Q4_K_S", "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K"}
+    return names.get(str(ftype), f"ftype {ftype}")

@@ -1,0 +1,34 @@
+"""`tandem serve edge`: load the edge model and serve the Edge gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from tandem.edge.backend import create_backend
+from tandem.edge.config import EdgeConfig
+from tandem.edge.service import EdgeServicer
+from tandem.shared.grpc_server import serve
+from tandem.shared.log import setup_logging
+from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
+from tandem.v1 import edge_pb2_grpc
+
+
+async def run(config: EdgeConfig) -> None:
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source)
+    backend = create_backend(config, source)
+    registry = CollectorRegistry()
+    servicer = EdgeServicer(config, backend, tokenizer, eos_token_ids(tokenizer), registry)
+    try:
+        await serve("edge", config,
+                    lambda server: edge_pb2_grpc.add_EdgeServicer_to_server(servicer, server),
+                    registry)
+    finally:
+        backend.close()
+
+
+def main(config: EdgeConfig) -> None:
+    setup_logging("edge", config.log_level)
+    asyncio.run(run(config))

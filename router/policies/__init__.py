@@ -1,0 +1,1 @@
+"""Routing policies: one module per policy, one registry (see base.py)."""

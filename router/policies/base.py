@@ -1,0 +1,110 @@
+"""The policy interface, the request/outcome types policies share, and the registry.
+
+A policy turns a validated request into a stream of answer chunks, each labelled with
+the tier that produced it, and records usage and its decision in the Outcome. Policies
+talk to the tiers only through a ``Tiers`` object, so they run inside the router service
+and in-process in the edge SDK alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tandem.shared.deadlines import Deadline
+from tandem.shared.sampling import SamplingParams
+from tandem.v1 import common_pb2, router_pb2
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tandem.router.config import RouterConfig
+    from tandem.router.tiers import Tiers
+
+
+@dataclass(frozen=True)
+class RoutedRequest:
+    """A request after validation and prompt rendering."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    deadline: Deadline
+    tenant: str = ""
+
+    def tier_request(self, logprobs: bool = False) -> common_pb2.TierGenerateRequest:
+        return common_pb2.TierGenerateRequest(
+            prompt_tokens=common_pb2.TokenIds(ids=self.prompt_ids),
+            sampling=self.sampling.to_pb(), logprobs=logprobs, tenant=self.tenant,
+            session_id=self.request_id)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of the answer and the tier that produced it."""
+
+    tier: int  # common_pb2.Tier
+    text: str
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """What a policy reports besides the chunks (filled in while it runs)."""
+
+    policy: str
+    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    usage: common_pb2.Usage = field(default_factory=common_pb2.Usage)
+    timings: common_pb2.Timings = field(default_factory=common_pb2.Timings)
+    decision: router_pb2.RoutingDecision = field(default_factory=router_pb2.RoutingDecision)
+
+    def __post_init__(self) -> None:
+        self.decision.policy = self.policy
+
+
+class Policy(ABC):
+    """Decides which tiers answer a request."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+        """Stream the answer; closing the iterator early must stop all tier work."""
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, tokenizer: PreTrainedTokenizerBase) -> Policy:
+        return cls()
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def create_policies(config: RouterConfig,
+                    tokenizer: PreTrainedTokenizerBase) -> dict[str, Policy]:
+    """One instance of every registered policy, configured from ``config``."""
+    from tandem.router.policies import cascade, single_tier, speculative  # noqa: F401 - registers
+
+    return {name: cls.from_config(config, tokenizer) for name, cls in POLICIES.items()}
+
+
+def add_tier_chunk(outcome: Outcome, chunk: common_pb2.TierGenerateChunk, tier: int) -> Any:
+    """Account one tier chunk; returns the answer Chunk (or None when it carries nothing)."""
+    if tier == common_pb2.TIER_EDGE:
+        outcome.usage.edge_tokens += len(chunk.token_ids)
+        outcome.usage.edge_generated_tokens += len(chunk.token_ids)
+    else:
+        outcome.usage.cloud_tokens += len(chunk.token_ids)
+    if chunk.finish_reason:
+        outcome.finish_reason = chunk.finish_reason
+        if tier == common_pb2.TIER_CLOUD:
+            outcome.usage.cloud_forward_passes += chunk.forward_passes
+    if chunk.text or chunk.token_ids:
+        return Chunk(tier, chunk.text, tuple(chunk.token_ids))
+    return None

@@ -1,0 +1,105 @@
+"""Tandem's error types and the one table that maps them to gRPC status codes.
+
+Code raises these; the ``ErrorMappingInterceptor`` turns them into statuses at the
+service boundary. Anything not in the table is a bug and becomes INTERNAL (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+
+class TandemError(Exception):
+    """Base of errors that carry a deliberate gRPC status."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(TandemError, ValueError):
+    """The client sent something we will not process; the message names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceExhausted(TandemError):
+    """Overload, queue or rate limits."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(TandemError):
+    """A dependency (another tier, the state store) cannot be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(TandemError):
+    """The system is not in a state to run the request (e.g. incompatible tiers)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UpstreamError(TandemError):
+    """A call to another Tandem service failed; its status is passed on."""
+
+    def __init__(self, service: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{service}: {details}")
+        self.code = code
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, TandemError):
+        return exc.code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Aborts RPCs with the status of the Tandem error they raised."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
+                    await _abort(context, method, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
+                    await _abort(context, method, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.exception("unhandled error in %s", method)
+    await context.abort(code, message)

@@ -1,0 +1,129 @@
+"""Starting Tandem services (and redis-server) as child processes and waiting until
+they serve: used by `tandem up` and by the test fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ServiceFailed(RuntimeError):
+    """A child service exited or did not become ready in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(address: str, timeout: float = 2.0) -> int:
+    """The grpc.health.v1 status of ``address`` (raises grpc.RpcError when unreachable)."""
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    return int(reply.status)
+
+
+class ServiceProcess:
+    """`tandem serve NAME` in a child process, with its readiness file and log file."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.ready_file = workdir / f"{name}.ready.json"
+        self.log_path = workdir / f"{name}.log"
+        self.ready_file.unlink(missing_ok=True)
+        self._log: IO[bytes] = open(self.log_path, "wb")
+        command = [sys.executable, "-m", "tandem.shared.cli.main", "serve", name,
+                   "--ready-file", str(self.ready_file), *args]
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.address = ""
+        self.metrics_port: int | None = None
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the service is SERVING; raise ServiceFailed (with its log) if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceFailed(f"{self.name} exited with code {self.proc.returncode}:\n"
+                                    f"{self.log_tail()}")
+            if self.ready_file.exists():
+                info = json.loads(self.ready_file.read_text())
+                self.address, self.metrics_port = info["address"], info["metrics_port"]
+                try:
+                    if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass  # listening but not answering yet: poll again
+            time.sleep(0.1)
+        raise ServiceFailed(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the service drains), then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class RedisProcess:
+    """A throw-away redis-server on loopback (no persistence)."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not on PATH (Debian package redis-server)")
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.log_path = workdir / "redis.log"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), "--logfile", str(self.log_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceFailed(f"redis-server exited with code {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.05)
+        raise ServiceFailed(f"redis-server not ready after {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,24 @@
+"""Settings every Tandem gRPC service has (the component configs extend this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.shared.config import option
+
+
+@dataclass
+class ServiceConfig:
+    host: str = option("127.0.0.1", "Interface to listen on.")
+    port: int = option(0, "gRPC port; 0 picks a free one (see --ready-file).")
+    metrics_port: int = option(0, "Prometheus /metrics port; 0 picks a free one, -1 disables.")
+    ready_file: str | None = option(
+        None, "Write {address, metrics_port} as JSON here once the service is SERVING.")
+    log_level: str = option("info", "Log level: debug, info, warning, error.")
+    drain_seconds: float = option(5.0, "On SIGTERM, let in-flight RPCs finish for this long.")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.drain_seconds < 0:
+            raise ValueError("drain_seconds must be >= 0")

@@ -1,0 +1,131 @@
+"""The Generate/GenerateStream behaviour shared by the edge and cloud services.
+
+A tier backend only turns prompt token ids into a stream of sampled tokens; this module
+validates requests, renders prompts, detokenizes, applies stop strings and max_tokens,
+and builds the protobuf replies, identically for both tiers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tandem.shared.errors import InvalidArgument
+from tandem.shared.prompting import PromptInput, render
+from tandem.shared.sampling import SamplingParams, TokenSampler
+from tandem.shared.text import IncrementalDetokenizer, StopStringMatcher
+from tandem.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    token: int
+    logprob: float
+
+
+class TokenGenerator(Protocol):
+    """What a tier backend provides: sampled tokens continuing ``prompt_ids``.
+
+    The generator runs until the consumer stops iterating (closing it must stop the model
+    work and free the request's state).
+    """
+
+    def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
+                 session_id: str) -> AsyncIterator[GeneratedToken]: ...
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    context_window: int
+    max_tokens_cap: int
+    default_max_tokens: int
+
+
+class TierGenerateHandler:
+    """Runs TierGenerateRequests against a backend."""
+
+    def __init__(self, backend: TokenGenerator, tokenizer: PreTrainedTokenizerBase,
+                 limits: TierLimits, eos_token_ids: Sequence[int]) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.eos_token_ids = frozenset(eos_token_ids)
+
+    def prepare(self, request: common_pb2.TierGenerateRequest) -> tuple[list[int], SamplingParams]:
+        """Validate and render a request before any model work; raises InvalidArgument."""
+        sampling = SamplingParams.from_pb(
+            request.sampling, default_max_tokens=self.limits.default_max_tokens,
+            max_tokens_cap=self.limits.max_tokens_cap)
+        prompt = PromptInput.from_pb(request, vocab_size=len(self.tokenizer))
+        prompt_ids = render(self.tokenizer, prompt)
+        check_context(len(prompt_ids), sampling.max_tokens, self.limits.context_window)
+        return prompt_ids, sampling
+
+    async def stream(self, request: common_pb2.TierGenerateRequest
+                     ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        started = time.perf_counter_ns()
+        prompt_ids, sampling = self.prepare(request)
+        detok = IncrementalDetokenizer(
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        stops = StopStringMatcher(sampling.stop)
+        finish = common_pb2.FINISH_REASON_LENGTH
+        produced, first_token_ns = 0, 0
+        tokens = self.backend.generate(prompt_ids, TokenSampler(sampling), request.session_id)
+        try:
+            async for item in tokens:
+                if item.token in self.eos_token_ids:
+                    finish = common_pb2.FINISH_REASON_STOP
+                    break
+                produced += 1
+                first_token_ns = first_token_ns or time.perf_counter_ns() - started
+                text = stops.feed(detok.push([item.token]))
+                chunk = common_pb2.TierGenerateChunk(token_ids=[item.token], text=text)
+                if request.logprobs:
+                    chunk.logprobs.append(item.logprob)
+                if stops.stopped:
+                    finish = common_pb2.FINISH_REASON_STOP
+                    yield chunk
+                    break
+                if produced >= sampling.max_tokens:
+                    yield chunk
+                    break
+                yield chunk
+        finally:
+            await tokens.aclose()
+        yield common_pb2.TierGenerateChunk(
+            text=stops.flush(), finish_reason=finish, prompt_tokens=len(prompt_ids),
+            # One prefill pass, then one pass per token after the first.
+            forward_passes=max(produced, 1),
+            timings=common_pb2.Timings(first_token_ns=first_token_ns,
+                                       total_ns=time.perf_counter_ns() - started))
+
+    async def generate(self, request: common_pb2.TierGenerateRequest
+                       ) -> common_pb2.TierGenerateResponse:
+        response = common_pb2.TierGenerateResponse()
+        parts: list[str] = []
+        async for chunk in self.stream(request):
+            parts.append(chunk.text)
+            response.token_ids.extend(chunk.token_ids)
+            response.logprobs.extend(chunk.logprobs)
+            if chunk.finish_reason:
+                response.finish_reason = chunk.finish_reason
+                response.prompt_tokens = chunk.prompt_tokens
+                response.forward_passes = chunk.forward_passes
+                response.timings.CopyFrom(chunk.timings)
+        response.text = "".join(parts)
+        return response
+
+
+def check_context(prompt_tokens: int, max_tokens: int, context_window: int) -> None:
+    if prompt_tokens >= context_window:
+        raise InvalidArgument(
+            f"prompt: {prompt_tokens} tokens do not fit the context window of {context_window}")
+    if prompt_tokens + max_tokens > context_window:
+        raise InvalidArgument(
+            f"max_tokens: prompt ({prompt_tokens}) + max_tokens ({max_tokens}) exceeds the "
+            f"context window of {context_window}")
