@@ -58,7 +58,7 @@ def response_to_json(response: router_pb2.GenerateResponse) -> dict[str, Any]:
         .removeprefix("FINISH_REASON_").lower(),
         "decision": MessageToDict(response.decision, preserving_proto_field_name=True,
                                   always_print_fields_with_no_presence=True),
-        "timings_ms": {k: round(getattr(response.timings, k) / 1e6, 2)
+        "timings_ms": {k.removesuffix("_ns"): round(getattr(response.timings, k) / 1e6, 2)
                        for k in ("first_token_ns", "total_ns", "edge_ns", "cloud_ns",
                                  "overhead_ns")},
         "session_id": response.session_id,

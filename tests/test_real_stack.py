@@ -1,0 +1,192 @@
+"""End to end on the real SmolLM2-135M stack: cloud (transformers, fp32), edge
+(llama.cpp Q4_1) and router (Redis state), each a real gRPC server on a free port."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from tandem.shared.cli.ask import build_request
+from tandem.shared.process import health_status
+from tandem.v1 import common_pb2, router_pb2
+
+pytestmark = pytest.mark.real_model
+
+# Prompts written for these tests only; none is used anywhere else in the project.
+UNSEEN_PROMPTS = [
+    "Name two animals that live in the Arctic.",
+    "Write one sentence about why bridges need maintenance.",
+    "What does a thermometer measure?",
+    "Give a short tip for learning to play the guitar.",
+]
+
+
+def ask(stack, prompt, **params):
+    return stack.router.Generate(build_request(prompt, **params), timeout=300)
+
+
+def metric(stack, service, name, labels=""):
+    """A counter's value from a service's own Prometheus endpoint."""
+    port = stack[service].metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.M)
+    match = pattern.search(text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_every_service_reports_serving(real_stack):
+    for name in ("cloud", "edge", "router"):
+        assert health_status(real_stack[name].address) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("prompt", UNSEEN_PROMPTS)
+def test_speculative_greedy_output_is_the_cloud_output(real_stack, prompt):
+    cloud = ask(real_stack, prompt, policy="cloud", temperature=0.0, max_tokens=40)
+    spec = ask(real_stack, prompt, policy="speculative", temperature=0.0, max_tokens=40)
+    assert spec.text == cloud.text
+    assert [t for s in spec.segments for t in s.token_ids] == \
+        [t for s in cloud.segments for t in s.token_ids]
+    assert spec.finish_reason == cloud.finish_reason
+    # The point of speculation: fewer cloud passes than tokens.
+    produced = spec.usage.edge_tokens + spec.usage.cloud_tokens
+    assert spec.usage.cloud_forward_passes < produced
+    assert {s.tier for s in spec.segments} <= {common_pb2.TIER_EDGE, common_pb2.TIER_CLOUD}
+
+
+def test_edge_and_cloud_policies_label_their_tier(real_stack):
+    edge = ask(real_stack, "Say hello.", policy="edge", max_tokens=16)
+    cloud = ask(real_stack, "Say hello.", policy="cloud", max_tokens=16)
+    assert edge.text and [s.tier for s in edge.segments] == [common_pb2.TIER_EDGE]
+    assert edge.usage.cloud_forward_passes == 0 and edge.usage.edge_tokens > 0
+    assert cloud.text and [s.tier for s in cloud.segments] == [common_pb2.TIER_CLOUD]
+    assert cloud.usage.cloud_tokens == len(cloud.segments[0].token_ids)
+
+
+def test_cascade_escalates_below_threshold_only(real_stack):
+    reply = ask(real_stack, "Describe the colour blue to someone.", policy="cascade", max_tokens=24)
+    d = reply.decision
+    assert 0.0 <= d.score <= 1.0
+    assert d.escalated == (d.score < d.threshold)
+    expected_tier = common_pb2.TIER_CLOUD if d.escalated else common_pb2.TIER_EDGE
+    assert [s.tier for s in reply.segments] == [expected_tier]
+    assert reply.usage.edge_generated_tokens > 0
+
+
+BAD_REQUESTS = [
+    (dict(prompt=""), "prompt"),
+    (dict(prompt="hi", max_tokens=0), "max_tokens"),
+    (dict(prompt="hi", max_tokens=-5), "max_tokens"),
+    (dict(prompt="hi", max_tokens=100_000), "max_tokens"),
+    (dict(prompt="hi", temperature=-1.0), "temperature"),
+    (dict(prompt="hi", temperature=float("nan")), "temperature"),
+    (dict(prompt="hi", top_p=0.0), "top_p"),
+    (dict(prompt="hi", top_p=1.5), "top_p"),
+    (dict(prompt="hi", policy="fastest"), "policy"),
+    (dict(prompt="word " * 9000), "prompt"),
+    (dict(prompt="word " * 5000, max_tokens=4000), "max_tokens"),
+    (dict(prompt="hi", session="not a valid id!"), "session_id"),
+]
+
+
+@pytest.mark.parametrize("fields, field_name", BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_and_stores_nothing(real_stack, fields, field_name):
+    fields = dict(fields)
+    prompt = fields.pop("prompt")
+    session = f"bad-{time.monotonic_ns()}" if "session" not in fields else fields.pop("session")
+    before = metric(real_stack, "cloud", "tandem_cloud_requests_total", '{method="GenerateStream"}')
+    with pytest.raises(grpc.RpcError) as err:
+        ask(real_stack, prompt, session=session, **fields)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field_name}:")
+    # No model work was started and the session was not created.
+    assert metric(real_stack, "cloud", "tandem_cloud_requests_total",
+                  '{method="GenerateStream"}') == before
+    if re.fullmatch(r"[A-Za-z0-9._:-]+", session):
+        follow_up = ask(real_stack, "Reply with OK.", session=session, policy="edge", max_tokens=4)
+        fresh = ask(real_stack, "Reply with OK.", policy="edge", max_tokens=4)
+        assert follow_up.usage.prompt_tokens == fresh.usage.prompt_tokens
+
+
+def test_session_continues_across_calls(real_stack):
+    session = f"chat-{time.monotonic_ns()}"
+    first = ask(real_stack, "My favourite fruit is mango.", session=session, policy="cloud",
+                max_tokens=12)
+    second = ask(real_stack, "What is my favourite fruit?", session=session, policy="cloud",
+                 max_tokens=12)
+    alone = ask(real_stack, "What is my favourite fruit?", policy="cloud", max_tokens=12)
+    # The second turn saw the first turn and its answer (longer prompt than alone).
+    assert second.usage.prompt_tokens >= alone.usage.prompt_tokens + \
+        first.usage.cloud_tokens + 5
+    assert second.session_id == session
+
+
+def test_cancelled_stream_stops_cloud_generation(real_stack):
+    labels = '{method="GenerateStream"}'
+    before = metric(real_stack, "cloud", "tandem_cloud_generated_tokens_total", labels)
+    request = router_pb2.GenerateRequest(
+        prompt="1, 2, 3, 4, 5, 6, 7, 8,", raw_prompt=True, policy="cloud",
+        sampling=common_pb2.SamplingParams(max_tokens=2000, temperature=0.0))
+    stream = real_stack.router.GenerateStream(request, timeout=300)
+    received = [next(stream) for _ in range(3)]
+    assert all(not c.done for c in received)
+    stream.cancel()
+    time.sleep(2.0)
+    settled = metric(real_stack, "cloud", "tandem_cloud_generated_tokens_total", labels)
+    time.sleep(2.0)
+    later = metric(real_stack, "cloud", "tandem_cloud_generated_tokens_total", labels)
+    assert later == settled, "the cloud kept generating after the client cancelled"
+    assert settled - before < 200  # it stopped long before max_tokens=2000
+
+
+def test_deadline_bounds_the_whole_request(real_stack):
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        real_stack.router.Generate(build_request("Write a long essay about rivers.",
+                                                 policy="cloud", max_tokens=2000), timeout=1.0)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 10
+
+
+def test_concurrent_requests_are_all_answered(real_stack):
+    results, errors = [], []
+
+    def worker(policy):
+        try:
+            results.append(ask(real_stack, "Name a colour.", policy=policy, max_tokens=8))
+        except grpc.RpcError as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,))
+               for p in ("edge", "cloud", "speculative", "cascade") * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and len(results) == 8 and all(r.text for r in results)
+
+
+def test_ask_cli_json_and_error_exit(real_stack):
+    router = real_stack["router"].address
+    cli = [sys.executable, "-m", "tandem.shared.cli.main", "ask", "--router", router]
+    ok = subprocess.run([*cli, "--json", "--policy", "speculative", "--max-tokens", "16",
+                         "--temperature", "0", "What is rain?"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    answer = json.loads(ok.stdout)
+    assert answer["policy"] == "speculative" and answer["text"]
+    assert "".join(s["text"] for s in answer["segments"]) == answer["text"]
+    assert {s["tier"] for s in answer["segments"]} <= {"edge", "cloud"}
+    assert answer["usage"]["cloud_forward_passes"] >= 1
+    bad = subprocess.run([*cli, "--top-p", "2", "hi"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "top_p" in bad.stderr
