@@ -57,10 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
-    from tandem.shared.cli import ask, up
+    from tandem.shared.cli import ask, bench, up
 
     up.add_parser(sub)
     ask.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -53,12 +53,12 @@ class LocalStack:
             state = self.redis.url
         else:
             print("state store: in-memory (redis-server not used); sessions live in the router "
-                  "process only", flush=True)
+                  "process only", file=sys.stderr, flush=True)
         a = self.args
         cloud = ServiceProcess("cloud", self._common(a.cloud_port), self.workdir)
         edge = ServiceProcess("edge", self._common(a.edge_port), self.workdir)
         self.services += [cloud, edge]
-        print(f"starting cloud and edge (logs in {self.workdir}) ...", flush=True)
+        print(f"starting cloud and edge (logs in {self.workdir}) ...", file=sys.stderr, flush=True)
         cloud.wait_ready(READY_TIMEOUT_S)
         edge.wait_ready(READY_TIMEOUT_S)
         router = ServiceProcess("router", [
@@ -107,5 +107,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem up: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("stopping the stack ...", flush=True)
+        print("stopping the stack ...", file=sys.stderr, flush=True)
         stack.stop()
