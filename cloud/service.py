@@ -3,55 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
 from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import CloudEngine, validate_verify
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_service import TierGenerateHandler, TierLimits
+from tandem.shared.tier_servicer import TierServicer
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2
 
 
-class CloudServicer(cloud_pb2_grpc.CloudServicer):
+class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
     def __init__(self, config: CloudConfig, engine: CloudEngine, tokenizer: object,
                  eos_token_ids: list[int], vocab_size: int, registry: CollectorRegistry) -> None:
         self.config = config
         self.engine = engine
-        self.eos_token_ids = eos_token_ids
         self.vocab_size = vocab_size
         limits = TierLimits(config.context_window, config.max_tokens_cap, config.default_max_tokens)
-        self.handler = TierGenerateHandler(engine, tokenizer, limits, eos_token_ids)  # type: ignore[arg-type]
-        self.requests = Counter("tandem_cloud_requests", "Cloud RPCs by method.", ["method"],
-                                registry=registry)
-        self.tokens = Counter("tandem_cloud_generated_tokens",
-                              "Tokens the cloud model produced (Verify: accepted + next).",
-                              ["method"], registry=registry)
-        self.forward_passes = Counter("tandem_cloud_forward_passes",
-                                      "Forward passes of the cloud model.", ["method"],
-                                      registry=registry)
+        info = common_pb2.ModelInfo(
+            model=config.model, backend="torch", dtype=config.dtype,
+            context_window=config.context_window, vocab_size=vocab_size,
+            eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
+        super().__init__("cloud", TierGenerateHandler(engine, tokenizer, limits, eos_token_ids),  # type: ignore[arg-type]
+                         info, registry)
         self.sessions = Gauge("tandem_cloud_sessions", "Speculative sessions with cached KV.",
                               registry=registry)
         self.sessions.set_function(lambda: len(engine.sessions))
-
-    async def Generate(self, request: common_pb2.TierGenerateRequest,
-                       context: grpc.aio.ServicerContext) -> common_pb2.TierGenerateResponse:
-        self.requests.labels("Generate").inc()
-        response = await self.handler.generate(request)
-        self.tokens.labels("Generate").inc(len(response.token_ids))
-        self.forward_passes.labels("Generate").inc(response.forward_passes)
-        return response
-
-    async def GenerateStream(self, request: common_pb2.TierGenerateRequest,
-                             context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        self.requests.labels("GenerateStream").inc()
-        async for chunk in self.handler.stream(request):
-            self.tokens.labels("GenerateStream").inc(len(chunk.token_ids))
-            self.forward_passes.labels("GenerateStream").inc(chunk.forward_passes)
-            yield chunk
 
     async def Verify(self, request: cloud_pb2.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> cloud_pb2.VerifyResponse:
@@ -75,10 +54,3 @@ class CloudServicer(cloud_pb2_grpc.CloudServicer):
                          context: grpc.aio.ServicerContext) -> cloud_pb2.EndSessionResponse:
         found = self.engine.sessions.drop(request.tenant, request.session_id)
         return cloud_pb2.EndSessionResponse(found=found)
-
-    async def Info(self, request: common_pb2.InfoRequest,
-                   context: grpc.aio.ServicerContext) -> common_pb2.ModelInfo:
-        return common_pb2.ModelInfo(
-            model=self.config.model, backend="torch", dtype=self.config.dtype,
-            context_window=self.config.context_window, vocab_size=self.vocab_size,
-            eos_token_ids=self.eos_token_ids, max_tokens_cap=self.config.max_tokens_cap)

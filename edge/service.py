@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from tandem.edge.backend import EdgeBackend
 from tandem.edge.config import EdgeConfig
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_service import TierGenerateHandler, TierLimits
+from tandem.shared.tier_servicer import TierServicer
 from tandem.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 
-class EdgeServicer(edge_pb2_grpc.EdgeServicer):
+class EdgeServicer(TierServicer, edge_pb2_grpc.EdgeServicer):
     def __init__(self, config: EdgeConfig, backend: EdgeBackend, tokenizer: object,
                  eos_token_ids: list[int], registry: CollectorRegistry) -> None:
         self.config = config
         self.backend = backend
-        self.eos_token_ids = eos_token_ids
         limits = TierLimits(config.context_window, config.max_tokens_cap, config.default_max_tokens)
-        self.handler = TierGenerateHandler(backend, tokenizer, limits, eos_token_ids)  # type: ignore[arg-type]
-        self.requests = Counter("tandem_edge_requests", "Edge RPCs by method.", ["method"],
-                                registry=registry)
-        self.tokens = Counter("tandem_edge_generated_tokens", "Tokens the edge model produced.",
-                              ["method"], registry=registry)
-
-    async def Generate(self, request: common_pb2.TierGenerateRequest,
-                       context: grpc.aio.ServicerContext) -> common_pb2.TierGenerateResponse:
-        self.requests.labels("Generate").inc()
-        response = await self.handler.generate(request)
-        self.tokens.labels("Generate").inc(len(response.token_ids))
-        return response
-
-    async def GenerateStream(self, request: common_pb2.TierGenerateRequest,
-                             context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        self.requests.labels("GenerateStream").inc()
-        async for chunk in self.handler.stream(request):
-            self.tokens.labels("GenerateStream").inc(len(chunk.token_ids))
-            yield chunk
+        info = common_pb2.ModelInfo(
+            model=config.model, backend=config.backend, dtype=backend.dtype,
+            context_window=config.context_window, vocab_size=backend.vocab_size,
+            eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
+        super().__init__("edge", TierGenerateHandler(backend, tokenizer, limits, eos_token_ids),  # type: ignore[arg-type]
+                         info, registry)
 
     async def Draft(self, request: edge_pb2.DraftRequest,
                     context: grpc.aio.ServicerContext) -> edge_pb2.DraftResponse:
@@ -53,8 +38,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
         sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=request.num_tokens,
                                           max_tokens_cap=self.config.max_tokens_cap)
         result = await self.backend.draft(tokens, request.num_tokens, TokenSampler(sampling),
-                                         self.handler.eos_token_ids)
+                                          self.handler.eos_token_ids)
         self.tokens.labels("Draft").inc(len(result.tokens))
+        self.forward_passes.labels("Draft").inc(len(result.tokens))
         return edge_pb2.DraftResponse(
             tokens=result.tokens, probs=result.probs, cached_tokens=result.cached_tokens,
             computed_tokens=result.computed_tokens,
@@ -74,10 +60,3 @@ class EdgeServicer(edge_pb2_grpc.EdgeServicer):
         if len(tokens) + request.num_tokens > self.config.context_window:
             raise InvalidArgument(
                 f"tokens: sequence exceeds the context window of {self.config.context_window}")
-
-    async def Info(self, request: common_pb2.InfoRequest,
-                   context: grpc.aio.ServicerContext) -> common_pb2.ModelInfo:
-        return common_pb2.ModelInfo(
-            model=self.config.model, backend=self.config.backend, dtype=self.backend.dtype,
-            context_window=self.config.context_window, vocab_size=self.backend.vocab_size,
-            eos_token_ids=self.eos_token_ids, max_tokens_cap=self.config.max_tokens_cap)

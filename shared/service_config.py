@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tandem.shared.config import option
+from tandem.shared.models import DEFAULT_MODEL
 
 
 @dataclass
@@ -22,3 +23,21 @@ class ServiceConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.drain_seconds < 0:
             raise ValueError("drain_seconds must be >= 0")
+
+
+@dataclass
+class TierConfig(ServiceConfig):
+    """Settings shared by the model tiers (edge and cloud)."""
+
+    model: str = option(DEFAULT_MODEL, "Packaged model alias, .gguf path or HF model folder.")
+    threads: int = option(0, "Compute threads; 0 uses every core.")
+    context_window: int = option(8192, "Longest prompt + output accepted, in tokens.")
+    max_tokens_cap: int = option(4096, "Largest max_tokens a request may ask for.")
+    default_max_tokens: int = option(256, "max_tokens when a request leaves it unset.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.default_max_tokens <= self.max_tokens_cap:
+            raise ValueError("default_max_tokens must be in [1, max_tokens_cap]")
+        if self.max_tokens_cap >= self.context_window:
+            raise ValueError("max_tokens_cap must be below context_window")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from tandem.shared.deadlines import Deadline
 from tandem.shared.sampling import SamplingParams
@@ -94,17 +94,19 @@ def create_policies(config: RouterConfig,
     return {name: cls.from_config(config, tokenizer) for name, cls in POLICIES.items()}
 
 
-def add_tier_chunk(outcome: Outcome, chunk: common_pb2.TierGenerateChunk, tier: int) -> Any:
-    """Account one tier chunk; returns the answer Chunk (or None when it carries nothing)."""
-    if tier == common_pb2.TIER_EDGE:
-        outcome.usage.edge_tokens += len(chunk.token_ids)
-        outcome.usage.edge_generated_tokens += len(chunk.token_ids)
-    else:
-        outcome.usage.cloud_tokens += len(chunk.token_ids)
-    if chunk.finish_reason:
-        outcome.finish_reason = chunk.finish_reason
-        if tier == common_pb2.TIER_CLOUD:
-            outcome.usage.cloud_forward_passes += chunk.forward_passes
-    if chunk.text or chunk.token_ids:
-        return Chunk(tier, chunk.text, tuple(chunk.token_ids))
-    return None
+async def stream_from_tier(tiers: Tiers, tier: int, request: RoutedRequest,
+                           outcome: Outcome) -> AsyncIterator[Chunk]:
+    """One tier's streamed answer to ``request``, accounted in ``outcome``."""
+    stream = tiers.edge_stream if tier == common_pb2.TIER_EDGE else tiers.cloud_stream
+    async for chunk in stream(request.tier_request(), request.deadline, outcome.timings):
+        if tier == common_pb2.TIER_EDGE:
+            outcome.usage.edge_tokens += len(chunk.token_ids)
+            outcome.usage.edge_generated_tokens += len(chunk.token_ids)
+        else:
+            outcome.usage.cloud_tokens += len(chunk.token_ids)
+        if chunk.finish_reason:
+            outcome.finish_reason = chunk.finish_reason
+            if tier == common_pb2.TIER_CLOUD:
+                outcome.usage.cloud_forward_passes += chunk.forward_passes
+        if chunk.text or chunk.token_ids:
+            yield Chunk(tier, chunk.text, tuple(chunk.token_ids))

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, add_tier_chunk,
-                                         register_policy)
+from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, register_policy,
+                                         stream_from_tier)
 from tandem.router.scorers import mean_token_probability
 from tandem.v1 import common_pb2
 
@@ -47,11 +47,8 @@ class CascadePolicy(Policy):
             return
         outcome.usage.edge_generated_tokens += len(edge.token_ids)
         outcome.decision.escalated = True
-        async for chunk in tiers.cloud_stream(request.tier_request(), request.deadline,
-                                              outcome.timings):
-            piece = add_tier_chunk(outcome, chunk, common_pb2.TIER_CLOUD)
-            if piece:
-                yield piece
+        async for piece in stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome):
+            yield piece
 
 
 @register_policy

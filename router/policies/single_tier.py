@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
-from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, add_tier_chunk,
-                                         register_policy)
+from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, register_policy,
+                                         stream_from_tier)
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -16,13 +16,8 @@ if TYPE_CHECKING:
 class SingleTierPolicy(Policy):
     tier: ClassVar[int]
 
-    async def run(self, request: RoutedRequest, tiers: Tiers,
-                  outcome: Outcome) -> AsyncIterator[Chunk]:
-        stream = tiers.edge_stream if self.tier == common_pb2.TIER_EDGE else tiers.cloud_stream
-        async for chunk in stream(request.tier_request(), request.deadline, outcome.timings):
-            piece = add_tier_chunk(outcome, chunk, self.tier)
-            if piece:
-                yield piece
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+        return stream_from_tier(tiers, self.tier, request, outcome)
 
 
 @register_policy
