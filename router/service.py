@@ -3,6 +3,7 @@ the policy and streams its answer with per-chunk provenance."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -18,10 +19,13 @@ from tandem.router.state import StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, status_for
+from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, render
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_service import check_context
 from tandem.v1 import router_pb2, router_pb2_grpc
+
+logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -103,6 +107,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         timings.overhead_ns = max(total_ns - timings.edge_ns - timings.cloud_ns, 0)
         outcome.usage.prompt_tokens = len(prepared.routed.prompt_ids)
         self.metrics.record(outcome, total_ns / 1e9, first_token_ns / 1e9 if first_token_ns else None)
+        log_event(logger, "request done", request_id=prepared.routed.request_id,
+                  policy=outcome.policy, escalated=outcome.decision.escalated,
+                  edge_tokens=outcome.usage.edge_tokens, cloud_tokens=outcome.usage.cloud_tokens,
+                  cloud_passes=outcome.usage.cloud_forward_passes, ms=round(total_ns / 1e6, 1))
         yield router_pb2.GenerateChunk(done=True, finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
                                        usage=outcome.usage, timings=timings,
                                        decision=outcome.decision)

@@ -8,9 +8,17 @@ import sys
 from types import SimpleNamespace
 
 
+# Other benchmarks register here: kind -> "module:add_parser" (called with the kinds
+# subparsers; imported lazily so `tandem --help` stays fast).
+BENCH_MODULES: dict[str, str] = {}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="Benchmarks that print JSON of what they measured.")
     kinds = bench.add_subparsers(dest="bench", required=True)
+    for path in BENCH_MODULES.values():
+        module, _, attr = path.partition(":")
+        getattr(__import__(module, fromlist=[attr]), attr)(kinds)
     p = kinds.add_parser("policies", help="Output tok/s per policy through the router.")
     p.add_argument("--router", help="Router address; default: start a local stack.")
     p.add_argument("--prompts", help="JSONL file with a `prompt` field per line.")

@@ -17,6 +17,9 @@ SERVICES = {
     "router": ("tandem.router.config:RouterConfig", "tandem.router.server:main"),
 }
 
+# Modules of tandem.shared.cli that each add one subcommand with `add_parser(sub)`.
+COMMAND_MODULES = ("up", "ask", "bench")
+
 
 def _load(path: str) -> Any:
     module, _, attr = path.partition(":")
@@ -57,11 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
-    from tandem.shared.cli import ask, bench, up
-
-    up.add_parser(sub)
-    ask.add_parser(sub)
-    bench.add_parser(sub)
+    for name in COMMAND_MODULES:
+        _load(f"tandem.shared.cli.{name}:add_parser")(sub)
     return parser
 
 
