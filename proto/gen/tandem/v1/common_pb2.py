@@ -24,37 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/common.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\x08Messages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xb9\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xbb\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x13\n\x0b\x65\x64ge_tokens\x18\x02 \x01(\x05\x12\x14\n\x0c\x63loud_tokens\x18\x03 \x01(\x05\x12\x1c\n\x14\x63loud_forward_passes\x18\x04 \x01(\x05\x12\x1d\n\x15\x65\x64ge_generated_tokens\x18\x05 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x06 \x01(\x05\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x07 \x01(\x05\"k\n\x07Timings\x12\x16\n\x0e\x66irst_token_ns\x18\x01 \x01(\x03\x12\x10\n\x08total_ns\x18\x02 \x01(\x03\x12\x0f\n\x07\x65\x64ge_ns\x18\x03 \x01(\x03\x12\x10\n\x08\x63loud_ns\x18\x04 \x01(\x03\x12\x13\n\x0boverhead_ns\x18\x05 \x01(\x03\"\xfe\x01\n\x13TierGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x08messages\x18\x02 \x01(\x0b\x32\x13.tandem.v1.MessagesH\x00\x12,\n\rprompt_tokens\x18\x03 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nraw_prompt\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\tB\x07\n\x05input\"\xca\x01\n\x11TierGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x05\x12#\n\x07timings\x18\x07 \x01(\x0b\x32\x12.tandem.v1.Timings\"\xcd\x01\n\x14TierGenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x05\x12#\n\x07timings\x18\x07 \x01(\x0b\x32\x12.tandem.v1.Timings\"\r\n\x0bInfoRequest\"\x95\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\x16\n\x0emax_tokens_cap\x18\x07 \x01(\x05*;\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_EDGE\x10\x01\x12\x0e\n\nTIER_CLOUD\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/common.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\x08Messages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"5\n\x11TokenDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\r\n\x05probs\x18\x02 \x03(\x02\"\xb9\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xbb\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x13\n\x0b\x65\x64ge_tokens\x18\x02 \x01(\x05\x12\x14\n\x0c\x63loud_tokens\x18\x03 \x01(\x05\x12\x1c\n\x14\x63loud_forward_passes\x18\x04 \x01(\x05\x12\x1d\n\x15\x65\x64ge_generated_tokens\x18\x05 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x06 \x01(\x05\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x07 \x01(\x05\"k\n\x07Timings\x12\x16\n\x0e\x66irst_token_ns\x18\x01 \x01(\x03\x12\x10\n\x08total_ns\x18\x02 \x01(\x03\x12\x0f\n\x07\x65\x64ge_ns\x18\x03 \x01(\x03\x12\x10\n\x08\x63loud_ns\x18\x04 \x01(\x03\x12\x13\n\x0boverhead_ns\x18\x05 \x01(\x03\"\xfe\x01\n\x13TierGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x08messages\x18\x02 \x01(\x0b\x32\x13.tandem.v1.MessagesH\x00\x12,\n\rprompt_tokens\x18\x03 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nraw_prompt\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\tB\x07\n\x05input\"\xca\x01\n\x11TierGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x05\x12#\n\x07timings\x18\x07 \x01(\x0b\x32\x12.tandem.v1.Timings\"\xcd\x01\n\x14TierGenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x05\x12#\n\x07timings\x18\x07 \x01(\x0b\x32\x12.tandem.v1.Timings\"\r\n\x0bInfoRequest\"\x95\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\x16\n\x0emax_tokens_cap\x18\x07 \x01(\x05*;\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_EDGE\x10\x01\x12\x0e\n\nTIER_CLOUD\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=1486
-  _globals['_TIER']._serialized_end=1545
-  _globals['_FINISHREASON']._serialized_start=1547
-  _globals['_FINISHREASON']._serialized_end=1642
+  _globals['_TIER']._serialized_start=1541
+  _globals['_TIER']._serialized_end=1600
+  _globals['_FINISHREASON']._serialized_start=1602
+  _globals['_FINISHREASON']._serialized_end=1697
   _globals['_CHATMESSAGE']._serialized_start=37
   _globals['_CHATMESSAGE']._serialized_end=81
   _globals['_MESSAGES']._serialized_start=83
   _globals['_MESSAGES']._serialized_end=135
   _globals['_TOKENIDS']._serialized_start=137
   _globals['_TOKENIDS']._serialized_end=160
-  _globals['_SAMPLINGPARAMS']._serialized_start=163
-  _globals['_SAMPLINGPARAMS']._serialized_end=348
-  _globals['_USAGE']._serialized_start=351
-  _globals['_USAGE']._serialized_end=538
-  _globals['_TIMINGS']._serialized_start=540
-  _globals['_TIMINGS']._serialized_end=647
-  _globals['_TIERGENERATEREQUEST']._serialized_start=650
-  _globals['_TIERGENERATEREQUEST']._serialized_end=904
-  _globals['_TIERGENERATECHUNK']._serialized_start=907
-  _globals['_TIERGENERATECHUNK']._serialized_end=1109
-  _globals['_TIERGENERATERESPONSE']._serialized_start=1112
-  _globals['_TIERGENERATERESPONSE']._serialized_end=1317
-  _globals['_INFOREQUEST']._serialized_start=1319
-  _globals['_INFOREQUEST']._serialized_end=1332
-  _globals['_MODELINFO']._serialized_start=1335
-  _globals['_MODELINFO']._serialized_end=1484
+  _globals['_TOKENDISTRIBUTION']._serialized_start=162
+  _globals['_TOKENDISTRIBUTION']._serialized_end=215
+  _globals['_SAMPLINGPARAMS']._serialized_start=218
+  _globals['_SAMPLINGPARAMS']._serialized_end=403
+  _globals['_USAGE']._serialized_start=406
+  _globals['_USAGE']._serialized_end=593
+  _globals['_TIMINGS']._serialized_start=595
+  _globals['_TIMINGS']._serialized_end=702
+  _globals['_TIERGENERATEREQUEST']._serialized_start=705
+  _globals['_TIERGENERATEREQUEST']._serialized_end=959
+  _globals['_TIERGENERATECHUNK']._serialized_start=962
+  _globals['_TIERGENERATECHUNK']._serialized_end=1164
+  _globals['_TIERGENERATERESPONSE']._serialized_start=1167
+  _globals['_TIERGENERATERESPONSE']._serialized_end=1372
+  _globals['_INFOREQUEST']._serialized_start=1374
+  _globals['_INFOREQUEST']._serialized_end=1387
+  _globals['_MODELINFO']._serialized_start=1390
+  _globals['_MODELINFO']._serialized_end=1539
 # @@protoc_insertion_point(module_scope)
