@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tandem.shared.sampling import TokenSampler
 from tandem.shared.tier_service import GeneratedToken
 
@@ -21,6 +23,9 @@ class DraftResult:
     probs: list[float]
     cached_tokens: int  # prefix tokens whose KV was reused
     computed_tokens: int  # tokens run through the model
+    # The sampling distribution at each drafted position ([V] each), when asked for and
+    # the draft was sampled (greedy drafts have none).
+    distributions: list[np.ndarray] | None = None
 
 
 class EdgeBackend(ABC):
@@ -36,7 +41,7 @@ class EdgeBackend(ABC):
 
     @abstractmethod
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int]) -> DraftResult:
+                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
         """Up to ``num_tokens`` tokens after ``tokens`` (ending early at a ``stop_ids`` token),
         reusing cached KV for the longest common prefix with the previous call, so rejected
         drafts are rolled back rather than the prefix re-processed."""

@@ -80,25 +80,29 @@ class LlamaCppBackend(EdgeBackend):
                 logits = await self._run(self._eval_one, token)
 
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int]) -> DraftResult:
+                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
         async with self._lock:
-            return await self._run(self._draft_sync, tokens, num_tokens, sampler, stop_ids)
+            return await self._run(self._draft_sync, tokens, num_tokens, sampler, stop_ids,
+                                   want_distributions)
 
     def _draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int]) -> DraftResult:
+                    stop_ids: frozenset[int], want_distributions: bool) -> DraftResult:
         reuse, logits = self._eval_after_prefix(tokens)
         computed = len(tokens) - reuse
         drafted: list[int] = []
         probs: list[float] = []
+        distributions: list[np.ndarray] = []
         for i in range(num_tokens):
-            token, _, prob = sampler.sample(logits)
+            token, _, prob, dist = sampler.sample_with_distribution(logits)
             drafted.append(token)
             probs.append(prob)
+            if want_distributions and dist is not None:
+                distributions.append(dist.astype(np.float32))
             if token in stop_ids or i == num_tokens - 1:
                 break
             logits = self._eval_one(token)
             computed += 1
-        return DraftResult(drafted, probs, reuse, computed)
+        return DraftResult(drafted, probs, reuse, computed, distributions or None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

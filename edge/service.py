@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from tandem.edge.backend import EdgeBackend
@@ -14,6 +15,15 @@ from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_service import TierGenerateHandler, TierLimits
 from tandem.shared.tier_servicer import TierServicer
 from tandem.v1 import common_pb2, edge_pb2, edge_pb2_grpc
+
+
+def distribution_to_pb(probs: np.ndarray) -> common_pb2.TokenDistribution:
+    """Sparse when top-k/top-p zeroed most of the vocabulary, dense otherwise."""
+    support = np.flatnonzero(probs)
+    if len(support) * 2 < len(probs):
+        return common_pb2.TokenDistribution(token_ids=support.tolist(),
+                                            probs=probs[support].tolist())
+    return common_pb2.TokenDistribution(probs=probs.tolist())
 
 
 class EdgeServicer(TierServicer, edge_pb2_grpc.EdgeServicer):
@@ -38,12 +48,14 @@ class EdgeServicer(TierServicer, edge_pb2_grpc.EdgeServicer):
         sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=request.num_tokens,
                                           max_tokens_cap=self.config.max_tokens_cap)
         result = await self.backend.draft(tokens, request.num_tokens, TokenSampler(sampling),
-                                          self.handler.eos_token_ids)
+                                          self.handler.eos_token_ids,
+                                          request.return_distributions)
         self.tokens.labels("Draft").inc(len(result.tokens))
         self.forward_passes.labels("Draft").inc(len(result.tokens))
         return edge_pb2.DraftResponse(
             tokens=result.tokens, probs=result.probs, cached_tokens=result.cached_tokens,
             computed_tokens=result.computed_tokens,
+            distributions=[distribution_to_pb(d) for d in result.distributions or []],
             timings=common_pb2.Timings(total_ns=time.perf_counter_ns() - started))
 
     def _validate_draft(self, request: edge_pb2.DraftRequest, tokens: list[int]) -> None:

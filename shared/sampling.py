@@ -102,10 +102,16 @@ class TokenSampler:
 
     def sample(self, logits: np.ndarray) -> tuple[int, float, float]:
         """Returns (token, raw log-probability, probability under the sampling distribution)."""
+        token, logprob, prob, _ = self.sample_with_distribution(logits)
+        return token, logprob, prob
+
+    def sample_with_distribution(self, logits: np.ndarray
+                                 ) -> tuple[int, float, float, np.ndarray | None]:
+        """As ``sample``, plus the distribution sampled from (None when greedy)."""
         raw = log_softmax(logits.astype(np.float32))
         if self.params.greedy:
             token = int(np.argmax(logits))
-            return token, float(raw[token]), float(math.exp(raw[token]))
+            return token, float(raw[token]), float(math.exp(raw[token])), None
         probs = self.distribution(logits)
         token = int(self._rng.choice(probs.shape[-1], p=probs))
-        return token, float(raw[token]), float(probs[token])
+        return token, float(raw[token]), float(probs[token]), probs
