@@ -31,6 +31,7 @@ class RequestRecord:
     tokens_by_tier: dict[str, int] = field(default_factory=dict)
     resolved_policy: str = ""
     escalated: bool = False
+    cached: bool = False  # answered from the router's response cache
     prompt_tokens: int = 0
     cloud_forward_passes: int = 0
     draft_tokens: int = 0

@@ -9,8 +9,10 @@ Serving metrics follow vLLM's serving benchmark (benchmarks/benchmark_serving.py
   between consecutive output chunks of every request; e2el: request start to last byte;
 - goodput: completed requests per second that meet every configured SLO (ms).
 Tandem's own: tier_share (requests answered by edge only / cloud only / both, and output
-tokens per tier), escalation (cascade requests escalated to the cloud) and speculative
-acceptance (accepted / drafted tokens, cloud forward passes per output token).
+tokens per tier), escalation (escalated / completed requests, and per policy),
+speculative acceptance (accepted / drafted tokens and cloud forward passes per output
+token, over requests that drafted) and `cached` (answers from the router's response
+cache, which did no model work).
 Only OK requests enter latency and token figures; RESOURCE_EXHAUSTED is `rejected`,
 every other status is `failed`, both counted by code.
 """
@@ -92,14 +94,21 @@ def tier_share(ok: list[RequestRecord]) -> dict[str, Any]:
 
 
 def escalation(ok: list[RequestRecord]) -> dict[str, Any]:
-    cascade = [r for r in ok if r.resolved_policy == "cascade"]
+    """Escalated requests over all completed ones, and per resolved policy (cascade and
+    auto escalate; edge, cloud and speculative never do)."""
+    by_policy: dict[str, dict[str, int]] = {}
+    for r in ok:
+        row = by_policy.setdefault(r.resolved_policy or r.policy, {"requests": 0, "escalated": 0})
+        row["requests"] += 1
+        row["escalated"] += r.escalated
     escalated = sum(r.escalated for r in ok)
-    return {"escalated": escalated, "cascade_requests": len(cascade),
-            "rate": _rate(sum(r.escalated for r in cascade), len(cascade))}
+    return {"escalated": escalated, "rate": _rate(escalated, len(ok)), "by_policy": by_policy}
 
 
 def speculative(ok: list[RequestRecord]) -> dict[str, Any]:
-    spec = [r for r in ok if r.resolved_policy == "speculative"]
+    """Over the requests that ran speculative rounds (any policy): vLLM's acceptance
+    rate (accepted / draft tokens) and cloud forward passes per output token."""
+    spec = [r for r in ok if r.draft_tokens]
     drafted = sum(r.draft_tokens for r in spec)
     accepted = sum(r.accepted_draft_tokens for r in spec)
     out_tokens = sum(r.output_tokens for r in spec)
@@ -139,6 +148,7 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
         "escalation": escalation(ok),
         "speculative": speculative(ok),
         "by_policy": dict(Counter(r.resolved_policy or r.policy for r in ok)),
+        "cached": sum(r.cached for r in ok),
     }
 
 

@@ -70,6 +70,8 @@ def stream_router(stub: router_pb2_grpc.RouterStub, request: router_pb2.Generate
         if chunk.done:
             record.resolved_policy = chunk.decision.policy
             record.escalated = chunk.decision.escalated
+            # Routers built before the response cache have no `cached` field.
+            record.cached = bool(getattr(chunk.decision, "cached", False))
             usage = chunk.usage
             record.prompt_tokens = usage.prompt_tokens
             record.cloud_forward_passes = usage.cloud_forward_passes

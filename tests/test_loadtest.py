@@ -137,7 +137,8 @@ def test_summary_counts_rejected_apart_and_follows_vllm_definitions():
     share = s["tier_share"]
     assert share["request_counts"] == {"edge": 1, "cloud": 1, "both": 1, "none": 0}
     assert share["token_counts"] == {"edge": 17, "cloud": 7}
-    assert s["escalation"] == {"escalated": 1, "cascade_requests": 2, "rate": 0.5}
+    assert s["escalation"]["escalated"] == 1 and s["escalation"]["rate"] == pytest.approx(1 / 3, abs=1e-3)
+    assert s["escalation"]["by_policy"]["cascade"] == {"requests": 2, "escalated": 1}
     assert s["speculative"]["acceptance_rate"] == 0.75
     assert s["speculative"]["cloud_passes_per_token"] == pytest.approx(3 / 8)
 
