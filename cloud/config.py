@@ -16,8 +16,19 @@ class CloudConfig(TierConfig):
     max_sessions: int = option(64, "Speculative sessions whose KV cache is kept (LRU).")
     max_session_tokens: int = option(65536, "Total tokens of KV kept for sessions (LRU).")
     session_idle_seconds: float = option(600.0, "Drop a session's KV after this much idle time.")
+    kv_cache_mb: int = option(512, "Memory budget of the paged KV cache pool, in MiB.")
+    block_size: int = option(16, "Tokens per KV cache block.")
+    max_num_seqs: int = option(32, "Most sequences in one batched step (running).")
+    max_waiting: int = option(64, "Most queued requests; beyond it RESOURCE_EXHAUSTED.")
+    max_batched_tokens: int = option(2048, "Token budget of one step (prefills are chunked).")
+    prefix_caching: bool = option(True, "Reuse cached KV blocks of identical prefixes.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("kv_cache_mb", "block_size", "max_num_seqs", "max_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0")

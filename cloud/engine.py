@@ -1,28 +1,40 @@
-"""The cloud engine: runs the model one forward at a time on a dedicated thread, for
-streaming generation and for speculative verification of whole drafts.
+"""The cloud engine: an asyncio loop that, each step, asks the scheduler what to run,
+executes one batched forward for every running sequence on a model thread, samples,
+and hands tokens to their requests. Generation streams and speculative verification
+rounds share that loop, the paged KV cache and its prefix cache.
 
-This is the straightforward engine of the foundation; continuous batching and the paged
-KV cache replace it behind the same two entry points (`generate`, `verify`).
+    step = schedule() -> runner.execute(batch) -> sample/accept -> deliver
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from tandem.cloud.block_manager import BlockPool
+from tandem.cloud.metrics import EngineMetrics
+from tandem.cloud.model_runner import ModelRunner
+from tandem.cloud.sampler import (
+    Acceptance, accept_by_rejection, accept_by_target_sampling, accept_greedy, greedy_rows)
+from tandem.cloud.scheduler import ScheduledSeq, Scheduler
+from tandem.cloud.scheduler import Sequence as Seq
 from tandem.cloud.sessions import SessionStore
-from tandem.shared.errors import InvalidArgument
+from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_service import GeneratedToken
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+# The tenant of the Generate call being served (set by the servicer): the
+# TokenGenerator contract carries no tenant, and the prefix cache is salted by it.
+request_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
+
+_END = object()
 
 
 @dataclass(frozen=True)
@@ -33,81 +45,298 @@ class VerifyResult:
     computed_tokens: int
 
 
-def new_kv_cache() -> Any:
-    from transformers import DynamicCache
+@dataclass(frozen=True)
+class EngineLimits:
+    max_waiting: int  # queued requests beyond which new ones are refused
 
-    return DynamicCache()
 
+@dataclass(eq=False)
+class Request:
+    """The engine's side of one sequence: how to sample it and where results go."""
 
-def truncate_kv(cache: Any, length: int) -> None:
-    """Keep the KV of the first ``length`` positions (transformers crops by a negative count)."""
-    excess = cache.get_seq_length() - length
-    if excess > 0:
-        cache.crop(-excess)
+    seq: Seq
+    sampler: TokenSampler
+    arrival: float = field(default_factory=time.monotonic)
+    # Generation
+    queue: asyncio.Queue | None = None
+    max_tokens: int = 0
+    num_prompt: int = 0
+    last_token_at: float = 0.0
+    first_token_at: float = 0.0
+    # Verification
+    future: asyncio.Future | None = None
+    draft: list[int] = field(default_factory=list)
+    draft_probs: list[np.ndarray] | None = None
+    session_key: tuple[str, str] | None = None
+
+    @property
+    def num_output(self) -> int:
+        return len(self.seq.tokens) - self.num_prompt
 
 
 class CloudEngine:
-    def __init__(self, model: PreTrainedModel, sessions: SessionStore) -> None:
-        self.model = model
+    def __init__(self, runner: ModelRunner, block_size: int, max_num_seqs: int,
+                 max_batched_tokens: int, limits: EngineLimits, sessions: SessionStore,
+                 stop_token_ids: Sequence[int] = (), prefix_caching: bool = True,
+                 metrics: EngineMetrics | None = None) -> None:
+        self.runner = runner
+        self.pool = BlockPool(runner.num_blocks, block_size)
         self.sessions = sessions
-        # One thread: forwards run one at a time and each uses every torch thread.
+        self.scheduler = Scheduler(self.pool, max_num_seqs, max_batched_tokens,
+                                   prefix_caching, reclaim=self._reclaim)
+        sessions.on_evict = self.scheduler.free_blocks
+        self.limits = limits
+        self.stop_token_ids = frozenset(stop_token_ids)
+        self.metrics = metrics or EngineMetrics()
+        self._requests: dict[int, Request] = {}
+        self._aborted: set[int] = set()
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._rng = np.random.default_rng()
+        # One thread: steps run one at a time and each uses every torch thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model")
 
-    @torch.inference_mode()
-    def _forward(self, cache: Any, input_ids: Sequence[int], keep: int) -> np.ndarray:
-        """Append ``input_ids`` to ``cache``; logits of the last ``keep`` positions.
-
-        # input: [1, S] -> logits: [keep, V] (float32, numpy)
-        """
-        ids = torch.tensor([list(input_ids)], dtype=torch.long)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                         logits_to_keep=keep)
-        return out.logits[0].float().numpy()
-
-    async def _run(self, cache: Any, input_ids: Sequence[int], keep: int) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._forward, cache, input_ids, keep)
-
+    # ----- entry points -------------------------------------------------------------
     async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
                        session_id: str) -> AsyncIterator[GeneratedToken]:
-        """Prefill, then decode one token per forward until the consumer stops."""
-        cache = new_kv_cache()  # freed when the consumer closes this generator
-        logits = await self._run(cache, prompt_ids, 1)
-        while True:
-            token, logprob, _ = sampler.sample(logits[-1])
-            yield GeneratedToken(token, logprob)
-            logits = await self._run(cache, [token], 1)
+        """Stream sampled tokens continuing ``prompt_ids`` until max_tokens, a stop token,
+        or the consumer closes the iterator (which frees the KV at the next step)."""
+        self._admit_check()
+        sampler.set_prompt(prompt_ids)
+        seq = Seq(request_tenant.get(), list(prompt_ids), committed=len(prompt_ids))
+        request = Request(seq, sampler, queue=asyncio.Queue(),
+                          max_tokens=sampler.params.max_tokens, num_prompt=len(prompt_ids))
+        self._submit(request)
+        try:
+            while True:
+                item = await request.queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._abort(request)
 
     async def verify(self, tenant: str, session_id: str, tokens: Sequence[int],
-                     draft: Sequence[int], sampling: SamplingParams) -> VerifyResult:
-        """Score ``draft`` after ``tokens`` in one forward, reusing the session's KV.
+                     draft: Sequence[int], sampling: SamplingParams,
+                     draft_probs: list[np.ndarray] | None = None) -> VerifyResult:
+        """Score ``draft`` after ``tokens`` in one scheduled step, reusing the session's KV
+        (and the tenant's prefix cache); rejected positions' KV is rolled back."""
+        self._admit_check()
+        key = (tenant, session_id)
+        seq = self._session_sequence(key, tokens, draft)
+        request = Request(seq, TokenSampler(sampling), future=asyncio.get_running_loop()
+                          .create_future(), draft=list(draft), draft_probs=draft_probs,
+                          session_key=key, num_prompt=len(tokens))
+        self._submit(request)
+        try:
+            return await request.future
+        finally:
+            self._abort(request)
 
-        Greedy: drafts are accepted while they equal the target's argmax. Sampling
-        (target sampling, lossless without draft probabilities): the target samples each
-        position and a draft is accepted while it equals that sample.
-        """
-        entry = self.sessions.acquire(tenant, session_id)
-        async with entry.lock:
-            # Reuse the longest cached prefix, but always recompute the last context token:
-            # its logits score the first draft token.
-            reuse = min(_common_prefix(entry.tokens, tokens), len(tokens) - 1)
-            truncate_kv(entry.cache, reuse)
-            entry.tokens = list(tokens[:reuse])
-            feed = list(tokens[reuse:]) + list(draft)
-            logits = await self._run(entry.cache, feed, len(draft) + 1)  # [k+1, V]
-            sampler = TokenSampler(sampling)
-            targets = [sampler.sample(row)[0] for row in logits]
-            accepted = 0
-            while accepted < len(draft) and draft[accepted] == targets[accepted]:
-                accepted += 1
-            # Roll back the KV of rejected drafts; keep the accepted ones for the next round.
-            entry.tokens = list(tokens) + list(draft[:accepted])
-            truncate_kv(entry.cache, len(entry.tokens))
-            self.sessions.evict(keep=(tenant, session_id))
-            return VerifyResult(accepted, targets[accepted], reuse, len(feed))
+    def end_session(self, tenant: str, session_id: str) -> bool:
+        return self.sessions.drop(tenant, session_id)
 
     def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ----- admission ----------------------------------------------------------------
+    def _admit_check(self) -> None:
+        busy = len(self.scheduler.waiting)
+        room = self.scheduler.max_num_seqs - len(self.scheduler.running)
+        if busy - max(room, 0) >= self.limits.max_waiting:
+            self.metrics.rejected.inc()
+            raise ResourceExhausted(
+                f"cloud queue is full ({busy} waiting, {len(self.scheduler.running)} running)")
+
+    def _session_sequence(self, key: tuple[str, str], tokens: Sequence[int],
+                          draft: Sequence[int]) -> Seq:
+        """The session's cached sequence cut to the reusable prefix of ``tokens`` (always
+        recomputing the last one, whose logits score the first draft), or a new one."""
+        seq = self.sessions.take(key)
+        if seq is None:
+            seq = Seq(key[0], [], committed=0)
+        else:
+            common = _common_prefix(seq.tokens[:seq.num_computed], tokens)
+            self.scheduler.truncate(seq, min(common, len(tokens) - 1))
+            seq.first_scheduled = None
+        seq.tokens = list(tokens) + list(draft)
+        seq.committed = len(tokens)
+        seq.num_logits = len(draft) + 1
+        return seq
+
+    def _submit(self, request: Request) -> None:
+        self._requests[request.seq.seq_id] = request
+        self.scheduler.add(request.seq)
+        self._ensure_loop()
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    def _abort(self, request: Request) -> None:
+        """Called when a request's consumer is gone; the loop frees it before its next
+        step (never during one, while the runner may read its block table)."""
+        if request.seq.seq_id in self._requests:
+            self._aborted.add(request.seq.seq_id)
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    def _reclaim(self, needed: int) -> bool:
+        return self.sessions.evict_oldest()
+
+    # ----- the loop -----------------------------------------------------------------
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._reap_aborted()
+            out = self.scheduler.schedule() if self.scheduler.has_work() else None
+            self._update_gauges()
+            if out is None or not out.scheduled:
+                if out is not None and not self.scheduler.running:
+                    self._fail_unschedulable()
+                    continue
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self.metrics.preemptions.inc(len(out.preempted))
+            try:
+                results = await loop.run_in_executor(self._executor, self._execute,
+                                                     out.scheduled)
+            except Exception as exc:  # noqa: BLE001 - each affected request gets the error
+                for item in out.scheduled:
+                    request = self._requests.get(item.seq.seq_id)
+                    if request is not None:
+                        self._finish(request, exc)
+                continue
+            self.scheduler.after_step(out.scheduled)
+            self.metrics.steps.inc()
+            for item, result in zip(out.scheduled, results):
+                if result is not None:
+                    self._deliver(self._requests[item.seq.seq_id], result)
+
+    def _execute(self, scheduled: list[ScheduledSeq]) -> list[object]:
+        """Model thread: one forward for the whole batch, then sampling per request."""
+        logits = self.runner.execute(scheduled)  # [sum num_logits, V]
+        greedy_tokens, greedy_logprobs = greedy_rows(logits)
+        results: list[object] = []
+        row = 0
+        for item in scheduled:
+            request = self._requests[item.seq.seq_id]
+            n = item.num_logits
+            if n == 0:
+                results.append(None)
+            elif request.future is not None:
+                results.append(self._accept(request, logits[row:row + n], greedy_tokens[row:row + n]))
+            elif request.sampler.params.greedy and not request.sampler.params.has_penalties:
+                results.append(GeneratedToken(greedy_tokens[row], greedy_logprobs[row]))
+            else:
+                token, logprob, _ = request.sampler.sample(logits[row].numpy())
+                results.append(GeneratedToken(token, logprob))
+            row += n
+        return results
+
+    def _accept(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> Acceptance:
+        # logits: [k+1, V] at the last context token and each draft
+        if request.sampler.params.greedy:
+            return accept_greedy(request.draft, greedy)
+        if request.draft_probs is not None:
+            return accept_by_rejection(request.draft, logits.numpy(), request.sampler,
+                                       request.draft_probs, request.sampler._rng)
+        return accept_by_target_sampling(request.draft, logits.numpy(), request.sampler)
+
+    def _deliver(self, request: Request, result: object) -> None:
+        if request.seq.seq_id in self._aborted:
+            return
+        if isinstance(result, Acceptance):
+            self._deliver_verify(request, result)
+        else:
+            assert isinstance(result, GeneratedToken)
+            self._deliver_token(request, result)
+
+    def _deliver_token(self, request: Request, token: GeneratedToken) -> None:
+        seq, now = request.seq, time.monotonic()
+        seq.tokens.append(token.token)
+        seq.committed = len(seq.tokens)
+        if request.num_output == 1:
+            request.first_token_at = now
+            self.metrics.ttft.observe(now - request.arrival)
+            self.metrics.queue_time.observe((seq.first_scheduled or now) - request.arrival)
+        else:
+            self.metrics.itl.observe(now - request.last_token_at)
+        request.last_token_at = now
+        assert request.queue is not None
+        request.queue.put_nowait(token)
+        if request.num_output >= request.max_tokens or token.token in self.stop_token_ids:
+            self._finish(request, _END)
+
+    def _deliver_verify(self, request: Request, result: Acceptance) -> None:
+        seq = request.seq
+        self.metrics.spec_drafts.inc()
+        self.metrics.spec_draft_tokens.inc(len(request.draft))
+        self.metrics.spec_accepted.inc(result.accepted)
+        context = request.num_prompt
+        verified = VerifyResult(result.accepted, result.next_token, seq.num_cached,
+                                len(seq.tokens) - seq.num_cached)
+        self.scheduler.finish(seq, keep_blocks=True)
+        self._requests.pop(seq.seq_id, None)
+        # Keep the KV of the context and the accepted drafts; roll back the rest.
+        seq.committed = context + result.accepted
+        self.scheduler.truncate(seq, seq.committed)
+        self.scheduler.register_blocks(seq)
+        assert request.session_key is not None
+        self.sessions.put(request.session_key, seq)
+        self.metrics.e2e.observe(time.monotonic() - request.arrival)
+        assert request.future is not None
+        if not request.future.done():
+            request.future.set_result(verified)
+
+    def _finish(self, request: Request, outcome: object) -> None:
+        """End a request: free its sequence and wake its consumer with ``outcome``
+        (_END or an exception)."""
+        self._requests.pop(request.seq.seq_id, None)
+        self.scheduler.finish(request.seq)
+        now = time.monotonic()
+        self.metrics.e2e.observe(now - request.arrival)
+        if request.num_output > 1 and request.future is None:
+            self.metrics.tpot.observe(
+                (request.last_token_at - request.first_token_at) / (request.num_output - 1))
+        if request.queue is not None:
+            request.queue.put_nowait(outcome)
+        elif request.future is not None and not request.future.done():
+            request.future.set_exception(outcome if isinstance(outcome, BaseException)
+                                         else RuntimeError("verification ended"))
+
+    def _reap_aborted(self) -> None:
+        for seq_id in self._aborted:
+            request = self._requests.pop(seq_id, None)
+            if request is not None:
+                self.scheduler.finish(request.seq)
+        self._aborted.clear()
+
+    def _fail_unschedulable(self) -> None:
+        """Nothing runs and the head of the queue still does not fit: it never will."""
+        seq = self.scheduler.waiting[0]
+        self._finish(self._requests[seq.seq_id], ResourceExhausted(
+            f"request needs more KV cache than the pool holds ({self.pool.num_blocks} blocks)"))
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.running.set(len(self.scheduler.running))
+        m.waiting.set(len(self.scheduler.waiting))
+        m.kv_usage.set(self.pool.usage())
+        m.kv_waste.set(self.scheduler.kv_waste())
+        stats = self.pool.stats
+        m.prefix_queries.inc(stats.queries)
+        m.prefix_hits.inc(stats.hits)
+        stats.queries = stats.hits = 0
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -119,8 +348,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def validate_verify(tokens: Sequence[int], draft: Sequence[int], draft_probs: Sequence[float],
-                    session_id: str, vocab_size: int, context_window: int,
-                    max_draft: int = 64) -> None:
+                    num_distributions: int, session_id: str, vocab_size: int,
+                    context_window: int, sampling: SamplingParams, max_draft: int = 64) -> None:
     """Checks of a Verify request before any model work; raises InvalidArgument."""
     if not session_id:
         raise InvalidArgument("session_id: required for Verify")
@@ -128,11 +357,15 @@ def validate_verify(tokens: Sequence[int], draft: Sequence[int], draft_probs: Se
         raise InvalidArgument("tokens: must not be empty")
     if len(draft) > max_draft:
         raise InvalidArgument(f"draft_tokens: at most {max_draft}, got {len(draft)}")
-    if draft_probs:
-        raise InvalidArgument(
-            "draft_probs: residual rejection sampling is not supported yet; omit draft_probs "
-            "(greedy, or target sampling when temperature > 0)")
     if any(not 0 <= t < vocab_size for t in list(tokens) + list(draft)):
         raise InvalidArgument(f"tokens: ids must be in [0, {vocab_size})")
     if len(tokens) + len(draft) + 1 > context_window:
         raise InvalidArgument(f"tokens: sequence exceeds the context window of {context_window}")
+    if draft_probs and len(draft_probs) != len(draft):
+        raise InvalidArgument("draft_probs: one per draft token")
+    if num_distributions and num_distributions != len(draft):
+        raise InvalidArgument(
+            f"draft_distributions: one per draft token ({len(draft)}), got {num_distributions}")
+    if sampling.has_penalties:
+        raise InvalidArgument(
+            "sampling: repetition/presence/frequency penalties are not supported in Verify")

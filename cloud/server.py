@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from prometheus_client import CollectorRegistry
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import CloudEngine, new_kv_cache
+from tandem.cloud.engine import CloudEngine, EngineLimits
+from tandem.cloud.metrics import EngineMetrics
 from tandem.cloud.model_loader import load_causal_lm
+from tandem.cloud.model_runner import build_runner, num_blocks_for_budget
 from tandem.cloud.service import CloudServicer
 from tandem.cloud.sessions import SessionStore
 from tandem.shared.grpc_server import serve
@@ -18,18 +22,32 @@ from tandem.shared.log import setup_logging
 from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
 from tandem.v1 import cloud_pb2_grpc
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def build_engine(config: CloudConfig, hf_model: PreTrainedModel, stop_token_ids: Sequence[int],
+                 registry: CollectorRegistry | None = None) -> CloudEngine:
+    """The engine for ``hf_model``: KV pool sized from config.kv_cache_mb."""
+    num_blocks = num_blocks_for_budget(hf_model.config, hf_model.dtype,
+                                       config.kv_cache_mb * 2**20, config.block_size)
+    runner = build_runner(hf_model, num_blocks, config.block_size, config.context_window)
+    sessions = SessionStore(config.max_sessions, config.max_session_tokens,
+                            config.session_idle_seconds)
+    return CloudEngine(runner, config.block_size, config.max_num_seqs,
+                       config.max_batched_tokens, EngineLimits(config.max_waiting), sessions,
+                       stop_token_ids, config.prefix_caching, EngineMetrics(registry))
+
 
 async def run(config: CloudConfig) -> None:
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, config.dtype)
-    sessions = SessionStore(config.max_sessions, config.max_session_tokens,
-                            config.session_idle_seconds, new_kv_cache)
-    engine = CloudEngine(model, sessions)
+    eos = eos_token_ids(tokenizer)
     registry = CollectorRegistry()
-    servicer = CloudServicer(config, engine, tokenizer, eos_token_ids(tokenizer),
-                             model.config.vocab_size, registry)
+    engine = build_engine(config, model, eos, registry)
+    servicer = CloudServicer(config, engine, tokenizer, eos, model.config.vocab_size, registry)
     try:
         await serve("cloud", config,
                     lambda server: cloud_pb2_grpc.add_CloudServicer_to_server(servicer, server),

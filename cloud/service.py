@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import CloudEngine, validate_verify
+from tandem.cloud.engine import CloudEngine, request_tenant, validate_verify
+from tandem.cloud.sampler import dense_distributions
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_service import TierGenerateHandler, TierLimits
 from tandem.shared.tier_servicer import TierServicer
@@ -32,17 +34,34 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
                               registry=registry)
         self.sessions.set_function(lambda: len(engine.sessions))
 
+    async def Generate(self, request: common_pb2.TierGenerateRequest,
+                       context: grpc.aio.ServicerContext) -> common_pb2.TierGenerateResponse:
+        request_tenant.set(request.tenant)  # salts this request's prefix-cache lookups
+        return await super().Generate(request, context)
+
+    async def GenerateStream(self, request: common_pb2.TierGenerateRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        request_tenant.set(request.tenant)
+        async for chunk in super().GenerateStream(request, context):
+            yield chunk
+
     async def Verify(self, request: cloud_pb2.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> cloud_pb2.VerifyResponse:
         self.requests.labels("Verify").inc()
         started = time.perf_counter_ns()
         tokens, draft = list(request.tokens), list(request.draft_tokens)
-        validate_verify(tokens, draft, request.draft_probs, request.session_id, self.vocab_size,
-                        self.config.context_window)
         sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=1,
                                           max_tokens_cap=self.config.max_tokens_cap)
+        validate_verify(tokens, draft, request.draft_probs, len(request.draft_distributions),
+                        request.session_id, self.vocab_size, self.config.context_window,
+                        sampling)
+        # draft_probs alone cannot give the residual distribution: without
+        # draft_distributions a sampled round uses target sampling (also lossless).
+        dists = (dense_distributions(request.draft_distributions, self.vocab_size)
+                 if request.draft_distributions and not sampling.greedy else None)
         result = await self.engine.verify(request.tenant, request.session_id, tokens, draft,
-                                          sampling)
+                                          sampling, dists)
         self.tokens.labels("Verify").inc(result.accepted + 1)
         self.forward_passes.labels("Verify").inc()
         return cloud_pb2.VerifyResponse(
@@ -52,5 +71,5 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
 
     async def EndSession(self, request: cloud_pb2.EndSessionRequest,
                          context: grpc.aio.ServicerContext) -> cloud_pb2.EndSessionResponse:
-        found = self.engine.sessions.drop(request.tenant, request.session_id)
+        found = self.engine.end_session(request.tenant, request.session_id)
         return cloud_pb2.EndSessionResponse(found=found)

@@ -1,67 +1,71 @@
-"""KV caches the cloud keeps per speculative session, so a round never re-processes the
-prefix it has already seen. Bounded by session count, total tokens and idle time (LRU)."""
+"""Speculative sessions whose KV the cloud keeps between Verify rounds, so a round never
+re-processes the prefix it has already seen. Each idle session holds a finished
+sequence and its KV blocks; bounded by session count, total tokens and idle time (LRU),
+and the first thing dropped when the KV pool runs short."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
+from tandem.cloud.scheduler import Sequence
 
-@dataclass
-class SessionKV:
-    """One session's cached sequence and the model's KV cache for it."""
-
-    cache: Any  # a transformers Cache holding KV for exactly `tokens`
-    tokens: list[int] = field(default_factory=list)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used: float = field(default_factory=time.monotonic)
+SessionKey = tuple[str, str]  # (tenant, session id): tenants never share an entry
 
 
 class SessionStore:
-    """LRU map (tenant, session id) -> SessionKV; tenants never share an entry."""
-
-    def __init__(self, max_sessions: int, max_tokens: int, idle_seconds: float,
-                 new_cache: Any) -> None:
-        self._entries: OrderedDict[tuple[str, str], SessionKV] = OrderedDict()
+    def __init__(self, max_sessions: int, max_tokens: int, idle_seconds: float) -> None:
+        self._entries: OrderedDict[SessionKey, tuple[Sequence, float]] = OrderedDict()
         self._max_sessions = max_sessions
         self._max_tokens = max_tokens
         self._idle_seconds = idle_seconds
-        self._new_cache = new_cache
+        # Frees a dropped session's KV blocks (set by the engine).
+        self.on_evict: Callable[[Sequence], None] = lambda seq: None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def cached_tokens(self) -> int:
-        return sum(len(e.tokens) for e in self._entries.values())
+        return sum(seq.num_computed for seq, _ in self._entries.values())
 
-    def acquire(self, tenant: str, session_id: str) -> SessionKV:
-        """The session's entry (created empty if absent), marked most recently used."""
-        key = (tenant, session_id)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = SessionKV(cache=self._new_cache())
-        self._entries.move_to_end(key)
-        entry.last_used = time.monotonic()
+    def take(self, key: SessionKey) -> Sequence | None:
+        """Remove and return the session's sequence for a round (None if not cached)."""
+        entry = self._entries.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def put(self, key: SessionKey, seq: Sequence) -> None:
+        """Keep ``seq`` as the session's state (most recently used), then enforce bounds."""
+        previous = self._entries.pop(key, None)
+        if previous is not None and previous[0] is not seq:
+            self.on_evict(previous[0])  # a concurrent round of the same session finished
+        self._entries[key] = (seq, time.monotonic())
         self.evict(keep=key)
-        return entry
 
     def drop(self, tenant: str, session_id: str) -> bool:
-        return self._entries.pop((tenant, session_id), None) is not None
+        entry = self._entries.pop((tenant, session_id), None)
+        if entry is not None:
+            self.on_evict(entry[0])
+        return entry is not None
 
-    def evict(self, keep: tuple[str, str] | None = None) -> None:
+    def evict_oldest(self) -> bool:
+        """Drop the least recently used session; False when there is none."""
+        if not self._entries:
+            return False
+        _, (seq, _) = self._entries.popitem(last=False)
+        self.on_evict(seq)
+        return True
+
+    def evict(self, keep: SessionKey | None = None) -> None:
         """Drop idle sessions, then least recently used ones while over a bound."""
         now = time.monotonic()
-        for key in [k for k, e in self._entries.items()
-                    if now - e.last_used > self._idle_seconds and k != keep]:
-            del self._entries[key]
+        for key in [k for k, (_, used) in self._entries.items()
+                    if now - used > self._idle_seconds and k != keep]:
+            self.on_evict(self._entries.pop(key)[0])
         while len(self._entries) > 1 and (
                 len(self._entries) > self._max_sessions or self.cached_tokens > self._max_tokens):
             oldest = next(iter(self._entries))
             if oldest == keep:
                 break
-            # An entry in use by a running round is still referenced there and stays valid.
-            del self._entries[oldest]
+            self.on_evict(self._entries.pop(oldest)[0])

@@ -25,7 +25,31 @@ class RouterConfig(ServiceConfig):
     cascade_threshold: float = option(
         0.5, "Cascade: escalate when the edge answer's score (geometric-mean token "
              "probability) is below this.")
-    draft_tokens: int = option(6, "Speculative: tokens the edge drafts per round (k).")
+    draft_tokens: int = option(6, "Speculative: tokens the edge drafts per round (k); the "
+                                  "starting point when adaptive_draft is on.")
+    scorer: str = option("mean_prob", "Cascade scorer: mean_prob, min_prob or learned.")
+    route_threshold: float = option(
+        0.5, "route/auto: the prompt router's P(edge suffices) needed to try the edge.")
+    adaptive_draft: bool = option(
+        True, "Speculative: choose the draft length from measured acceptance and round-trip "
+              "time, and fall back to cloud-only decoding when speculation would be slower.")
+    max_first_draft: int = option(
+        32, "auto: how many tokens of an escalated edge answer the cloud verifies as a draft.")
+    inject_cloud_rtt_ms: float = option(
+        0.0, "Benchmarking only: delay every call to the cloud by this much (simulated RTT).")
+    state_timeout_seconds: float = option(0.25, "Timeout of each state-store (Redis) call.")
+    rate_limit_rps: float = option(0.0, "Per-tenant request rate limit (token bucket); 0 = off.")
+    rate_limit_burst: int = option(20, "Per-tenant burst allowed by the rate limit.")
+    token_budget: int = option(0, "Per-tenant output tokens per window (max_tokens is reserved "
+                                  "at admission, the unused part refunded); 0 = off.")
+    token_budget_window_seconds: float = option(60.0, "Window of the token budget.")
+    response_cache_seconds: float = option(
+        0.0, "Exact-match response cache TTL for deterministic requests (temperature 0 or a "
+             "seed, no session), scoped per tenant; 0 = off.")
+    target_escalation_rate: float = option(
+        0.0, "Budget controller: steer the fleet's cascade escalation rate to this fraction by "
+             "moving the shared threshold online; 0 = off (threshold fixed).")
+    controller_step: float = option(0.01, "Budget controller step per cascade decision.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,7 +57,15 @@ class RouterConfig(ServiceConfig):
             raise ValueError("need 0 < default_max_tokens <= max_tokens_cap < context_window")
         if not 0.0 <= self.cascade_threshold <= 1.0:
             raise ValueError("cascade_threshold must be in [0, 1]")
+        if not 0.0 <= self.route_threshold <= 1.0:
+            raise ValueError("route_threshold must be in [0, 1]")
+        if not 0 <= self.max_first_draft <= 64:
+            raise ValueError("max_first_draft must be in [0, 64]")
         if not 1 <= self.draft_tokens <= 32:
             raise ValueError("draft_tokens must be in [1, 32]")
+        if not 0.0 <= self.target_escalation_rate < 1.0:
+            raise ValueError("target_escalation_rate must be in [0, 1)")
+        if self.rate_limit_rps < 0 or self.token_budget < 0 or self.response_cache_seconds < 0:
+            raise ValueError("rate_limit_rps, token_budget and response_cache_seconds must be >= 0")
         if self.default_timeout_seconds <= 0:
             raise ValueError("default_timeout_seconds must be > 0")

@@ -29,6 +29,14 @@ class RouterMetrics:
                                     "Speculative draft tokens proposed.", registry=registry)
         self.accepted_tokens = Counter("tandem_router_spec_accepted_tokens",
                                        "Speculative draft tokens accepted.", registry=registry)
+        self.spec_rounds = Counter("tandem_router_spec_rounds",
+                                   "Speculative verification rounds (drafts sent).",
+                                   registry=registry)
+        self.cache_hits = Counter("tandem_router_response_cache_hits",
+                                  "Requests answered from the response cache.", registry=registry)
+        self.state_fallbacks = Counter(
+            "tandem_router_state_fallbacks", "State operations served locally because Redis "
+            "was unavailable.", ["op"], registry=registry)
 
     def record(self, outcome: Outcome, seconds: float, first_token_s: float | None) -> None:
         policy = outcome.policy
@@ -44,3 +52,5 @@ class RouterMetrics:
             self.escalations.labels(policy).inc()
         self.draft_tokens.inc(usage.draft_tokens)
         self.accepted_tokens.inc(usage.accepted_draft_tokens)
+        if usage.draft_tokens:
+            self.spec_rounds.inc(usage.cloud_forward_passes)

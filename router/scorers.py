@@ -1,16 +1,127 @@
-"""Scorers estimate P(an edge answer is acceptable) for the cascade."""
+"""Scorers estimate P(an edge answer is acceptable) for the cascade; routers estimate it
+from the prompt alone, before generation. Both sit behind small registries.
+
+- ``mean_prob`` / ``min_prob``: the edge's own confidence (geometric-mean / minimum token
+  probability of its answer).
+- ``learned``: all-MiniLM-L6-v2 embeddings of (query, answer) plus the confidence features,
+  into a logistic head trained by `tandem eval train-scorer` on labelled answers.
+"""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from tandem.router.head import LogisticHead
+
+DATA = Path(__file__).parent / "data"
+DEFAULT_CASCADE_HEAD = DATA / "cascade_head.npz"
+DEFAULT_ROUTE_HEAD = DATA / "route_head.npz"
 
 
-def mean_token_probability(logprobs: Sequence[float]) -> float:
-    """Geometric mean of the answer's token probabilities, in [0, 1] (0 for no tokens).
+@dataclass(frozen=True)
+class EdgeAnswer:
+    prompt: str
+    text: str
+    logprobs: Sequence[float]
 
-    The edge's own confidence: low when it hesitated over many tokens.
-    """
-    if not logprobs:
-        return 0.0
-    return math.exp(sum(logprobs) / len(logprobs))
+
+def confidence_features(answers: Sequence[EdgeAnswer]) -> np.ndarray:
+    """[N, 3]: mean and minimum token log-probability, answer length (tokens / 32)."""
+    rows = [(float(np.mean(a.logprobs)) if a.logprobs else -10.0,
+             float(np.min(a.logprobs)) if a.logprobs else -10.0,
+             len(a.logprobs) / 32.0) for a in answers]
+    return np.asarray(rows, dtype=np.float32).reshape(len(answers), 3)
+
+
+class Scorer(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        """P(acceptable) for each answer, [N]."""
+
+    def score(self, answer: EdgeAnswer) -> float:
+        return float(self.score_many([answer])[0])
+
+
+class MeanProbabilityScorer(Scorer):
+    name = "mean_prob"
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return np.exp(confidence_features(answers)[:, 0])
+
+
+class MinProbabilityScorer(Scorer):
+    name = "min_prob"
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return np.exp(confidence_features(answers)[:, 1])
+
+
+class LearnedScorer(Scorer):
+    """MiniLM(query), MiniLM(answer), their cosine and the confidence features → head."""
+
+    name = "learned"
+
+    def __init__(self, head: LogisticHead, encoder: object | None = None) -> None:
+        from tandem.router.embeddings import SentenceEncoder
+
+        self.head = head
+        self.encoder = encoder or SentenceEncoder()
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_CASCADE_HEAD, encoder: object | None = None) -> LearnedScorer:
+        return cls(LogisticHead.load(path), encoder)
+
+    def features(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        q = self.encoder.encode([a.prompt for a in answers])  # type: ignore[attr-defined]
+        a = self.encoder.encode([a.text for a in answers])  # type: ignore[attr-defined]
+        cos = (q * a).sum(axis=1, keepdims=True)
+        return np.hstack([q, a, cos, confidence_features(answers)])
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return self.head.predict(self.features(answers))
+
+
+class PromptRouter:
+    """P(the edge answer will be acceptable) from the prompt alone (MiniLM + head)."""
+
+    def __init__(self, head: LogisticHead, encoder: object | None = None) -> None:
+        from tandem.router.embeddings import SentenceEncoder
+
+        self.head = head
+        self.encoder = encoder or SentenceEncoder()
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_ROUTE_HEAD, encoder: object | None = None) -> PromptRouter:
+        return cls(LogisticHead.load(path), encoder)
+
+    @staticmethod
+    def feature_rows(embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        lengths = np.asarray([[math.log1p(len(p))] for p in prompts], dtype=np.float32)
+        return np.hstack([embeddings, lengths])
+
+    def features(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.feature_rows(self.encoder.encode(list(prompts)), prompts)  # type: ignore[attr-defined]
+
+    def predict_many(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.head.predict(self.features(prompts))
+
+
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls for cls in (MeanProbabilityScorer, MinProbabilityScorer, LearnedScorer)}
+
+
+def create_scorer(name: str, encoder: object | None = None) -> Scorer:
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; known: {sorted(SCORERS)}")
+    if name == LearnedScorer.name:
+        return LearnedScorer.load(encoder=encoder)
+    return SCORERS[name]()

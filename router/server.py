@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry
 
 from tandem.router.config import RouterConfig
 from tandem.router.metrics import RouterMetrics
-from tandem.router.policies.base import create_policies
+from tandem.router.policies.base import PolicyResources, create_policies
+from tandem.router.scorers import DEFAULT_ROUTE_HEAD, PromptRouter, create_scorer
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
 from tandem.router.tiers import Tiers
@@ -18,15 +19,31 @@ from tandem.shared.models import load_tokenizer, resolve_model
 from tandem.v1 import router_pb2_grpc
 
 
-async def run(config: RouterConfig) -> None:
+def build_resources(config: RouterConfig, state: object) -> PolicyResources:
+    """Tokenizer, scorer and (when trained) the prompt router, loaded once."""
     tokenizer = load_tokenizer(resolve_model(config.model))
-    state = create_state_store(config.state)
-    tiers = Tiers(config.edge_address, config.cloud_address)
+    needs_encoder = config.scorer == "learned" or DEFAULT_ROUTE_HEAD.is_file()
+    encoder = None
+    if needs_encoder:
+        from tandem.router.embeddings import SentenceEncoder
+
+        encoder = SentenceEncoder()
+    prompt_router = PromptRouter.load(encoder=encoder) if DEFAULT_ROUTE_HEAD.is_file() else None
+    return PolicyResources(tokenizer, state, create_scorer(config.scorer, encoder),  # type: ignore[arg-type]
+                           prompt_router)
+
+
+async def run(config: RouterConfig) -> None:
     registry = CollectorRegistry()
-    policies = create_policies(config, tokenizer)
+    metrics = RouterMetrics(registry)
+    state = create_state_store(config.state, lambda op: metrics.state_fallbacks.labels(op).inc(),
+                               config.state_timeout_seconds)
+    resources = build_resources(config, state)
+    tiers = Tiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000)
+    policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")
-    servicer = RouterServicer(config, tokenizer, tiers, state, policies, RouterMetrics(registry))
+    servicer = RouterServicer(config, resources.tokenizer, tiers, state, policies, metrics)
     try:
         await serve("router", config,
                     lambda server: router_pb2_grpc.add_RouterServicer_to_server(servicer, server),

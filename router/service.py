@@ -1,5 +1,6 @@
-"""The Router gRPC servicer: validates requests, resolves sessions and the policy, runs
-the policy and streams its answer with per-chunk provenance."""
+"""The Router gRPC servicer: validates requests, admits them (rate limits, budgets),
+answers from the response cache or runs the policy, and streams the answer with
+per-chunk provenance. State writes happen before the final chunk is acknowledged."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from tandem.router.admission import Admission
 from tandem.router.config import RouterConfig
 from tandem.router.metrics import RouterMetrics
 from tandem.router.policies.base import Outcome, Policy, RoutedRequest
+from tandem.router.response_cache import cache_key, replay, snapshot
 from tandem.router.state import StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
@@ -47,6 +50,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.state = state
         self.policies = policies
         self.metrics = metrics
+        self.admission = Admission(config, state)
 
     async def _prepare(self, request: router_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> PreparedRequest:
@@ -69,11 +73,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                    if request.session_id else [])
         prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
         check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
+        turns = prompt.conversation()
         routed = RoutedRequest(
             request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
             deadline=Deadline.from_context(context, self.config.default_timeout_seconds),
-            tenant=request.tenant)
-        return PreparedRequest(routed, policy, request.session_id, prompt.conversation())
+            tenant=request.tenant, prompt_text=turns[-1]["content"] if turns else "")
+        return PreparedRequest(routed, policy, request.session_id, turns)
 
     async def GenerateStream(self, request: router_pb2.GenerateRequest,
                              context: grpc.aio.ServicerContext
@@ -82,38 +87,75 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         policy_label = request.policy or self.config.default_policy
         try:
             prepared = await self._prepare(request, context)
+            reservation = await self.admission.admit(request.tenant,
+                                                     prepared.routed.sampling.max_tokens)
+            key = (cache_key(prepared.routed, prepared.policy.name, bool(prepared.session_id))
+                   if self.config.response_cache_seconds > 0 else None)
+            cached = await self.state.cache_get(request.tenant, key) if key else None
+            if cached is not None:
+                for chunk in replay(cached):
+                    yield chunk
+                await self.admission.settle(reservation, 0)
+                self.metrics.cache_hits.inc()
+                return
+            chunks: list[router_pb2.GenerateChunk] = []
             outcome = Outcome(prepared.policy.name)
-            parts: list[str] = []
-            first_token_ns = 0
             async for piece in prepared.policy.run(prepared.routed, self.tiers, outcome):
-                first_token_ns = first_token_ns or time.perf_counter_ns() - started
-                parts.append(piece.text)
-                yield router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
-                                               token_ids=piece.token_ids)
-            if prepared.session_id:
-                answer = {"role": "assistant", "content": "".join(parts)}
-                await self.state.append(request.tenant, prepared.session_id,
-                                        prepared.new_turns + [answer],
-                                        self.config.session_ttl_seconds)
+                chunk = router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
+                                                 token_ids=piece.token_ids)
+                outcome.timings.first_token_ns = (outcome.timings.first_token_ns
+                                                  or time.perf_counter_ns() - started)
+                chunks.append(chunk)
+                yield chunk
+            final = self._final_chunk(prepared, outcome, started)
+            await self._record(request, prepared, reservation, outcome, chunks, final, key)
         except Exception as exc:
-            self.metrics.requests.labels(
-                policy_label if policy_label in self.policies else "unknown",
-                status_for(exc)[0].name).inc()
+            label = policy_label if policy_label in self.policies else "unknown"
+            self.metrics.requests.labels(label, status_for(exc)[0].name).inc()
             raise
+        yield final
+
+    def _final_chunk(self, prepared: PreparedRequest, outcome: Outcome,
+                     started: int) -> router_pb2.GenerateChunk:
         total_ns = time.perf_counter_ns() - started
         timings = outcome.timings
-        timings.first_token_ns = first_token_ns
         timings.total_ns = total_ns
         timings.overhead_ns = max(total_ns - timings.edge_ns - timings.cloud_ns, 0)
         outcome.usage.prompt_tokens = len(prepared.routed.prompt_ids)
-        self.metrics.record(outcome, total_ns / 1e9, first_token_ns / 1e9 if first_token_ns else None)
+        return router_pb2.GenerateChunk(done=True, finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
+                                        usage=outcome.usage, timings=timings,
+                                        decision=outcome.decision)
+
+    async def _record(self, request: router_pb2.GenerateRequest, prepared: PreparedRequest,
+                      reservation: object, outcome: Outcome,
+                      chunks: list[router_pb2.GenerateChunk], final: router_pb2.GenerateChunk,
+                      key: str | None) -> None:
+        """Session turn, budget refund, cache entry, statistics, metrics and a log line —
+        all done before the final chunk acknowledges the answer."""
+        usage = outcome.usage
+        if prepared.session_id:
+            answer = {"role": "assistant", "content": "".join(c.text for c in chunks)}
+            await self.state.append(request.tenant, prepared.session_id,
+                                    prepared.new_turns + [answer],
+                                    self.config.session_ttl_seconds)
+        await self.admission.settle(reservation, usage.edge_tokens + usage.cloud_tokens)  # type: ignore[arg-type]
+        if key:
+            await self.state.cache_put(request.tenant, key, snapshot(chunks, final),
+                                       self.config.response_cache_seconds)
+        await self.state.add_stats(outcome.policy, {
+            "requests": 1, "escalations": int(outcome.decision.escalated),
+            "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
+            "cloud_passes": usage.cloud_forward_passes, "draft_tokens": usage.draft_tokens,
+            "accepted_tokens": usage.accepted_draft_tokens})
+        timings = final.timings
+        self.metrics.record(outcome, timings.total_ns / 1e9,
+                            timings.first_token_ns / 1e9 if timings.first_token_ns else None)
         log_event(logger, "request done", request_id=prepared.routed.request_id,
                   policy=outcome.policy, escalated=outcome.decision.escalated,
-                  edge_tokens=outcome.usage.edge_tokens, cloud_tokens=outcome.usage.cloud_tokens,
-                  cloud_passes=outcome.usage.cloud_forward_passes, ms=round(total_ns / 1e6, 1))
-        yield router_pb2.GenerateChunk(done=True, finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
-                                       usage=outcome.usage, timings=timings,
-                                       decision=outcome.decision)
+                  edge_tokens=usage.edge_tokens, cloud_tokens=usage.cloud_tokens,
+                  cloud_passes=usage.cloud_forward_passes,
+                  ms=round(timings.total_ns / 1e6, 1),
+                  overhead_ms=round(timings.overhead_ns / 1e6, 2))
 
     async def Generate(self, request: router_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> router_pb2.GenerateResponse:

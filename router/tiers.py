@@ -3,6 +3,8 @@ the request's remaining deadline, is timed, and fails with the upstream status."
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2, edge_pb2_grpc
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -33,12 +36,32 @@ async def _upstream(service: str, timings: common_pb2.Timings, field: str) -> As
         setattr(timings, field, getattr(timings, field) + time.perf_counter_ns() - started)
 
 
+class DelayInterceptor(grpc.aio.UnaryUnaryClientInterceptor,
+                       grpc.aio.UnaryStreamClientInterceptor):
+    """Delays the start of every call by a fixed time: a simulated network round trip
+    for benchmarks (a unary call pays it once per call, a stream once before its first
+    message, as on a real link)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay_s)
+        return await continuation(client_call_details, request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay_s)
+        return await continuation(client_call_details, request)
+
+
 class Tiers:
     """The edge and cloud services behind one object (one channel each)."""
 
-    def __init__(self, edge_address: str, cloud_address: str) -> None:
+    def __init__(self, edge_address: str, cloud_address: str, cloud_rtt_s: float = 0.0) -> None:
         self._edge_channel = grpc.aio.insecure_channel(edge_address, options=CHANNEL_OPTIONS)
-        self._cloud_channel = grpc.aio.insecure_channel(cloud_address, options=CHANNEL_OPTIONS)
+        interceptors = [DelayInterceptor(cloud_rtt_s)] if cloud_rtt_s > 0 else None
+        self._cloud_channel = grpc.aio.insecure_channel(cloud_address, options=CHANNEL_OPTIONS,
+                                                        interceptors=interceptors)
         self.edge = edge_pb2_grpc.EdgeStub(self._edge_channel)
         self.cloud = cloud_pb2_grpc.CloudStub(self._cloud_channel)
 
@@ -86,8 +109,8 @@ class Tiers:
         try:
             await self.cloud.EndSession(
                 cloud_pb2.EndSessionRequest(session_id=session_id, tenant=tenant), timeout=1.0)
-        except grpc.aio.AioRpcError:
-            pass  # the cloud evicts idle sessions on its own
+        except grpc.aio.AioRpcError as exc:  # the cloud also evicts idle sessions itself
+            logger.debug("EndSession %s failed: %s", session_id, exc.code().name)
 
     async def close(self) -> None:
         await self._edge_channel.close()

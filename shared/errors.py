@@ -28,9 +28,19 @@ class InvalidArgument(TandemError, ValueError):
 
 
 class ResourceExhausted(TandemError):
-    """Overload, queue or rate limits."""
+    """Overload, queue or rate limits; ``retry_after_s`` is sent as the trailing metadata
+    ``retry-after-ms`` when known."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after_s is None:
+            return ()
+        return (("retry-after-ms", str(max(1, round(self.retry_after_s * 1000)))),)
 
 
 class Unavailable(TandemError):
@@ -102,4 +112,5 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         logger.exception("unhandled error in %s", method)
-    await context.abort(code, message)
+    trailers = exc.trailers() if isinstance(exc, ResourceExhausted) else ()
+    await context.abort(code, message, trailers)

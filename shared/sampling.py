@@ -8,6 +8,7 @@ vLLM, so confidence scores do not depend on how a request was sampled.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +30,19 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
 
     @classmethod
     def from_pb(cls, pb: common_pb2.SamplingParams, *, default_max_tokens: int,
@@ -57,14 +67,30 @@ class SamplingParams:
         if any(not s or len(s) > MAX_STOP_LENGTH for s in stop):
             raise InvalidArgument(f"stop: strings must have 1-{MAX_STOP_LENGTH} characters")
         seed = pb.seed if pb.HasField("seed") else None
+        if not (math.isfinite(pb.min_p) and 0.0 <= pb.min_p <= 1.0):
+            raise InvalidArgument(f"min_p: must be in [0, 1], got {pb.min_p}")
+        repetition = pb.repetition_penalty if pb.HasField("repetition_penalty") else 1.0
+        if not (math.isfinite(repetition) and 0.0 < repetition <= 10.0):
+            raise InvalidArgument(f"repetition_penalty: must be in (0, 10], got {repetition}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(pb, name)
+            if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+                raise InvalidArgument(f"{name}: must be in [-2, 2], got {value}")
         return cls(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                   top_k=pb.top_k, stop=stop, seed=seed)
+                   top_k=pb.top_k, stop=stop, seed=seed, min_p=pb.min_p,
+                   repetition_penalty=repetition, presence_penalty=pb.presence_penalty,
+                   frequency_penalty=pb.frequency_penalty)
 
     def to_pb(self) -> common_pb2.SamplingParams:
         pb = common_pb2.SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
                                        top_p=self.top_p, top_k=self.top_k, stop=list(self.stop))
         if self.seed is not None:
             pb.seed = self.seed
+        pb.min_p = self.min_p
+        if self.repetition_penalty != 1.0:
+            pb.repetition_penalty = self.repetition_penalty
+        pb.presence_penalty = self.presence_penalty
+        pb.frequency_penalty = self.frequency_penalty
         return pb
 
 
@@ -74,11 +100,41 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class TokenSampler:
-    """Chooses tokens for one request; seeded, so a seed reproduces the output."""
+    """Chooses tokens for one request; seeded, so a seed reproduces the output.
+
+    Penalties follow vLLM: repetition over prompt and output tokens, presence and
+    frequency over output tokens. The sampler counts the tokens it samples itself; the
+    prompt's tokens count for the repetition penalty once ``set_prompt`` is called.
+    """
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self._rng = np.random.default_rng(params.seed)
+        self._prompt_ids: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._output_counts: dict[int, int] = {}
+
+    def set_prompt(self, prompt_ids: Sequence[int]) -> None:
+        self._prompt_ids = np.unique(np.asarray(prompt_ids, dtype=np.int64))
+
+    def apply_penalties(self, logits: np.ndarray) -> np.ndarray:
+        """``logits`` with the request's penalties applied (unchanged when there are none)."""
+        p = self.params
+        if not p.has_penalties:
+            return logits
+        out = logits.astype(np.float32, copy=True)
+        output_ids = np.fromiter(self._output_counts, dtype=np.int64)
+        if p.repetition_penalty != 1.0:
+            seen = np.union1d(self._prompt_ids, output_ids)
+            values = out[seen]
+            out[seen] = np.where(values > 0, values / p.repetition_penalty,
+                                 values * p.repetition_penalty)
+        if output_ids.size:
+            counts = np.fromiter(self._output_counts.values(), dtype=np.float32)
+            out[output_ids] -= p.presence_penalty + p.frequency_penalty * counts
+        return out
+
+    def _record(self, token: int) -> None:
+        self._output_counts[token] = self._output_counts.get(token, 0) + 1
 
     def distribution(self, logits: np.ndarray) -> np.ndarray:
         """The probabilities this request samples from (temperature, top-k, top-p applied)."""
@@ -89,6 +145,9 @@ class TokenSampler:
             scaled = np.where(scaled < kth, -np.inf, scaled)
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum()
+        if p.min_p > 0.0:
+            probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
+            probs /= probs.sum()
         if p.top_p < 1.0:
             order = np.argsort(-probs)
             cumulative = np.cumsum(probs[order])
@@ -109,9 +168,12 @@ class TokenSampler:
                                  ) -> tuple[int, float, float, np.ndarray | None]:
         """As ``sample``, plus the distribution sampled from (None when greedy)."""
         raw = log_softmax(logits.astype(np.float32))
+        logits = self.apply_penalties(logits)
         if self.params.greedy:
             token = int(np.argmax(logits))
+            self._record(token)
             return token, float(raw[token]), float(math.exp(raw[token])), None
         probs = self.distribution(logits)
         token = int(self._rng.choice(probs.shape[-1], p=probs))
+        self._record(token)
         return token, float(raw[token]), float(probs[token]), probs

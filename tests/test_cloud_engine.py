@@ -1,25 +1,38 @@
-"""The cloud engine on a tiny random-weight Llama: generation equals HF `generate`,
-verification accepts exactly the target's tokens, and session KV reuse/rollback is exact."""
+"""The cloud engine on a tiny random-weight Llama: batched generation equals HF
+`generate`, verification accepts exactly the target's tokens and rolls back, the paged
+KV cache is freed on cancel, reused per tenant only, and preempts when full."""
 
 import asyncio
 
 import pytest
 import torch
 
-from tandem.cloud.engine import CloudEngine, new_kv_cache
+from tandem.cloud.config import CloudConfig
+from tandem.cloud.engine import request_tenant
 from tandem.cloud.model_loader import load_causal_lm
-from tandem.cloud.sessions import SessionStore
+from tandem.cloud.server import build_engine
+from tandem.shared.errors import ResourceExhausted
 from tandem.shared.models import resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
 
 GREEDY = SamplingParams(max_tokens=1)
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198]
+LONG_PROMPT = list(range(1000, 1040))  # 2.5 blocks of 16
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    model = load_causal_lm(resolve_model(str(tiny_model_dir)), "float32")
-    eng = CloudEngine(model, SessionStore(8, 10_000, 600, new_kv_cache))
+def model(tiny_model_dir):
+    return load_causal_lm(resolve_model(str(tiny_model_dir)), "float32")
+
+
+def make_engine(model, **overrides):
+    config = CloudConfig(**{"kv_cache_mb": 4, "max_waiting": 8, **overrides})
+    return build_engine(config, model, stop_token_ids=[])
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    eng = make_engine(model)
     yield eng
     eng.close()
 
@@ -31,26 +44,101 @@ def hf_greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-def engine_greedy(engine, prompt, n):
-    async def collect():
-        tokens = []
-        gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=n)), "")
-        async for item in gen:
-            tokens.append(item.token)
-            if len(tokens) == n:
-                break
+async def collect(engine, prompt, n, tenant="", params=None):
+    request_tenant.set(tenant)
+    params = params or SamplingParams(max_tokens=n)
+    gen = engine.generate(prompt, TokenSampler(params), "")
+    tokens = [item.token async for item in gen]
+    return tokens
+
+
+def test_concurrent_generations_each_match_hf_generate(model, engine):
+    prompts = [PROMPT, LONG_PROMPT, PROMPT[:5]]
+
+    async def run_all():
+        return await asyncio.gather(*(collect(engine, p, 20) for p in prompts))
+
+    results = asyncio.run(run_all())
+    for prompt, tokens in zip(prompts, results):
+        assert tokens == hf_greedy(model, prompt, 20)
+    assert engine.pool.num_used == 0  # everything freed once finished
+
+
+def test_preemption_when_the_pool_is_full_still_gives_exact_output(model):
+    eng = make_engine(model, kv_cache_mb=1, block_size=16)
+    eng.pool.__init__(6, 16)  # 96 token slots for three 40+30-token sequences
+    eng.scheduler.pool = eng.pool
+    try:
+        async def run_all():
+            return await asyncio.gather(*(collect(eng, [7 + i] + LONG_PROMPT, 30)
+                                          for i in range(3)))
+
+        results = asyncio.run(run_all())
+        assert eng.metrics.preemptions._value.get() > 0
+        for i, tokens in enumerate(results):
+            assert tokens == hf_greedy(model, [7 + i] + LONG_PROMPT, 30)
+    finally:
+        eng.close()
+
+
+def test_cancelled_stream_frees_its_blocks(engine):
+    async def cancel_early():
+        gen = engine.generate(LONG_PROMPT, TokenSampler(SamplingParams(max_tokens=500)), "")
+        got = [await gen.__anext__() for _ in range(3)]
+        assert engine.pool.num_used > 0
         await gen.aclose()
-        return tokens
+        for _ in range(50):  # the loop frees it before its next step
+            await asyncio.sleep(0.01)
+            if engine.pool.num_used == 0:
+                break
+        return got
 
-    return asyncio.run(collect())
+    assert len(asyncio.run(cancel_early())) == 3
+    assert engine.pool.num_used == 0 and not engine.scheduler.running
 
 
-def test_generate_matches_hf_generate(engine):
-    assert engine_greedy(engine, PROMPT, 24) == hf_greedy(engine.model, PROMPT, 24)
+def test_prefix_cache_is_reused_within_a_tenant_only(model):
+    eng = make_engine(model)
+    hits = eng.metrics.prefix_hits
+
+    async def ask(tenant):
+        before = hits._value.get()
+        tokens = await collect(eng, LONG_PROMPT, 4, tenant=tenant)
+        await asyncio.sleep(0.05)
+        eng._update_gauges()
+        return tokens, hits._value.get() - before
+
+    first, cold = asyncio.run(ask("a"))
+    again, warm = asyncio.run(ask("a"))
+    other, other_hits = asyncio.run(ask("b"))
+    eng.close()
+    assert cold == 0 and warm == 32 and other_hits == 0
+    assert first == again == other  # reuse never changes the output
 
 
-def test_verify_accepts_target_tokens_and_rolls_back_rejections(engine):
-    target = hf_greedy(engine.model, PROMPT, 12)
+def test_queue_limit_is_resource_exhausted_before_any_work(model):
+    eng = make_engine(model, max_num_seqs=1, max_waiting=1)
+
+    async def overload():
+        gens = [eng.generate(PROMPT, TokenSampler(SamplingParams(max_tokens=50)), "")
+                for _ in range(3)]
+        await gens[0].__anext__()  # running
+        first_waiting = asyncio.ensure_future(gens[1].__anext__())
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted):
+            await gens[2].__anext__()
+        first_waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first_waiting
+        for g in gens:
+            await g.aclose()
+
+    asyncio.run(overload())
+    eng.close()
+
+
+def test_verify_accepts_target_tokens_and_rolls_back_rejections(model, engine):
+    target = hf_greedy(model, PROMPT, 12)
 
     async def rounds():
         # Round 1: four correct drafts, then a wrong one -> 4 accepted, next = target[4].
@@ -68,9 +156,10 @@ def test_verify_accepts_target_tokens_and_rolls_back_rejections(engine):
     # Only the cloud's own token needed computing besides the new drafts.
     assert r2.cached_tokens == len(PROMPT) + 4
     assert r2.computed_tokens == 1 + 4
+    assert engine.end_session("t", "s1") and not engine.end_session("t", "s1")
 
 
-def test_sessions_are_per_tenant(engine):
+def test_verify_sessions_are_per_tenant(engine):
     async def both():
         await engine.verify("tenant-a", "shared-id", PROMPT, [], GREEDY)
         return await engine.verify("tenant-b", "shared-id", PROMPT, [], GREEDY)
@@ -78,11 +167,17 @@ def test_sessions_are_per_tenant(engine):
     assert asyncio.run(both()).cached_tokens == 0
 
 
-def test_session_store_evicts_least_recently_used():
-    store = SessionStore(max_sessions=2, max_tokens=100, idle_seconds=600, new_cache=list)
-    store.acquire("", "a")
-    store.acquire("", "b")
-    store.acquire("", "a")
-    store.acquire("", "c")  # evicts b, the least recently used
-    assert store.drop("", "b") is False
-    assert store.drop("", "a") and store.drop("", "c")
+def test_seeded_sampling_repeats_and_penalties_change_output(engine):
+    sampled = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, min_p=0.01, seed=7)
+    penalised = SamplingParams(max_tokens=12, repetition_penalty=5.0, frequency_penalty=2.0)
+
+    async def run():
+        a = await collect(engine, PROMPT, 12, params=sampled)
+        b = await collect(engine, PROMPT, 12, params=sampled)
+        plain = await collect(engine, PROMPT, 12)
+        pen = await collect(engine, PROMPT, 12, params=penalised)
+        return a, b, plain, pen
+
+    a, b, plain, pen = asyncio.run(run())
+    assert a == b and len(a) == 12
+    assert pen != plain and len(set(pen)) > len(set(plain)) - 1

@@ -20,6 +20,9 @@ from tandem.v1 import common_pb2, router_pb2
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from tandem.router.scorers import PromptRouter, Scorer
+    from tandem.router.state import StateStore
+
     from tandem.router.config import RouterConfig
     from tandem.router.tiers import Tiers
 
@@ -33,11 +36,17 @@ class RoutedRequest:
     sampling: SamplingParams
     deadline: Deadline
     tenant: str = ""
+    prompt_text: str = ""  # the latest user message (what scorers and routers read)
 
-    def tier_request(self, logprobs: bool = False) -> common_pb2.TierGenerateRequest:
+    def tier_request(self, logprobs: bool = False,
+                     prompt_ids: list[int] | None = None,
+                     max_tokens: int | None = None) -> common_pb2.TierGenerateRequest:
+        sampling = self.sampling.to_pb()
+        if max_tokens is not None:
+            sampling.max_tokens = max_tokens
         return common_pb2.TierGenerateRequest(
-            prompt_tokens=common_pb2.TokenIds(ids=self.prompt_ids),
-            sampling=self.sampling.to_pb(), logprobs=logprobs, tenant=self.tenant,
+            prompt_tokens=common_pb2.TokenIds(ids=prompt_ids or self.prompt_ids),
+            sampling=sampling, logprobs=logprobs, tenant=self.tenant,
             session_id=self.request_id)
 
 
@@ -64,6 +73,16 @@ class Outcome:
         self.decision.policy = self.policy
 
 
+@dataclass
+class PolicyResources:
+    """What policies may use besides the tiers (built once per router or SDK client)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    state: StateStore
+    scorer: Scorer
+    prompt_router: PromptRouter | None = None
+
+
 class Policy(ABC):
     """Decides which tiers answer a request."""
 
@@ -73,8 +92,11 @@ class Policy(ABC):
     def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
         """Stream the answer; closing the iterator early must stop all tier work."""
 
+    def bind(self, policies: dict[str, Policy]) -> None:
+        """Called once with every configured policy (for policies that compose others)."""
+
     @classmethod
-    def from_config(cls, config: RouterConfig, tokenizer: PreTrainedTokenizerBase) -> Policy:
+    def from_config(cls, config: RouterConfig, resources: PolicyResources) -> Policy:
         return cls()
 
 
@@ -86,12 +108,18 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-def create_policies(config: RouterConfig,
-                    tokenizer: PreTrainedTokenizerBase) -> dict[str, Policy]:
+def create_policies(config: RouterConfig, resources: PolicyResources) -> dict[str, Policy]:
     """One instance of every registered policy, configured from ``config``."""
-    from tandem.router.policies import cascade, single_tier, speculative  # noqa: F401 - registers
+    from tandem.router.policies import auto, cascade, route, single_tier, speculative  # noqa: F401
 
-    return {name: cls.from_config(config, tokenizer) for name, cls in POLICIES.items()}
+    policies: dict[str, Policy] = {}
+    for name, cls in POLICIES.items():
+        if name == "route" and resources.prompt_router is None:
+            continue  # needs the trained prompt router
+        policies[name] = cls.from_config(config, resources)
+    for policy in policies.values():
+        policy.bind(policies)
+    return policies
 
 
 async def stream_from_tier(tiers: Tiers, tier: int, request: RoutedRequest,

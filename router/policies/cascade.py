@@ -1,9 +1,10 @@
-"""`cascade` (FrugalGPT): the edge answers; a scorer judges the answer; below the
+"""`cascade` (FrugalGPT): the edge answers; a scorer estimates P(acceptable); below the
 threshold the request is escalated to the cloud.
 
 Streaming contract: the edge answer is held until it is scored, so a client never sees
 text that is later withdrawn. Accepted, it arrives as edge chunks; escalated, the client
 sees only the cloud's streamed answer (the decision says it was escalated).
+The threshold is fixed or steered online by the budget controller (router/controller.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, register_policy,
-                                         stream_from_tier)
-from tandem.router.scorers import mean_token_probability
+from tandem.router.controller import ThresholdController
+from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+                                         register_policy, stream_from_tier)
+from tandem.router.scorers import EdgeAnswer, Scorer
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -25,34 +27,39 @@ if TYPE_CHECKING:
 class CascadePolicy(Policy):
     name = "cascade"
 
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
+    def __init__(self, scorer: Scorer, controller: ThresholdController) -> None:
+        self.scorer = scorer
+        self.controller = controller
 
     @classmethod
-    def from_config(cls, config: RouterConfig, tokenizer: object) -> CascadePolicy:
-        return cls(config.cascade_threshold)
+    def from_config(cls, config: RouterConfig, resources: PolicyResources) -> CascadePolicy:
+        return cls(resources.scorer, ThresholdController(
+            resources.state, config.cascade_threshold, config.target_escalation_rate,
+            config.controller_step))
+
+    async def edge_answer(self, request: RoutedRequest, tiers: Tiers,
+                          outcome: Outcome) -> tuple[common_pb2.TierGenerateResponse, bool]:
+        """The edge's answer, scored; returns (answer, accepted) and records the decision."""
+        edge = await tiers.edge_generate(request.tier_request(logprobs=True), request.deadline,
+                                         outcome.timings)
+        outcome.usage.edge_generated_tokens += len(edge.token_ids)
+        score = self.scorer.score(EdgeAnswer(request.prompt_text, edge.text, edge.logprobs))
+        threshold = await self.controller.current()
+        accepted = score >= threshold
+        outcome.decision.score = score
+        outcome.decision.threshold = threshold
+        outcome.decision.escalated = not accepted
+        await self.controller.observe(not accepted)
+        if accepted:
+            outcome.usage.edge_tokens += len(edge.token_ids)
+            outcome.finish_reason = edge.finish_reason
+        return edge, accepted
 
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Chunk]:
-        edge = await tiers.edge_generate(request.tier_request(logprobs=True), request.deadline,
-                                         outcome.timings)
-        score = mean_token_probability(edge.logprobs)
-        outcome.decision.score = score
-        outcome.decision.threshold = self.threshold
-        if score >= self.threshold:
-            outcome.usage.edge_tokens += len(edge.token_ids)
-            outcome.usage.edge_generated_tokens += len(edge.token_ids)
-            outcome.finish_reason = edge.finish_reason
+        edge, accepted = await self.edge_answer(request, tiers, outcome)
+        if accepted:
             yield Chunk(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
             return
-        outcome.usage.edge_generated_tokens += len(edge.token_ids)
-        outcome.decision.escalated = True
         async for piece in stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome):
             yield piece
-
-
-@register_policy
-class AutoPolicy(CascadePolicy):
-    """The default policy; for now the cascade (difficulty routing comes later)."""
-
-    name = "auto"

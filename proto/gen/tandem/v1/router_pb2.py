@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xca\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x08messages\x18\x02 \x01(\x0b\x32\x13.tandem.v1.MessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x12\n\nraw_prompt\x18\x07 \x01(\x08\x42\x07\n\x05input\"I\n\x07Segment\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.tandem.v1.Tier\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\"V\n\x0fRoutingDecision\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tescalated\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x11\n\tthreshold\x18\x04 \x01(\x02\"\xfe\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12$\n\x08segments\x18\x02 \x03(\x0b\x32\x12.tandem.v1.Segment\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings\x12,\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0b\x32\x1a.tandem.v1.RoutingDecision\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\x81\x02\n\rGenerateChunk\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.tandem.v1.Tier\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12,\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0b\x32\x1a.tandem.v1.RoutingDecision\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\x32\x97\x01\n\x06Router\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12H\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x18.tandem.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xca\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\x08messages\x18\x02 \x01(\x0b\x32\x13.tandem.v1.MessagesH\x00\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x12\n\nraw_prompt\x18\x07 \x01(\x08\x42\x07\n\x05input\"I\n\x07Segment\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.tandem.v1.Tier\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\"\xb0\x01\n\x0fRoutingDecision\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tescalated\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x13\n\x0broute_score\x18\x05 \x01(\x02\x12\x14\n\x0c\x64raft_length\x18\x06 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\x12\x1d\n\x15speculation_abandoned\x18\x08 \x01(\x08\"\xfe\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12$\n\x08segments\x18\x02 \x03(\x0b\x32\x12.tandem.v1.Segment\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings\x12,\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0b\x32\x1a.tandem.v1.RoutingDecision\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\x81\x02\n\rGenerateChunk\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.tandem.v1.Tier\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12,\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0b\x32\x1a.tandem.v1.RoutingDecision\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\x32\x97\x01\n\x06Router\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12H\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x18.tandem.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_end=264
   _globals['_SEGMENT']._serialized_start=266
   _globals['_SEGMENT']._serialized_end=339
-  _globals['_ROUTINGDECISION']._serialized_start=341
-  _globals['_ROUTINGDECISION']._serialized_end=427
-  _globals['_GENERATERESPONSE']._serialized_start=430
-  _globals['_GENERATERESPONSE']._serialized_end=684
-  _globals['_GENERATECHUNK']._serialized_start=687
-  _globals['_GENERATECHUNK']._serialized_end=944
-  _globals['_ROUTER']._serialized_start=947
-  _globals['_ROUTER']._serialized_end=1098
+  _globals['_ROUTINGDECISION']._serialized_start=342
+  _globals['_ROUTINGDECISION']._serialized_end=518
+  _globals['_GENERATERESPONSE']._serialized_start=521
+  _globals['_GENERATERESPONSE']._serialized_end=775
+  _globals['_GENERATECHUNK']._serialized_start=778
+  _globals['_GENERATECHUNK']._serialized_end=1035
+  _globals['_ROUTER']._serialized_start=1038
+  _globals['_ROUTER']._serialized_end=1189
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,159 @@
+"""A fast forward for Llama-family decoders (Llama, SmolLM2, Qwen2, Mistral) over the
+paged KV cache: every sequence of a step in one flattened batch.
+
+Weights come from the transformers model (which also supplies the rotary embedding, so
+every RoPE scaling variant it knows works here); projections are fused (q|k|v and
+gate|up) so a step is one matmul per projection for all tokens of all sequences.
+Attention reads each sequence's KV through its block table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+FAST_ARCHITECTURES = frozenset({"llama", "qwen2", "mistral"})
+# Sequences computing at most this many tokens share one padded attention call.
+SMALL_QUERY = 16
+
+
+def supports_fast_path(config: object, context_window: int) -> str | None:
+    """None if the fast forward computes this model exactly, else the reason it cannot."""
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FAST_ARCHITECTURES:
+        return f"architecture {model_type!r} is not in {sorted(FAST_ARCHITECTURES)}"
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", model_type == "mistral")
+    if window and uses_window and window < context_window:
+        return f"sliding window {window} < context window {context_window}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    return None
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [D]
+    qkv: torch.Tensor  # [(H + 2*Hkv) * hd, D]
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor  # [D, H * hd]
+    post_norm: torch.Tensor  # [D]
+    gate_up: torch.Tensor  # [2 * F, D]
+    down: torch.Tensor  # [D, F]
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Sequences whose attention runs in one (padded) SDPA call."""
+
+    query_rows: torch.Tensor  # [B, Q] flat token index of each query (padding: 0)
+    query_valid: torch.Tensor  # [B, Q] bool
+    key_slots: torch.Tensor  # [B, L] KV slot of each key position (padding: 0)
+    mask: torch.Tensor  # [B, 1, Q, L] bool: query may attend to key
+
+
+@dataclass(frozen=True)
+class StepInput:
+    token_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slots: torch.Tensor  # [T] KV slot each new token's K/V is written to
+    groups: list[AttentionGroup]
+    logit_rows: torch.Tensor  # [N] flat token indices whose logits are returned
+
+
+class LlamaForward:
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        cfg = hf_model.config
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        self.num_layers = cfg.num_hidden_layers
+        self.eps = cfg.rms_norm_eps
+        self.dtype = hf_model.dtype
+        inner = hf_model.model
+        self.embed = inner.embed_tokens.weight  # [V, D]
+        self.final_norm = inner.norm.weight
+        self.lm_head = hf_model.lm_head.weight  # [V, D] (tied: the same tensor as embed)
+        self.rotary = inner.rotary_emb
+        self.layers = [self._fuse(layer) for layer in inner.layers]
+
+    @staticmethod
+    def _fuse(layer: torch.nn.Module) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+        return LayerWeights(
+            input_norm=layer.input_layernorm.weight,
+            qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            qkv_bias=None if biases[0] is None else torch.cat(biases),
+            o=attn.o_proj.weight,
+            post_norm=layer.post_attention_layernorm.weight,
+            gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            down=mlp.down_proj.weight)
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads (the embedding row aside; the LM head
+        reads the whole vocabulary matrix)."""
+        tensors = [self.final_norm, self.lm_head]
+        for w in self.layers:
+            tensors += [w.input_norm, w.qkv, w.o, w.post_norm, w.gate_up, w.down]
+            if w.qkv_bias is not None:
+                tensors.append(w.qkv_bias)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as transformers' LlamaRMSNorm: normalise in fp32.
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * x32.to(x.dtype)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput, k_cache: torch.Tensor, v_cache: torch.Tensor
+                ) -> torch.Tensor:
+        """Run one step; returns fp32 logits [N, V] of ``step.logit_rows``.
+
+        k_cache, v_cache: [layers, slots, Hkv, hd], written at ``step.slots``.
+        """
+        x = F.embedding(step.token_ids, self.embed)  # [T, D]
+        cos, sin = self.rotary(x, step.positions[None])  # [1, T, hd]
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, hd]
+        for i, w in enumerate(self.layers):
+            x = x + self._attention(i, self._rms_norm(x, w.input_norm), w, cos, sin, step,
+                                    k_cache[i], v_cache[i])
+            h = self._rms_norm(x, w.post_norm)
+            gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)  # [T, F] each
+            x = x + F.linear(F.silu(gate) * up, w.down)
+        x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
+        return F.linear(x, self.lm_head).float()  # [N, V]
+
+    def _attention(self, layer: int, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
+                   sin: torch.Tensor, step: StepInput, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor) -> torch.Tensor:
+        T = h.shape[0]
+        H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(h, w.qkv, w.qkv_bias)  # [T, (H + 2Hkv) * hd]
+        q, k, v = qkv.view(T, H + 2 * Hkv, hd).split([H, Hkv, Hkv], dim=1)
+        q = q * cos + _rotate_half(q) * sin  # [T, H, hd]
+        k = k * cos + _rotate_half(k) * sin  # [T, Hkv, hd]
+        k_cache.index_copy_(0, step.slots, k)
+        v_cache.index_copy_(0, step.slots, v)
+        out = torch.empty(T, H, hd, dtype=h.dtype)
+        for g in step.groups:
+            qg = q[g.query_rows].transpose(1, 2)  # [B, H, Q, hd]
+            kg = k_cache[g.key_slots].transpose(1, 2)  # [B, Hkv, L, hd]
+            vg = v_cache[g.key_slots].transpose(1, 2)
+            og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask,
+                                                enable_gqa=Hkv != H)  # [B, H, Q, hd]
+            og = og.transpose(1, 2)  # [B, Q, H, hd]
+            out[g.query_rows[g.query_valid]] = og[g.query_valid]
+        return F.linear(out.view(T, H * hd), w.o)  # [T, D]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -1,0 +1,93 @@
+"""Turning a step's logits into tokens: batched greedy picks, per-request sampling
+(shared TokenSampler: temperature, top-k/p, min-p, penalties, seed), and the lossless
+acceptance rules of speculative verification."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tandem.shared.errors import InvalidArgument
+from tandem.shared.sampling import TokenSampler
+from tandem.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    accepted: int  # leading draft tokens accepted
+    next_token: int  # the target's correction, or a bonus token after all drafts
+
+
+def greedy_rows(logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Argmax token and its raw log-probability of each row. logits: [N, V] fp32."""
+    tokens = logits.argmax(dim=-1)  # [N]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+    return tokens.tolist(), logprobs.tolist()
+
+
+def dense_distributions(dists: Sequence[common_pb2.TokenDistribution], vocab_size: int
+                        ) -> list[np.ndarray]:
+    """Draft distributions as dense float64 vectors; raises InvalidArgument."""
+    out = []
+    for i, d in enumerate(dists):
+        probs = np.asarray(d.probs, dtype=np.float64)
+        if d.token_ids:
+            ids = np.asarray(d.token_ids, dtype=np.int64)
+            if ids.shape != probs.shape or ids.min() < 0 or ids.max() >= vocab_size:
+                raise InvalidArgument(
+                    f"draft_distributions[{i}]: token_ids must align with probs and lie in "
+                    f"[0, {vocab_size})")
+            dense = np.zeros(vocab_size)
+            dense[ids] = probs
+        elif probs.shape == (vocab_size,):
+            dense = probs
+        else:
+            raise InvalidArgument(
+                f"draft_distributions[{i}]: dense probs need {vocab_size} entries, "
+                f"got {probs.size}")
+        if not np.all(np.isfinite(dense)) or dense.min() < 0 or not 0.5 < dense.sum() < 1.5:
+            raise InvalidArgument(
+                f"draft_distributions[{i}]: probabilities must be >= 0 and sum to 1")
+        out.append(dense / dense.sum())
+    return out
+
+
+def accept_greedy(draft: Sequence[int], targets: Sequence[int]) -> Acceptance:
+    accepted = 0
+    while accepted < len(draft) and draft[accepted] == targets[accepted]:
+        accepted += 1
+    return Acceptance(accepted, targets[accepted])
+
+
+def accept_by_target_sampling(draft: Sequence[int], logits: np.ndarray,
+                              sampler: TokenSampler) -> Acceptance:
+    """Without draft distributions: accept a draft iff the target samples it there.
+    logits: [k+1, V]."""
+    for i, token in enumerate(draft):
+        sampled = sampler.sample(logits[i])[0]
+        if sampled != token:
+            return Acceptance(i, sampled)
+    return Acceptance(len(draft), sampler.sample(logits[len(draft)])[0])
+
+
+def accept_by_rejection(draft: Sequence[int], logits: np.ndarray, sampler: TokenSampler,
+                        draft_probs: Sequence[np.ndarray], rng: np.random.Generator
+                        ) -> Acceptance:
+    """Leviathan et al.'s rule: accept x ~ q with probability min(1, p(x)/q(x)); on the
+    first rejection sample from normalize(max(0, p - q)); after k acceptances a bonus
+    token from p. The output is distributed exactly as the target's p."""
+    vocab = logits.shape[-1]
+    for i, token in enumerate(draft):
+        p = sampler.distribution(logits[i])
+        q = draft_probs[i]
+        if q[token] <= 0 or rng.random() < min(1.0, p[token] / q[token]):
+            continue
+        residual = np.maximum(p - q, 0.0)
+        total = residual.sum()
+        residual = residual / total if total > 0 else p
+        return Acceptance(i, int(rng.choice(vocab, p=residual)))
+    bonus = sampler.distribution(logits[len(draft)])
+    return Acceptance(len(draft), int(rng.choice(vocab, p=bonus)))

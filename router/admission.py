@@ -1,0 +1,51 @@
+"""Admission before any model work: per-tenant request rate limit and output-token
+budget, both atomic in the shared state store. Over a limit → RESOURCE_EXHAUSTED with
+the time after which a retry can succeed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.router.config import RouterConfig
+from tandem.router.state import StateStore
+from tandem.shared.errors import ResourceExhausted
+
+
+@dataclass(frozen=True)
+class Reservation:
+    tenant: str
+    tokens: int  # output tokens reserved from the budget (0 when budgets are off)
+
+
+class Admission:
+    def __init__(self, config: RouterConfig, state: StateStore) -> None:
+        self.config = config
+        self.state = state
+
+    async def admit(self, tenant: str, max_tokens: int) -> Reservation:
+        c = self.config
+        if c.rate_limit_rps > 0:
+            allowance = await self.state.take_request(tenant, c.rate_limit_rps, c.rate_limit_burst)
+            if not allowance.allowed:
+                raise ResourceExhausted(
+                    f"rate limit of {c.rate_limit_rps:g} requests/s exceeded for tenant "
+                    f"{tenant or '-'!r}; retry after {allowance.retry_after_s:.3f} s",
+                    allowance.retry_after_s)
+        if c.token_budget > 0:
+            allowance = await self.state.reserve_tokens(tenant, max_tokens, c.token_budget,
+                                                        c.token_budget_window_seconds)
+            if not allowance.allowed:
+                raise ResourceExhausted(
+                    f"token budget of {c.token_budget} output tokens per "
+                    f"{c.token_budget_window_seconds:g} s exhausted for tenant {tenant or '-'!r} "
+                    f"(this request reserves max_tokens={max_tokens}); retry after "
+                    f"{allowance.retry_after_s:.1f} s", allowance.retry_after_s)
+            return Reservation(tenant, max_tokens)
+        return Reservation(tenant, 0)
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Give back the reserved tokens the request did not use."""
+        unused = reservation.tokens - used_tokens
+        if unused > 0:
+            await self.state.refund_tokens(reservation.tenant, unused,
+                                           self.config.token_budget_window_seconds)

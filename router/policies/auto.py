@@ -1,0 +1,62 @@
+"""`auto`, the default: route → (edge answer → score → escalate) → escalations decoded
+speculatively.
+
+1. The prompt router predicts whether the edge will suffice; clearly hard prompts skip
+   the edge and are decoded speculatively at once (cloud quality, fewer cloud passes).
+2. Otherwise the edge answers and the cascade's scorer judges the answer.
+3. An escalated answer is not wasted: its tokens are the first draft the cloud verifies,
+   so whatever prefix the cloud agrees with costs one pass (lossless: the cloud decides
+   every token). Streaming follows the cascade's contract (edge text held until scored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+                                         register_policy)
+from tandem.router.policies.cascade import CascadePolicy
+from tandem.router.policies.route import RoutePolicy
+from tandem.router.policies.speculative import SpeculativePolicy
+from tandem.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from tandem.router.config import RouterConfig
+    from tandem.router.tiers import Tiers
+
+
+@register_policy
+class AutoPolicy(Policy):
+    name = "auto"
+
+    def __init__(self, max_first_draft: int) -> None:
+        self.max_first_draft = max_first_draft
+        self.cascade: CascadePolicy | None = None
+        self.route: RoutePolicy | None = None
+        self.speculative: SpeculativePolicy | None = None
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, resources: PolicyResources) -> AutoPolicy:
+        return cls(config.max_first_draft)
+
+    def bind(self, policies: dict[str, Policy]) -> None:
+        self.cascade = policies["cascade"]  # type: ignore[assignment]
+        self.route = policies.get("route")  # type: ignore[assignment]
+        self.speculative = policies["speculative"]  # type: ignore[assignment]
+
+    async def run(self, request: RoutedRequest, tiers: Tiers,
+                  outcome: Outcome) -> AsyncIterator[Chunk]:
+        assert self.cascade is not None and self.speculative is not None
+        if self.route is not None and not self.route.predict(request, outcome):
+            outcome.decision.escalated = True
+            async for chunk in self.speculative.decode(request, tiers, outcome):
+                yield chunk
+            return
+        edge, accepted = await self.cascade.edge_answer(request, tiers, outcome)
+        if accepted:
+            yield Chunk(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+            return
+        first_draft = list(edge.token_ids)[:self.max_first_draft] or None
+        async for chunk in self.speculative.decode(request, tiers, outcome, first_draft):
+            yield chunk

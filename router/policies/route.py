@@ -1,0 +1,42 @@
+"""`route` (pre-generation routing, RouteLLM-style): predict from the prompt alone
+whether the edge will answer acceptably; send it to the edge or straight to the cloud."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+                                         register_policy, stream_from_tier)
+from tandem.router.scorers import PromptRouter
+from tandem.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from tandem.router.config import RouterConfig
+    from tandem.router.tiers import Tiers
+
+
+@register_policy
+class RoutePolicy(Policy):
+    name = "route"
+
+    def __init__(self, router: PromptRouter, threshold: float) -> None:
+        self.router = router
+        self.threshold = threshold
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, resources: PolicyResources) -> RoutePolicy:
+        assert resources.prompt_router is not None
+        return cls(resources.prompt_router, config.route_threshold)
+
+    def predict(self, request: RoutedRequest, outcome: Outcome) -> bool:
+        """True when the edge is predicted to suffice (recorded in the decision)."""
+        p_edge = float(self.router.predict_many([request.prompt_text])[0])
+        outcome.decision.route_score = p_edge
+        return p_edge >= self.threshold
+
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+        to_edge = self.predict(request, outcome)
+        outcome.decision.escalated = not to_edge
+        tier = common_pb2.TIER_EDGE if to_edge else common_pb2.TIER_CLOUD
+        return stream_from_tier(tiers, tier, request, outcome)

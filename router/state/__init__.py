@@ -1,0 +1,11 @@
+"""Router state shared by all replicas: sessions, rate limits and token budgets, the
+response cache, the cascade threshold and its budget controller, policy statistics.
+
+Redis holds it for a fleet (``redis_store``); a process-local store (``memory``) is the
+single-process default and the fallback while Redis is down (``resilient``).
+"""
+
+from tandem.router.state.base import Allowance, StateStore, Turn
+from tandem.router.state.factory import create_state_store
+
+__all__ = ["Allowance", "StateStore", "Turn", "create_state_store"]
