@@ -11,7 +11,7 @@ Serving metrics follow vLLM's serving benchmark (benchmarks/benchmark_serving.py
 Tandem's own: tier_share (requests answered by edge only / cloud only / both, and output
 tokens per tier), escalation (escalated / completed requests, and per policy),
 speculative acceptance (accepted / drafted tokens and cloud forward passes per output
-token, over requests that drafted) and `cached` (answers from the router's response
+token, over requests that drafted; totals over all) and `cached` (answers from the router's response
 cache, which did no model work).
 Only OK requests enter latency and token figures; RESOURCE_EXHAUSTED is `rejected`,
 every other status is `failed`, both counted by code.
@@ -106,15 +106,23 @@ def escalation(ok: list[RequestRecord]) -> dict[str, Any]:
 
 
 def speculative(ok: list[RequestRecord]) -> dict[str, Any]:
-    """Over the requests that ran speculative rounds (any policy): vLLM's acceptance
-    rate (accepted / draft tokens) and cloud forward passes per output token."""
-    spec = [r for r in ok if r.draft_tokens]
-    drafted = sum(r.draft_tokens for r in spec)
-    accepted = sum(r.accepted_draft_tokens for r in spec)
-    out_tokens = sum(r.output_tokens for r in spec)
-    return {"requests": len(spec), "draft_tokens": drafted, "accepted_tokens": accepted,
-            "acceptance_rate": _rate(accepted, drafted),
-            "cloud_passes_per_token": _rate(sum(r.cloud_forward_passes for r in spec), out_tokens)}
+    """Draft and accepted token totals over every request (they equal the router's
+    tandem_router_spec_*_tokens_total counters); vLLM's acceptance rate (accepted / draft
+    tokens) and cloud forward passes per output token over the requests that drafted.
+    Requests that report accepted tokens without drafts (an escalation that had the cloud
+    verify the edge's answer) are counted apart, as they have no draft count to divide by."""
+    drafted = [r for r in ok if r.draft_tokens]
+    undrafted = [r for r in ok if r.accepted_draft_tokens and not r.draft_tokens]
+    out_tokens = sum(r.output_tokens for r in drafted)
+    return {"requests": len(drafted),
+            "draft_tokens": sum(r.draft_tokens for r in ok),
+            "accepted_tokens": sum(r.accepted_draft_tokens for r in ok),
+            "acceptance_rate": _rate(sum(r.accepted_draft_tokens for r in drafted),
+                                     sum(r.draft_tokens for r in drafted)),
+            "cloud_passes_per_token": _rate(sum(r.cloud_forward_passes for r in drafted),
+                                            out_tokens),
+            "accepted_without_drafts": {"requests": len(undrafted),
+                                        "tokens": sum(r.accepted_draft_tokens for r in undrafted)}}
 
 
 def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None,

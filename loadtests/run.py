@@ -147,13 +147,14 @@ def run_load_test(test: LoadTest, metrics: dict[str, str] | None = None,
     return summary
 
 
-def start_stack() -> Any:
-    """A local stack (redis, cloud, edge, router) on free ports; the caller stops it."""
+def start_stack(config: str | None = None) -> Any:
+    """A local stack (redis, cloud, edge, router) on free ports, configured by the TOML
+    file `config` like `tandem up --config`; the caller stops it."""
     from tandem.shared.cli.up import LocalStack
     from tandem.shared.process import free_port
 
     stack = LocalStack(SimpleNamespace(
-        config=None, host="127.0.0.1", router_port=free_port(), cloud_port=free_port(),
+        config=config, host="127.0.0.1", router_port=free_port(), cloud_port=free_port(),
         edge_port=free_port(), redis_port=free_port(), no_redis=False))
     try:
         stack.start()

@@ -119,28 +119,35 @@ def test_summary_counts_rejected_apart_and_follows_vllm_definitions():
         record(ttft=0.2, e2el=1.2, tiers={"edge": 6, "cloud": 2}, start=102.0, itl_s=[0.2] * 2,
                resolved_policy="speculative", draft_tokens=8, accepted_draft_tokens=6,
                cloud_forward_passes=3),
+        record(ttft=0.2, e2el=1.0, tiers={"edge": 3, "cloud": 1}, start=102.5,
+               resolved_policy="auto", escalated=True, accepted_draft_tokens=3,
+               cloud_forward_passes=1),
         record(code="RESOURCE_EXHAUSTED", e2el=0.01, tiers={}, start=103.0),
         record(code="UNAVAILABLE", e2el=0.01, tiers={}, start=104.0),
     ]
     s = summarize(records, parse_slos(["ttft:500", "e2el:2000"]))
-    assert (s["completed"], s["failed"], s["rejected"]) == (3, 1, 1)
+    assert (s["completed"], s["failed"], s["rejected"]) == (4, 1, 1)
     assert s["failures_by_code"] == {"UNAVAILABLE": 1}
     assert s["duration_s"] == pytest.approx(104.01 - 100.0)
-    assert s["total_output_tokens"] == 24
-    assert s["output_throughput"] == pytest.approx(24 / 4.01, abs=1e-3)
-    assert s["request_throughput"] == pytest.approx(3 / 4.01, abs=1e-3)
+    assert s["total_output_tokens"] == 28
+    assert s["output_throughput"] == pytest.approx(28 / 4.01, abs=1e-3)
+    assert s["request_throughput"] == pytest.approx(4 / 4.01, abs=1e-3)
     assert s["ttft_ms"]["p50"] == pytest.approx(200.0)
-    assert s["e2el_ms"]["mean"] == pytest.approx(1766.667, abs=1e-2)
-    assert s["tpot_ms"]["mean"] == pytest.approx((100 + 500 + 1000 / 7) / 3, abs=1e-2)
+    assert s["e2el_ms"]["mean"] == pytest.approx(1575.0, abs=1e-2)
+    assert s["tpot_ms"]["mean"] == pytest.approx((100 + 500 + 1000 / 7 + 800 / 3) / 4, abs=1e-2)
     assert s["itl_ms"]["mean"] == pytest.approx(1000 * (1.0 + 2.0 + 0.4) / 16, abs=1e-2)
-    assert s["goodput"]["good_requests"] == 2  # the escalated one misses both SLOs
+    assert s["goodput"]["good_requests"] == 3  # the slow escalated one misses both SLOs
     share = s["tier_share"]
-    assert share["request_counts"] == {"edge": 1, "cloud": 1, "both": 1, "none": 0}
-    assert share["token_counts"] == {"edge": 17, "cloud": 7}
-    assert s["escalation"]["escalated"] == 1 and s["escalation"]["rate"] == pytest.approx(1 / 3, abs=1e-3)
+    assert share["request_counts"] == {"edge": 1, "cloud": 1, "both": 2, "none": 0}
+    assert share["token_counts"] == {"edge": 20, "cloud": 8}
+    assert s["escalation"]["escalated"] == 2 and s["escalation"]["rate"] == 0.5
     assert s["escalation"]["by_policy"]["cascade"] == {"requests": 2, "escalated": 1}
-    assert s["speculative"]["acceptance_rate"] == 0.75
-    assert s["speculative"]["cloud_passes_per_token"] == pytest.approx(3 / 8)
+    assert s["escalation"]["by_policy"]["auto"] == {"requests": 1, "escalated": 1}
+    spec = s["speculative"]
+    assert (spec["requests"], spec["draft_tokens"], spec["accepted_tokens"]) == (1, 8, 9)
+    assert spec["acceptance_rate"] == 0.75  # over the request that drafted only
+    assert spec["cloud_passes_per_token"] == pytest.approx(3 / 8)
+    assert spec["accepted_without_drafts"] == {"requests": 1, "tokens": 3}
 
 
 def test_slos_are_validated():
@@ -172,3 +179,26 @@ def test_counter_deltas_keep_changed_counters_only():
     before = {'a_total{x="1"}': 2.0, 'b_total{}': 1.0, 'h_bucket{le="1"}': 3.0}
     after = {'a_total{x="1"}': 5.0, 'b_total{}': 1.0, 'c_total{}': 4.0, 'h_bucket{le="1"}': 9.0}
     assert counter_deltas(before, after) == {'a_total{x="1"}': 3.0, 'c_total{}': 4.0}
+
+
+def _level(users, tok_s, e2el_ms):
+    dist = {"mean": e2el_ms, "p50": e2el_ms, "p99": e2el_ms * 2}
+    return {"config": {"users": users, "target": "router", "policy": "default", "max_tokens": 16},
+            "completed": 8, "failed": 0, "rejected": 0, "request_throughput": tok_s / 16,
+            "output_throughput": tok_s, "ttft_ms": dist, "tpot_ms": dist, "e2el_ms": dist,
+            "server": {"cpu_cores_busy": {"cloud": 0.5, "edge": 1.0}}}
+
+
+def test_sweep_finds_saturation_and_draws_the_curves(tmp_path):
+    from tandem.loadtests.sweep import format_sweep, plot_sweep, saturation
+
+    levels = [_level(1, 20.0, 800.0), _level(4, 60.0, 1000.0), _level(16, 63.0, 4000.0),
+              _level(32, 62.0, 8000.0)]
+    report = {"levels": levels, "saturation": saturation(levels)}
+    assert report["saturation"]["users"] == 4 and report["saturation"]["next_users"] == 16
+    table = format_sweep(report)
+    assert table.count("\n") == 6 and "cpu edge" in table and "saturates at 4 users" in table
+    png = tmp_path / "sweep.png"
+    plot_sweep(report, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert saturation(levels[:2])["users"] is None

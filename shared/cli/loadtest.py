@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
@@ -18,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("router", "cloud"), default="router")
     p.add_argument("--address", help="gRPC host:port of the target (default: the tandem up port).")
     p.add_argument("--up", action="store_true", help="Start a local stack on free ports first.")
+    p.add_argument("--stack-config", help="--up: TOML file with [cloud], [edge] and [router] "
+                                          "sections (as for tandem up --config).")
     p.add_argument("--users", type=int, default=4, help="Concurrent users (locust -u).")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--requests", type=int, help="Requests in all, then stop (default 20).")
@@ -73,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem loadtest: {exc}", file=sys.stderr)
         return 2
     stack, pids = None, None
+    # SIGTERM unwinds like Ctrl-C, so the stack and locust started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.up:
-            stack = start_stack()
+            stack = start_stack(args.stack_config)
             addresses, metrics, pids = stack_endpoints(stack)
             test.address = args.address or addresses[args.target]
         if args.sweep:
