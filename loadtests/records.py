@@ -32,6 +32,9 @@ class RequestRecord:
     resolved_policy: str = ""
     escalated: bool = False
     cached: bool = False  # answered from the router's response cache
+    edge_s: float = 0.0  # the router's own timings: waiting on the edge tier,
+    cloud_s: float = 0.0  # on the cloud tier,
+    overhead_s: float = 0.0  # and its own work (routing, validation, state)
     prompt_tokens: int = 0
     cloud_forward_passes: int = 0
     draft_tokens: int = 0

@@ -153,6 +153,9 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
         "goodput": {"slos_ms": slos, "good_requests": good,
                     "request_goodput": _rate(good, duration)},
         "tier_share": tier_share(ok),
+        # Where the router says a request's time went (mean ms; router target only).
+        "router_time_ms": {k: round(1000 * float(np.mean([getattr(r, f"{k}_s") for r in ok])), 3)
+                           if ok else None for k in ("edge", "cloud", "overhead")},
         "escalation": escalation(ok),
         "speculative": speculative(ok),
         "by_policy": dict(Counter(r.resolved_policy or r.policy for r in ok)),

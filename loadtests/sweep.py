@@ -16,6 +16,7 @@ COLUMNS = (
     ("tok/s", ("output_throughput",)), ("ttft p50", ("ttft_ms", "p50")),
     ("ttft p99", ("ttft_ms", "p99")), ("tpot p50", ("tpot_ms", "p50")),
     ("e2el p50", ("e2el_ms", "p50")), ("e2el p99", ("e2el_ms", "p99")),
+    ("edge ms", ("router_time_ms", "edge")), ("cloud ms", ("router_time_ms", "cloud")),
 )
 
 
@@ -91,6 +92,7 @@ def plot_sweep(report: dict[str, Any], path: str) -> None:
     left.plot(users, tput, marker="o")
     left.set(xlabel="concurrent users", ylabel="output tokens/s", title="Throughput")
     left.set_xscale("log", base=2)
+    left.set_xticks(users, labels=[str(n) for n in users])
     for metric, style in (("ttft_ms", "--"), ("e2el_ms", "-")):
         for pct in ("p50", "p99"):
             values = [(lv[metric][pct] or 0.0) / 1000.0 for lv in levels]

@@ -72,7 +72,9 @@ def stream_router(stub: router_pb2_grpc.RouterStub, request: router_pb2.Generate
             record.escalated = chunk.decision.escalated
             # Routers built before the response cache have no `cached` field.
             record.cached = bool(getattr(chunk.decision, "cached", False))
-            usage = chunk.usage
+            usage, timings = chunk.usage, chunk.timings
+            record.edge_s, record.cloud_s = timings.edge_ns / 1e9, timings.cloud_ns / 1e9
+            record.overhead_s = timings.overhead_ns / 1e9
             record.prompt_tokens = usage.prompt_tokens
             record.cloud_forward_passes = usage.cloud_forward_passes
             record.draft_tokens = usage.draft_tokens

@@ -136,6 +136,7 @@ def test_summary_counts_rejected_apart_and_follows_vllm_definitions():
     assert s["e2el_ms"]["mean"] == pytest.approx(1575.0, abs=1e-2)
     assert s["tpot_ms"]["mean"] == pytest.approx((100 + 500 + 1000 / 7 + 800 / 3) / 4, abs=1e-2)
     assert s["itl_ms"]["mean"] == pytest.approx(1000 * (1.0 + 2.0 + 0.4) / 16, abs=1e-2)
+    assert s["router_time_ms"] == {"edge": 0.0, "cloud": 0.0, "overhead": 0.0}
     assert s["goodput"]["good_requests"] == 3  # the slow escalated one misses both SLOs
     share = s["tier_share"]
     assert share["request_counts"] == {"edge": 1, "cloud": 1, "both": 2, "none": 0}

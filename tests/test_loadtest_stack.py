@@ -61,6 +61,7 @@ def test_router_summary_agrees_with_router_counters(real_stack, tmp_path):
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
         assert 0 < s[key]["p50"] <= s[key]["p99"]
     assert s["goodput"]["good_requests"] == 6 and s["output_throughput"] > 0
+    assert s["router_time_ms"]["edge"] > 0 and s["router_time_ms"]["overhead"] >= 0
     # locust's own files: one CSV row per policy, and the HTML report.
     stats = (tmp_path / "locust_stats.csv").read_text()
     assert "Aggregated,6,0" in stats
