@@ -56,10 +56,16 @@ class EdgeBackend(ABC):
 
 def create_backend(config: EdgeConfig, source: ModelSource) -> EdgeBackend:
     """Instantiate the configured backend (registry lookup, no fallback)."""
-    from tandem.edge.llama_cpp_backend import LlamaCppBackend
+    path = BACKEND_CLASSES.get(config.backend)
+    if path is None:
+        raise ValueError(f"unknown edge backend {config.backend!r}; known: {sorted(BACKEND_CLASSES)}")
+    module, _, attr = path.partition(":")
+    cls = getattr(__import__(module, fromlist=[attr]), attr)  # lazy: torch only when used
+    return cls.from_config(config, source)  # type: ignore[no-any-return]
 
-    backends: dict[str, type[EdgeBackend]] = {LlamaCppBackend.name: LlamaCppBackend}
-    cls = backends.get(config.backend)
-    if cls is None:
-        raise ValueError(f"unknown edge backend {config.backend!r}; known: {sorted(backends)}")
-    return cls.from_config(config, source)  # type: ignore[attr-defined]
+
+# Backend name (EdgeConfig.backend) -> "module:class", imported only when chosen.
+BACKEND_CLASSES = {
+    "llama.cpp": "tandem.edge.llama_cpp_backend:LlamaCppBackend",
+    "torch": "tandem.edge.torch_backend:TorchBackend",
+}

@@ -1,0 +1,143 @@
+"""Edge artifacts written by `tandem compress` and loaded by the torch backend: a folder
+with manifest.json (shape, recipe, per-component kinds and parameters), weights.safetensors
+(every resident tensor, in its compressed format) and, for flash models, ffn.flash."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tandem.edge.compress import Built, Recipe
+from tandem.edge.flash import AlignedBuffer, FlashStore, Int8Selector, Predictor
+from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
+from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
+from tandem.edge.sparsity import ActivationSparseFFN
+from tandem.edge.torch_model import (DenseEmbedding, DenseFFN, DenseLinear, LayerWeights,
+                                     LlamaRuntime, LlamaShape)
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+LINEARS: dict[str, Any] = {"dense": DenseLinear, "int8": Int8Linear, "int4": Int4Linear}
+
+
+def save(built: Built, recipe: Recipe, folder: Path, source: str) -> None:
+    """Write ``built`` (its flash file must already be ``folder``/ffn.flash)."""
+    from safetensors.torch import save_file
+
+    rt = built.runtime
+    tensors: dict[str, torch.Tensor] = {"final_norm": rt.final_norm}
+    emb = rt.embedding
+    if isinstance(emb, Int8Embedding):
+        tensors.update({"embedding.q": emb.head.q, "embedding.scale": emb.head.scale})
+        emb_kind = "int8"
+    else:
+        tensors["embedding.weight"] = emb.weight  # type: ignore[attr-defined]
+        emb_kind = "dense"
+    layers = []
+    for i, layer in enumerate(rt.layers):
+        p = f"layers.{i}."
+        tensors[p + "attn_norm"], tensors[p + "ffn_norm"] = layer.attn_norm, layer.ffn_norm
+        kinds = {}
+        for name, lin in layer.linears().items():
+            kinds[name] = _put_linear(tensors, p + name, lin)
+        layers.append({"linears": kinds, "ffn": _put_ffn(tensors, p + "ffn.", layer.ffn)})
+    manifest = {"source": source, "shape": rt.shape.to_dict(), "recipe": asdict(recipe),
+                "embedding": emb_kind, "layers": layers, "model_bytes": built.model_bytes,
+                "window": built.window, "capacity": built.capacity}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _put_linear(tensors: dict[str, torch.Tensor], prefix: str, lin: Any) -> str:
+    for key, value in lin.tensors().items():
+        tensors[f"{prefix}.{key}"] = value
+    return lin.kind
+
+
+def _put_ffn(tensors: dict[str, torch.Tensor], prefix: str, ffn: Any) -> dict[str, Any]:
+    if isinstance(ffn, NaiveFlashFFN):
+        return {"kind": "flash_naive"}
+    if isinstance(ffn, WindowedFlashFFN):
+        sel = ffn.predictor
+        if isinstance(sel, Predictor):
+            tensors[prefix + "pred.a"], tensors[prefix + "pred.b"] = sel.a, sel.b
+            selector = "lowrank"
+        else:
+            for part in ("gate", "up"):
+                lin = getattr(sel, part)
+                tensors[f"{prefix}sel.{part}.q"], tensors[f"{prefix}sel.{part}.scale"] = lin.q, lin.scale
+            selector = "int8"
+        return {"kind": "flash", "selector": selector, "select_threshold": sel.threshold,
+                "threshold": ffn.act_threshold, "max_gap": ffn.max_gap}
+    kinds = {name: _put_linear(tensors, prefix + name, getattr(ffn, name))
+             for name in ("gate", "up", "down")}
+    if isinstance(ffn, ActivationSparseFFN):
+        return {"kind": "act_sparse", "linears": kinds, "threshold": ffn.threshold}
+    return {"kind": "dense", "linears": kinds}
+
+
+def load(folder: Path, io_threads: int = 8, window: int | None = None) -> Built:
+    """The runtime stored in ``folder`` (``window`` overrides the built-in k)."""
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    t = load_file(str(folder / WEIGHTS))
+    shape = LlamaShape(**manifest["shape"])
+    recipe = Recipe(**manifest["recipe"])
+    if manifest["embedding"] == "int8":
+        embedding: Any = Int8Embedding(t["embedding.q"], t["embedding.scale"])
+    else:
+        embedding = DenseEmbedding(t["embedding.weight"])
+    store = None
+    if recipe.flash:
+        store = FlashStore(str(folder / "ffn.flash"), shape.layers, shape.ffn, shape.hidden,
+                           recipe.io_mode, io_threads)
+    naive_buffer = AlignedBuffer(shape.ffn, store.record) if recipe.flash == "naive" else None  # type: ignore[union-attr]
+    k = manifest["window"] if window is None else window
+    layers = []
+    for i, spec in enumerate(manifest["layers"]):
+        p = f"layers.{i}."
+        linear = {name: _get_linear(t, p + name, kind) for name, kind in spec["linears"].items()}
+        ffn = _get_ffn(t, p + "ffn.", spec["ffn"], i, store, naive_buffer, manifest["capacity"], k)
+        layers.append(LayerWeights(t[p + "attn_norm"], linear["q"], linear["k"], linear["v"],
+                                   linear["o"], t[p + "ffn_norm"], ffn))
+    runtime = LlamaRuntime(shape, embedding, layers, t["final_norm"])
+    return Built(runtime, manifest["model_bytes"], window=k, capacity=manifest["capacity"], store=store)
+
+
+def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str) -> Any:
+    cls = LINEARS[kind]
+    parts = {k[len(prefix) + 1:]: v for k, v in t.items() if k.startswith(prefix + ".")}
+    return cls.from_tensors(parts, {})
+
+
+def _get_ffn(t: dict[str, torch.Tensor], prefix: str, spec: dict[str, Any], layer: int,
+             store: FlashStore | None, naive_buffer: AlignedBuffer | None, capacity: int,
+             window: int) -> Any:
+    kind = spec["kind"]
+    if kind == "flash_naive":
+        return NaiveFlashFFN(layer, store, naive_buffer)  # type: ignore[arg-type]
+    if kind == "flash":
+        if spec["selector"] == "lowrank":
+            selector: Any = Predictor(t[prefix + "pred.a"], t[prefix + "pred.b"], spec["select_threshold"])
+        else:
+            selector = Int8Selector.__new__(Int8Selector)
+            selector.gate = Int8Linear(t[prefix + "sel.gate.q"], t[prefix + "sel.gate.scale"])
+            selector.up = Int8Linear(t[prefix + "sel.up.q"], t[prefix + "sel.up.scale"])
+            selector.threshold = spec["select_threshold"]
+        return WindowedFlashFFN(layer, store, selector, spec["threshold"], capacity, window,  # type: ignore[arg-type]
+                                spec["max_gap"])
+    gate, up, down = (_get_linear(t, prefix + n, spec["linears"][n]) for n in ("gate", "up", "down"))
+    if kind == "act_sparse":
+        return ActivationSparseFFN(gate, up, down, spec["threshold"])
+    return DenseFFN(gate, up, down)
+
+
+def flash_file_in(folder: Path) -> str:
+    return os.path.join(folder, "ffn.flash")

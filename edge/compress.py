@@ -1,0 +1,196 @@
+"""Building compressed torch runtimes from a dense model and calibration statistics:
+quantization, Wanda pruning, activation sparsity and flash offloading, by named recipe."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from tandem.edge.flash import (AlignedBuffer, FlashStore, Int8Selector, Predictor, fit_predictor, record_bytes,
+                               write_flash_file)
+from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
+from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear, awq_input_scale
+from tandem.edge.sparsity import (ActivationSparseFFN, Calibration, activation_thresholds,
+                                  wanda_prune)
+from tandem.edge.torch_model import LlamaRuntime, LlamaShape, dense_runtime
+
+Progress = Callable[[str, int], None]  # (stage, steps done) for progress bars
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to do to the dense model (every field is independent of the others)."""
+
+    weights: str = "fp32"  # fp32 | int8 | int4 (decoder linears; INT8 embedding when not fp32)
+    group_size: int = 32  # INT4 group of input channels
+    awq: bool = True  # INT4: activation-aware input scaling from calibration
+    prune: str | None = None  # Wanda: "unstructured" (50%) | "2:4"
+    act_sparsity: float = 0.0  # target fraction of zeroed FFN activations
+    flash: str | None = None  # None | "naive" | "windowed"
+    budget_fraction: float = 0.6  # flash: DRAM budget as a fraction of the model's bytes
+    window: int | None = None  # flash: tokens kept; None chooses the largest k the budget fits
+    selector: str = "lowrank"  # flash neuron selector: lowrank (predictor) | int8
+    predictor_rank: int = 64
+    max_gap: int = 0  # flash: join reads across up to this many unneeded neurons
+    recall: float = 0.9  # predictor: share of truly active neurons it must select
+    io_mode: str = "direct"
+
+
+RECIPES: dict[str, Recipe] = {
+    "resident": Recipe(),
+    "int8": Recipe(weights="int8"),
+    "int4": Recipe(weights="int4"),
+    "int4-noawq": Recipe(weights="int4", awq=False),
+    "wanda50": Recipe(prune="unstructured"),
+    "wanda-2:4": Recipe(prune="2:4"),
+    "act-sparse50": Recipe(act_sparsity=0.5),
+    "int8-act-sparse50": Recipe(weights="int8", act_sparsity=0.5),
+    "flash-naive": Recipe(weights="int8", flash="naive"),
+    "flash": Recipe(weights="int8", flash="windowed", act_sparsity=0.5),
+    "flash-int8sel": Recipe(weights="int8", flash="windowed", act_sparsity=0.5, selector="int8"),
+}
+
+
+@dataclass
+class Built:
+    runtime: LlamaRuntime
+    model_bytes: int  # every weight of the model in this format (resident + on flash)
+    window: int = 0
+    capacity: int = 0  # flash: buffer rows per layer
+    store: FlashStore | None = None
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def quantize_runtime(runtime: LlamaRuntime, calib: Calibration | None, recipe: Recipe,
+                     include_ffn: bool = True) -> None:
+    """Replace the dense linears (and the embedding) by the recipe's weight format."""
+    if recipe.weights == "fp32":
+        return
+    if recipe.weights not in ("int8", "int4"):
+        raise ValueError(f"unknown weight format {recipe.weights!r}")
+    runtime.embedding = Int8Embedding.from_dense(runtime.embedding.weight)  # type: ignore[attr-defined]
+    for index, layer in enumerate(runtime.layers):
+        names = ["q", "k", "v", "o"] + (["gate", "up", "down"] if include_ffn else [])
+        for name in names:
+            owner = layer if name in ("q", "k", "v", "o") else layer.ffn
+            weight = getattr(owner, name).weight
+            if recipe.weights == "int8":
+                new = Int8Linear.from_dense(weight)
+            else:
+                scale = None
+                if recipe.awq:
+                    if calib is None:
+                        raise ValueError("AWQ needs calibration inputs")
+                    scale = awq_input_scale(weight, calib.of(index, name), recipe.group_size)
+                new = Int4Linear.from_dense(weight, recipe.group_size, scale)
+            setattr(owner, name, new)
+
+
+def build(shape: LlamaShape, state: dict[str, torch.Tensor], calib: Calibration, recipe: Recipe,
+          workdir: str) -> Built:
+    """The runtime for ``recipe`` (flash recipes write/reuse ``workdir``/ffn.flash)."""
+    runtime = dense_runtime(shape, {k: v.clone() for k, v in state.items()})
+    thresholds = activation_thresholds(calib, shape.layers, recipe.act_sparsity) \
+        if recipe.act_sparsity > 0 else None
+    if recipe.prune:
+        wanda_prune(runtime, calib, recipe.prune)
+    if recipe.flash:
+        return _build_flash(runtime, calib, recipe, thresholds, workdir)
+    quantize_runtime(runtime, calib, recipe)
+    if thresholds is not None:
+        for layer, threshold in zip(runtime.layers, thresholds):
+            ffn = layer.ffn
+            layer.ffn = ActivationSparseFFN(ffn.gate, ffn.up, ffn.down, threshold)  # type: ignore[attr-defined]
+    return Built(runtime, runtime.weight_bytes)
+
+
+def flash_path(workdir: str) -> str:
+    return os.path.join(workdir, "ffn.flash")
+
+
+def ensure_flash_file(runtime: LlamaRuntime, workdir: str) -> str:
+    """Write the bundled FFN file from the dense FFNs (once per workdir)."""
+    path = flash_path(workdir)
+    s = runtime.shape
+    expected = s.layers * s.ffn * record_bytes(s.hidden)
+    if not (os.path.isfile(path) and os.path.getsize(path) == expected):
+        os.makedirs(workdir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        write_flash_file(tmp, [(l.ffn.gate.weight, l.ffn.up.weight, l.ffn.down.weight)  # type: ignore[attr-defined]
+                               for l in runtime.layers])
+        os.replace(tmp, path)
+    return path
+
+
+def _build_flash(runtime: LlamaRuntime, calib: Calibration, recipe: Recipe,
+                 thresholds: list[float] | None, workdir: str) -> Built:
+    s = runtime.shape
+    path = ensure_flash_file(runtime, workdir)
+    dense_ffns = [layer.ffn for layer in runtime.layers]
+    ffn_bytes = s.layers * 3 * s.hidden * s.ffn * 4
+    store = FlashStore(path, s.layers, s.ffn, s.hidden, recipe.io_mode)
+    quantize_runtime(runtime, calib, recipe, include_ffn=False)  # embedding + attention
+    if recipe.flash == "naive":
+        shared = AlignedBuffer(s.ffn, store.record)
+        for index, layer in enumerate(runtime.layers):
+            layer.ffn = NaiveFlashFFN(index, store, shared)
+        resident = runtime.weight_bytes - shared.nbytes
+        return Built(runtime, resident + ffn_bytes, store=store)
+    if thresholds is None:
+        raise ValueError("windowed flash needs act_sparsity > 0 (the predictor's target)")
+    predictors = [_selector(recipe, f, calib.inputs[(i, "ffn")], thresholds[i])
+                  for i, f in enumerate(dense_ffns)]
+    resident = (runtime.weight_bytes - sum(f.dram_bytes for f in dense_ffns)
+                + sum(p.nbytes for p in predictors))
+    model_bytes = resident + ffn_bytes
+    budget = int(recipe.budget_fraction * model_bytes)
+    capacity = (budget - resident) // (s.layers * store.record)
+    if capacity < 1:
+        raise ValueError(f"budget {budget} B is below the resident {resident} B")
+    capacity = min(capacity, s.ffn)
+    window = recipe.window if recipe.window is not None else choose_window(
+        predictors, calib, capacity, s.layers)
+    for index, layer in enumerate(runtime.layers):
+        layer.ffn = WindowedFlashFFN(index, store, predictors[index], thresholds[index],
+                                     capacity, window, recipe.max_gap)
+    return Built(runtime, model_bytes, window=window, capacity=capacity, store=store)
+
+
+def _selector(recipe: Recipe, ffn: object, inputs: torch.Tensor, threshold: float) -> Predictor:
+    gate, up = ffn.gate.weight, ffn.up.weight  # type: ignore[attr-defined]
+    if recipe.selector == "lowrank":
+        return fit_predictor(gate, up, inputs, recipe.predictor_rank, threshold, recipe.recall)
+    if recipe.selector == "int8":
+        return Int8Selector(gate, up, threshold)  # type: ignore[return-value]
+    raise ValueError(f"unknown selector {recipe.selector!r}; known: lowrank, int8")
+
+
+def choose_window(predictors: list[Predictor], calib: Calibration, capacity: int, layers: int,
+                  max_window: int = 16) -> int:
+    """The largest k whose typical (90th percentile, mean over layers) union of the last k
+    tokens' selections on the calibration text fits ``capacity`` rows (at least 1)."""
+    selections = []
+    for index in range(layers):
+        scores = predictors[index].scores(calib.inputs[(index, "ffn")])  # [N, F]
+        selections.append((scores >= predictors[index].threshold).numpy())
+    best = 1
+    for k in range(1, max_window + 1):
+        sizes = []
+        for chosen in selections:
+            counts = np.lib.stride_tricks.sliding_window_view(chosen, k, axis=0).any(-1).sum(1)
+            sizes.append(np.percentile(counts, 90))
+        if np.mean(sizes) > capacity:
+            break
+        best = k
+    return best
+
+
+def with_overrides(recipe: Recipe, **changes: object) -> Recipe:
+    return replace(recipe, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,133 @@
+"""The compressed torch runtime as an edge backend: a `tandem compress` artifact folder
+(or, without one, the model's fp32 weights fully resident).
+
+One runtime holds one sequence (as the llama.cpp backend does); each call keeps the KV of
+the longest common prefix with the previous one and truncates the rest, so rejected drafts
+are rolled back without re-processing the prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tandem.edge.backend import DraftResult, EdgeBackend
+from tandem.edge.compress import Built
+from tandem.shared.sampling import TokenSampler
+from tandem.shared.tier_service import GeneratedToken
+
+if TYPE_CHECKING:
+    from tandem.edge.config import EdgeConfig
+    from tandem.edge.torch_model import LlamaShape
+    from tandem.shared.models import ModelSource
+
+
+class TorchBackend(EdgeBackend):
+    name = "torch"
+
+    def __init__(self, built: Built, dtype: str, threads: int) -> None:
+        self.built = built
+        self.runtime = built.runtime
+        self.dtype = dtype
+        self._threads = threads
+        self._tokens: list[int] = []  # the sequence whose KV the runtime holds
+        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-torch")
+
+    @classmethod
+    def from_config(cls, config: EdgeConfig, source: ModelSource) -> TorchBackend:
+        threads = config.threads or torch.get_num_threads()
+        if config.artifacts:
+            from tandem.edge.artifacts import load
+
+            built = load(Path(config.artifacts))
+            dtype = f"torch:{Path(config.artifacts).name}"
+        else:
+            built = resident_from_source(source)
+            dtype = "torch:fp32"
+        return cls(built, dtype, threads)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runtime.shape.vocab
+
+    def _eval_after_prefix(self, tokens: Sequence[int]) -> tuple[int, np.ndarray]:
+        """Make the runtime hold ``tokens``; returns (reused prefix length, last logits)."""
+        torch.set_num_threads(self._threads)  # per thread: the executor's thread runs this
+        reuse, limit = 0, min(len(self._tokens), len(tokens) - 1)  # re-run the last token
+        while reuse < limit and self._tokens[reuse] == tokens[reuse]:
+            reuse += 1
+        self.runtime.truncate(reuse)
+        logits = self.runtime.forward(list(tokens[reuse:]))
+        self._tokens = list(tokens)
+        return reuse, logits[-1].numpy()
+
+    def _eval_one(self, token: int) -> np.ndarray:
+        logits = self.runtime.forward([token])
+        self._tokens.append(token)
+        return logits[-1].numpy()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
+                       session_id: str) -> AsyncIterator[GeneratedToken]:
+        async with self._lock:
+            _, logits = await self._run(self._eval_after_prefix, prompt_ids)
+            while True:
+                token, logprob, _ = sampler.sample(logits)
+                yield GeneratedToken(token, logprob)
+                logits = await self._run(self._eval_one, token)
+
+    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
+                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
+        async with self._lock:
+            return await self._run(self.draft_sync, tokens, num_tokens, sampler, stop_ids,
+                                   want_distributions)
+
+    def draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
+                   stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
+        reuse, logits = self._eval_after_prefix(tokens)
+        computed = len(tokens) - reuse
+        drafted: list[int] = []
+        probs: list[float] = []
+        distributions: list[np.ndarray] = []
+        for i in range(num_tokens):
+            token, _, prob, dist = sampler.sample_with_distribution(logits)
+            drafted.append(token)
+            probs.append(prob)
+            if want_distributions and dist is not None:
+                distributions.append(dist.astype(np.float32))
+            if token in stop_ids or i == num_tokens - 1:
+                break
+            logits = self._eval_one(token)
+            computed += 1
+        return DraftResult(drafted, probs, reuse, computed, distributions or None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.built.close()
+
+
+def dense_source(source: ModelSource) -> tuple[LlamaShape, dict[str, torch.Tensor]]:
+    """fp32 weights and shape of ``source`` through the cloud's loader (which de-quantizes
+    a GGUF once and caches it as safetensors)."""
+    from tandem.cloud.model_loader import load_causal_lm
+    from tandem.edge.torch_model import LlamaShape
+
+    model = load_causal_lm(source, "float32")
+    return LlamaShape.from_dict(model.config.to_dict()), dict(model.state_dict())
+
+
+def resident_from_source(source: ModelSource) -> Built:
+    from tandem.edge.torch_model import dense_runtime
+
+    shape, state = dense_source(source)
+    runtime = dense_runtime(shape, state)
+    return Built(runtime, runtime.weight_bytes)

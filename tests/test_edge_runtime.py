@@ -1,0 +1,195 @@
+"""The torch edge runtime on a tiny random-weight Llama: exact forward pass, KV rollback,
+quantization, Wanda, activation sparsity, flash offloading (windowing must not change the
+arithmetic), artifacts and the backend's drafts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tandem.edge import artifacts
+from tandem.edge.compress import RECIPES, Recipe, build, with_overrides
+from tandem.edge.flash import fill_gaps, runs_of
+from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale
+from tandem.edge.sparsity import calibrate, wanda_mask
+from tandem.edge.torch_backend import TorchBackend
+from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
+from tandem.shared.sampling import SamplingParams, TokenSampler
+
+IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    shape = LlamaShape.from_hf_config(tiny_model_dir)
+    state = load_hf_state(tiny_model_dir)
+    gen = torch.Generator().manual_seed(1)
+    chunks = [torch.randint(0, shape.vocab, (48,), generator=gen).tolist() for _ in range(4)]
+    calib = calibrate(dense_runtime(shape, state), chunks)
+    return shape, state, calib
+
+
+def test_forward_matches_transformers(tiny_model_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    shape, state, _ = tiny
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = hf(torch.tensor([IDS])).logits[0]
+    runtime = dense_runtime(shape, state)
+    ours = torch.cat([runtime.forward(IDS[:10], last_only=False), runtime.forward(IDS[10:], last_only=False)])
+    assert torch.allclose(ours, reference, atol=1e-4)
+
+
+def test_truncate_rolls_back_without_recomputing(tiny) -> None:  # type: ignore[no-untyped-def]
+    shape, state, _ = tiny
+    runtime = dense_runtime(shape, state, capacity=4)  # also exercises cache growth
+    full = runtime.forward(IDS)
+    runtime.truncate(0)
+    runtime.forward(IDS[:8] + [99, 98])  # a rejected continuation
+    runtime.truncate(8)
+    assert runtime.length == 8
+    assert torch.allclose(runtime.forward(IDS[8:]), full, atol=1e-5)
+
+
+def test_int8_and_int4_quantization_errors_are_small() -> None:
+    torch.manual_seed(0)
+    weight, x = torch.randn(96, 64), torch.randn(5, 64)
+    exact = x @ weight.T
+    rel = lambda y: ((y - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert rel(Int8Linear.from_dense(weight)(x)) < 0.02
+    int4 = Int4Linear.from_dense(weight, group=16)
+    assert rel(int4(x)) < 0.15
+    assert int4.nbytes == weight.numel() // 2 + 2 * 2 * weight.numel() // 16  # nibbles + fp16
+    with pytest.raises(ValueError, match="group size"):
+        Int4Linear.from_dense(weight, group=24)
+
+
+def test_awq_scaling_reduces_error_on_outlier_channels() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(64, 64)
+    inputs = torch.randn(256, 64) * (1 + 20 * (torch.arange(64) % 16 == 0))  # salient channels
+    exact = inputs @ weight.T
+    plain = Int4Linear.from_dense(weight, 16)(inputs)
+    aware = Int4Linear.from_dense(weight, 16, awq_input_scale(weight, inputs, 16))(inputs)
+    assert (aware - exact).norm() <= (plain - exact).norm()
+
+
+def test_wanda_masks_keep_half_per_row_and_two_of_four() -> None:
+    torch.manual_seed(0)
+    weight, inputs = torch.randn(8, 16), torch.randn(32, 16)
+    unstructured = wanda_mask(weight, inputs, "unstructured")
+    assert (unstructured.sum(1) == 8).all()
+    two_four = wanda_mask(weight, inputs, "2:4")
+    assert (two_four.view(8, 4, 4).sum(-1) == 2).all()
+    scores = weight.abs() * inputs.norm(dim=0)
+    for row in range(8):
+        assert scores[row][unstructured[row]].min() >= scores[row][~unstructured[row]].max()
+
+
+def test_activation_sparsity_reaches_target(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shape, state, calib = tiny
+    built = build(shape, state, calib, Recipe(act_sparsity=0.5), str(tmp_path))
+    ffn = built.runtime.layers[0].ffn
+    x = calib.inputs[(0, "ffn")]
+    h = torch.nn.functional.silu(ffn.gate(x)) * ffn.up(x)  # type: ignore[attr-defined]
+    zeroed = (h.abs() < ffn.threshold).float().mean().item()  # type: ignore[attr-defined]
+    assert 0.45 < zeroed < 0.55
+    dense = dense_runtime(shape, state)
+    sparse_logits, dense_logits = built.runtime.forward(IDS), dense.forward(IDS)
+    assert not torch.equal(sparse_logits, dense_logits)
+    assert torch.nn.functional.cosine_similarity(sparse_logits, dense_logits).item() > 0.9
+
+
+def test_runs_and_gap_filling() -> None:
+    assert runs_of(np.array([2, 3, 4, 8, 10, 11]), 5) == [(2, 3, 5), (8, 1, 8), (10, 2, 9)]
+    uncached = np.ones(16, dtype=bool)
+    uncached[6] = False
+    assert fill_gaps(np.array([2, 4, 5, 7, 12]), uncached, 1).tolist() == [2, 3, 4, 5, 7, 12]
+
+
+def decode(runtime, steps: int) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    runtime.truncate(0)
+    logits = runtime.forward(IDS[:6])
+    out = []
+    for i in range(steps):
+        logits = runtime.forward([IDS[6 + i % 10]])
+        out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("selector", ["lowrank", "int8"])
+def test_windowed_flash_equals_non_windowed(tiny, tmp_path: Path, selector: str) -> None:  # type: ignore[no-untyped-def]
+    shape, state, calib = tiny
+    base = with_overrides(RECIPES["flash"], selector=selector, predictor_rank=8,
+                          budget_fraction=0.985)
+    reference = build(shape, state, calib, with_overrides(base, window=0), str(tmp_path))
+    expected = decode(reference.runtime, 12)
+    read_without_window = reference.store.bytes_read  # type: ignore[union-attr]
+    reference.close()
+    for window, max_gap in [(1, 0), (3, 0), (4, 2)]:
+        built = build(shape, state, calib, with_overrides(base, window=window, max_gap=max_gap),
+                      str(tmp_path))
+        got = decode(built.runtime, 12)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), (window, max_gap)
+        ffn = built.runtime.layers[1].ffn
+        assert 0 < ffn.used <= ffn.capacity  # type: ignore[attr-defined]
+        live = ffn.neuron_at[: ffn.used]  # type: ignore[attr-defined]
+        assert (ffn.slot_of[live] == np.arange(ffn.used)).all()  # type: ignore[attr-defined]
+        rows = ffn.buffer.tensor[: ffn.used, : shape.hidden]  # type: ignore[attr-defined]
+        assert torch.equal(rows, state[f"model.layers.1.mlp.gate_proj.weight"][torch.from_numpy(live)])
+        if max_gap == 0:
+            assert built.store.bytes_read < read_without_window  # type: ignore[union-attr]
+        built.close()
+
+
+def test_naive_flash_reads_everything_and_matches_dense(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shape, state, calib = tiny
+    built = build(shape, state, calib, with_overrides(RECIPES["flash-naive"], weights="fp32"),
+                  str(tmp_path))
+    store = built.store
+    before = store.bytes_read  # type: ignore[union-attr]
+    logits = built.runtime.forward(IDS)
+    assert store.bytes_read - before == shape.layers * shape.ffn * store.record  # type: ignore[union-attr]
+    assert torch.allclose(logits, dense_runtime(shape, state).forward(IDS), atol=1e-4)
+    assert built.runtime.weight_bytes < built.model_bytes
+    built.close()
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "int8-act-sparse50", "flash"])
+def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    shape, state, calib = tiny
+    recipe = with_overrides(RECIPES[name], group_size=16, predictor_rank=8, budget_fraction=0.985)
+    built = build(shape, state, calib, recipe, str(tmp_path))
+    expected = built.runtime.forward(IDS, last_only=False)
+    artifacts.save(built, recipe, tmp_path, "tiny")
+    built.close()
+    loaded = artifacts.load(tmp_path)
+    assert torch.equal(loaded.runtime.forward(IDS, last_only=False), expected)
+    assert loaded.model_bytes == built.model_bytes
+    loaded.close()
+
+
+def test_backend_drafts_reuse_prefix_and_roll_back(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shape, state, calib = tiny
+    backend = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
+    greedy = TokenSampler(SamplingParams(max_tokens=8))
+    first = asyncio.run(backend.draft(IDS[:8], 4, greedy, frozenset()))
+    assert first.cached_tokens == 0 and len(first.tokens) == 4
+    # The cloud accepted 2 of 4 and appended its own token: only the new tail is computed.
+    accepted = IDS[:8] + first.tokens[:2] + [7]
+    second = asyncio.run(backend.draft(accepted, 3, greedy, frozenset()))
+    assert second.cached_tokens == 10 and second.computed_tokens == 1 + 2
+    fresh = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
+    assert asyncio.run(fresh.draft(accepted, 3, greedy, frozenset())).tokens == second.tokens
+    sampled = TokenSampler(SamplingParams(max_tokens=8, temperature=0.8, top_k=20, seed=3))
+    third = asyncio.run(backend.draft(accepted, 2, sampled, frozenset(), want_distributions=True))
+    assert third.distributions is not None and len(third.distributions) == 2
+    assert abs(float(third.distributions[0].sum()) - 1.0) < 1e-4
+    assert third.probs[0] == pytest.approx(float(third.distributions[0][third.tokens[0]]), rel=1e-5)
+    backend.close()
+    fresh.close()
