@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", action="append", default=[], metavar="NAME=HOST:PORT",
                    help="A service's Prometheus endpoint whose counter deltas join the report.")
     p.add_argument("--output-dir", help="Where locust's CSV/HTML and the records go.")
-    p.add_argument("--sweep", help="Concurrency levels, e.g. 1,4,16,32: one run each.")
+    p.add_argument("--sweep", help="Concurrency levels, e.g. 1,4,16,32: one run each "
+                                   "(--users and --requests are then set per level).")
     p.add_argument("--requests-per-user", type=int, default=4,
                    help="Sweep: requests per level = this x users (at least 8).")
     p.add_argument("--plot", help="Sweep: write throughput-latency curves to this PNG.")
@@ -58,11 +59,19 @@ def _load_test(args: argparse.Namespace, address: str) -> Any:
 
     return LoadTest(
         target=args.target, address=address, users=args.users,
-        requests=None if args.duration else (args.requests or 20), duration_s=args.duration, policy=args.policy, prompts=args.prompts, mix=args.mix,
+        requests=None if args.duration else (args.requests or 20), duration_s=args.duration,
+        policy=args.policy, prompts=args.prompts, mix=args.mix,
         chats=args.chats or ("chats" if args.chat_users else ""), chat_users=args.chat_users,
         chat_policy=args.chat_policy, max_tokens=args.max_tokens, temperature=args.temperature,
         request_rate=args.request_rate, seed=args.seed, timeout_s=args.timeout,
         slos=parse_slos(args.goodput), output_dir=args.output_dir)
+
+
+def _name_and_address(item: str) -> tuple[str, str]:
+    name, _, address = item.partition("=")
+    if not name or ":" not in address:
+        raise ValueError(f"--metrics {item!r}: need NAME=HOST:PORT, e.g. router=127.0.0.1:9100")
+    return name, address
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from tandem.loadtests.report import format_table
 
     try:
-        metrics = dict(item.split("=", 1) for item in args.metrics)
+        metrics = dict(_name_and_address(item) for item in args.metrics)
         test = _load_test(args, args.address or DEFAULT_ADDRESSES[args.target])
+        levels = [int(x) for x in args.sweep.split(",")] if args.sweep else []
+        if args.plot and not levels:
+            raise ValueError("--plot needs --sweep")
     except ValueError as exc:
         print(f"tandem loadtest: {exc}", file=sys.stderr)
         return 2
@@ -83,10 +95,9 @@ def run(args: argparse.Namespace) -> int:
             stack = start_stack(args.stack_config)
             addresses, metrics, pids = stack_endpoints(stack)
             test.address = args.address or addresses[args.target]
-        if args.sweep:
+        if levels:
             from tandem.loadtests.sweep import format_sweep, plot_sweep, run_sweep
 
-            levels = [int(x) for x in args.sweep.split(",")]
             report: dict[str, Any] = run_sweep(test, levels, args.requests_per_user, metrics, pids)
             print(format_sweep(report), file=sys.stderr)
             if args.plot:
