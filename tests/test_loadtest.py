@@ -203,3 +203,13 @@ def test_sweep_finds_saturation_and_draws_the_curves(tmp_path):
     plot_sweep(report, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert saturation(levels[:2])["users"] is None
+
+
+@pytest.mark.parametrize("flags", [["--plot", "x.png"], ["--sweep", "1,a"], ["--metrics", "bad"],
+                                   ["--goodput", "itl:3"], ["--users", "0"],
+                                   ["--target", "cloud", "--chat-users", "1"]])
+def test_cli_rejects_bad_flags_before_running_anything(flags, capsys):
+    from tandem.shared.cli.main import main
+
+    assert main(["loadtest", *flags]) == 2
+    assert capsys.readouterr().err.startswith("tandem loadtest: ")
