@@ -50,7 +50,7 @@ class LogisticHead:
 
 
 def cross_validated_l2(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = (
-        1.0, 10.0, 100.0, 1000.0), folds: int = 5, seed: int = 0) -> float:
+        0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), folds: int = 5, seed: int = 0) -> float:
     """The L2 strength with the best mean held-out log-likelihood."""
     order = np.random.default_rng(seed).permutation(len(x))
     best, best_ll = grid[0], -np.inf
@@ -66,3 +66,15 @@ def cross_validated_l2(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = (
         if ll > best_ll:
             best, best_ll = l2, ll
     return best
+
+
+def out_of_fold_predictions(x: np.ndarray, y: np.ndarray, l2: float, folds: int = 5,
+                            seed: int = 0) -> np.ndarray:
+    """Each row's prediction from a head that never saw it (for honest calibration)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    out = np.zeros(len(x))
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        out[test] = LogisticHead.fit(x[train], y[train], l2).predict(x[test])
+    return out

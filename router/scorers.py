@@ -40,6 +40,20 @@ def confidence_features(answers: Sequence[EdgeAnswer]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(len(answers), 3)
 
 
+def answer_features(encoder: object, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+    """[N, 384 + 384 + 1 + 3]: MiniLM(query), MiniLM(answer), their cosine, confidence."""
+    q = encoder.encode([a.prompt for a in answers])  # type: ignore[attr-defined]
+    a = encoder.encode([a.text for a in answers])  # type: ignore[attr-defined]
+    cos = (q * a).sum(axis=1, keepdims=True)
+    return np.hstack([q, a, cos, confidence_features(answers)])
+
+
+def prompt_features(encoder: object, prompts: Sequence[str]) -> np.ndarray:
+    """[N, 384 + 1]: MiniLM(prompt) and log prompt length in characters."""
+    lengths = np.asarray([[math.log1p(len(p))] for p in prompts], dtype=np.float32)
+    return np.hstack([encoder.encode(list(prompts)), lengths])  # type: ignore[attr-defined]
+
+
 class Scorer(ABC):
     name: ClassVar[str]
 
@@ -80,14 +94,8 @@ class LearnedScorer(Scorer):
     def load(cls, path: Path = DEFAULT_CASCADE_HEAD, encoder: object | None = None) -> LearnedScorer:
         return cls(LogisticHead.load(path), encoder)
 
-    def features(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-        q = self.encoder.encode([a.prompt for a in answers])  # type: ignore[attr-defined]
-        a = self.encoder.encode([a.text for a in answers])  # type: ignore[attr-defined]
-        cos = (q * a).sum(axis=1, keepdims=True)
-        return np.hstack([q, a, cos, confidence_features(answers)])
-
     def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-        return self.head.predict(self.features(answers))
+        return self.head.predict(answer_features(self.encoder, answers))
 
 
 class PromptRouter:
@@ -103,16 +111,8 @@ class PromptRouter:
     def load(cls, path: Path = DEFAULT_ROUTE_HEAD, encoder: object | None = None) -> PromptRouter:
         return cls(LogisticHead.load(path), encoder)
 
-    @staticmethod
-    def feature_rows(embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        lengths = np.asarray([[math.log1p(len(p))] for p in prompts], dtype=np.float32)
-        return np.hstack([embeddings, lengths])
-
-    def features(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.feature_rows(self.encoder.encode(list(prompts)), prompts)  # type: ignore[attr-defined]
-
     def predict_many(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.head.predict(self.features(prompts))
+        return self.head.predict(prompt_features(self.encoder, prompts))
 
 
 SCORERS: dict[str, type[Scorer]] = {

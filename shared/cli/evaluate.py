@@ -23,6 +23,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(Q8_0, Q4_0, Q4_K_M, Q3_K_M, Q2_K) or 'none'.")
     c.add_argument("--max-tokens", type=int, default=48)
     c.set_defaults(run=run_collect)
+    t = kinds.add_parser("train-scorer", help="Fit the learned scorer and prompt router.")
+    t.add_argument("--labels", required=True, help="JSONL written by `tandem eval collect`.")
+    t.add_argument("--out-dir", default=None, help="Where heads go (default: shipped data).")
+    t.add_argument("--metric", default="rouge_l", choices=["rouge_l", "f1"])
+    t.add_argument("--bar", type=float, default=0.5,
+                   help="An edge answer is acceptable when its agreement reaches this.")
+    t.add_argument("--budget", type=float, default=0.3,
+                   help="Calibrate the threshold to escalate at most this share of requests.")
+    t.set_defaults(run=run_train)
+    e = kinds.add_parser("cascade", help="Cost/quality curve, APGR and cost reduction.")
+    e.add_argument("--prompts", required=True, help="JSONL prompts (need not be seen before).")
+    e.add_argument("--labels", help="Labels for those prompts (collected when missing).")
+    e.add_argument("--edge-quant", default="Q2_K")
+    e.add_argument("--max-tokens", type=int, default=32)
+    e.add_argument("--quality", default="rouge_l", choices=["rouge_l", "f1"])
+    e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
+    e.add_argument("--json", action="store_true", help="Print only the JSON report.")
+    e.set_defaults(run=run_cascade)
 
 
 def edge_model_for(quant: str) -> str:
@@ -49,3 +67,42 @@ def run_collect(args: argparse.Namespace) -> int:
     print(json.dumps({"rows": len(rows), "out": str(out), "mean_rouge_l": round(agree, 4)}))
     print(f"{len(rows)} labelled answers in {out}", file=sys.stderr)
     return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tandem.router.embeddings import SentenceEncoder
+    from tandem.router.eval.collect import read_jsonl
+    from tandem.router.eval.train import train
+    from tandem.router.scorers import DATA
+
+    out_dir = Path(args.out_dir) if args.out_dir else DATA
+    report = train(read_jsonl(args.labels), SentenceEncoder(), out_dir, args.metric, args.bar,
+                   args.budget)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_cascade(args: argparse.Namespace) -> int:
+    from tandem.router.eval.report import cascade_report
+
+    labels = Path(args.labels) if args.labels else Path(args.prompts).with_suffix(".labels.jsonl")
+    if not labels.exists() or args.labels is None:
+        collect_args = argparse.Namespace(prompts=args.prompts, out=str(labels), edge=None,
+                                          cloud=None, edge_quant=args.edge_quant,
+                                          max_tokens=args.max_tokens)
+        run_collect(collect_args)
+    report = cascade_report(labels, args.quality, args.edge_quant, args.plot)
+    if not args.json:
+        print(format_cascade(report), file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if k != "scorers"} | {
+        "scorers": {n: {k: v for k, v in r.items() if k != "curve"}
+                    for n, r in report["scorers"].items()}}))
+    return 0
+
+
+def format_cascade(report: dict) -> str:
+    lines = [f"{report['prompts']} prompts, edge-only quality {report['edge_only_quality']:.3f} "
+             f"({report['quality']} vs cloud)", f"{'router':<12} {'APGR':>6} {'saved@95%':>10}"]
+    for name, r in list(report["scorers"].items()) + [("random", report["random"])]:
+        lines.append(f"{name:<12} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Assembling the cascade evaluation report from labelled answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandem.router.embeddings import SentenceEncoder
+from tandem.router.eval.cascade import plot, random_baseline, summarise
+from tandem.router.eval.collect import read_jsonl
+from tandem.router.eval.train import answers_of
+from tandem.router.scorers import SCORERS, LearnedScorer, PromptRouter
+
+
+def cascade_report(labels: Path, quality: str, edge: str, plot_path: str | None) -> dict[str, Any]:
+    rows = read_jsonl(labels)
+    edge_quality = np.asarray([r[quality] for r in rows], dtype=float)
+    cloud_tokens = np.maximum(np.asarray([r["cloud_tokens"] for r in rows]), 1)
+    answers = answers_of(rows)
+    encoder = SentenceEncoder()
+    scores = {name: cls().score_many(answers) for name, cls in SCORERS.items()
+              if name != LearnedScorer.name}
+    scores[LearnedScorer.name] = LearnedScorer.load(encoder=encoder).score_many(answers)
+    # The prompt router scores before generation (what `route` uses).
+    scores["route"] = PromptRouter.load(encoder=encoder).predict_many([r["prompt"] for r in rows])
+    report: dict[str, Any] = {
+        "prompts": len(rows), "quality": quality, "edge": edge,
+        "edge_only_quality": round(float(edge_quality.mean()), 4),
+        "scorers": {name: summarise(s, edge_quality, cloud_tokens) for name, s in scores.items()},
+        "random": random_baseline(edge_quality, cloud_tokens),
+    }
+    best = report["scorers"][LearnedScorer.name]
+    report["apgr"] = best["apgr"]
+    report["cost_reduction_at_95"] = best["cost_reduction_at_95"]
+    report["random_apgr"] = report["random"]["apgr"]
+    report["random_cost_reduction_at_95"] = report["random"]["cost_reduction_at_95"]
+    if plot_path:
+        plot(report, plot_path)
+        report["plot"] = plot_path
+    return report

@@ -1,0 +1,63 @@
+"""`tandem eval train-scorer`: fit the learned cascade scorer and the prompt router on
+labelled answers, and calibrate the cascade threshold to a cloud budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandem.router.head import LogisticHead, cross_validated_l2, out_of_fold_predictions
+from tandem.router.scorers import EdgeAnswer, answer_features, prompt_features
+
+
+def answers_of(rows: list[dict[str, Any]]) -> list[EdgeAnswer]:
+    return [EdgeAnswer(r["prompt"], r["edge_text"], r["edge_logprobs"]) for r in rows]
+
+
+def acceptable(rows: list[dict[str, Any]], metric: str, bar: float) -> np.ndarray:
+    """1 where the edge answer agrees with the cloud's at least ``bar`` (by ``metric``)."""
+    return np.asarray([float(r[metric] >= bar) for r in rows])
+
+
+def threshold_for_budget(scores: np.ndarray, cloud_tokens: np.ndarray, budget: float,
+                         by: str = "requests") -> float:
+    """The highest threshold whose escalations (score < threshold) stay within ``budget``,
+    a fraction of requests or of cloud tokens."""
+    order = np.argsort(scores)
+    weights = np.ones(len(scores)) if by == "requests" else cloud_tokens[order].astype(float)
+    share = np.cumsum(weights) / weights.sum()  # share escalated if the i+1 lowest escalate
+    within = np.flatnonzero(share <= budget + 1e-12)
+    if len(within) == 0:
+        return float(scores.min())  # escalate nothing
+    last = within[-1]
+    upper = scores[order[last + 1]] if last + 1 < len(order) else scores[order[last]] + 1e-6
+    return float((scores[order[last]] + upper) / 2)
+
+
+def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: str = "rouge_l",
+          bar: float = 0.5, budget: float = 0.3) -> dict[str, Any]:
+    """Fit and save both heads; returns a report (CV-chosen L2, label balance, threshold)."""
+    labels = acceptable(rows, metric, bar)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"all {len(rows)} labels are equal at {metric} >= {bar}; cannot train")
+    x_answer = answer_features(encoder, answers_of(rows))
+    x_prompt = prompt_features(encoder, [r["prompt"] for r in rows])
+    report: dict[str, Any] = {"rows": len(rows), "acceptable_share": float(labels.mean()),
+                              "metric": metric, "bar": bar}
+    for name, x in (("cascade", x_answer), ("route", x_prompt)):
+        l2 = cross_validated_l2(x, labels)
+        head = LogisticHead.fit(x, labels, l2)
+        head.save(out_dir / f"{name}_head.npz")
+        report[f"{name}_l2"] = l2
+        if name == "cascade":
+            scores = out_of_fold_predictions(x, labels, l2)  # in-sample would be overconfident
+            cloud_tokens = np.asarray([r["cloud_tokens"] for r in rows])
+            report["threshold"] = threshold_for_budget(scores, cloud_tokens, budget)
+            report["budget"] = budget
+    (out_dir / "calibration.json").write_text(json.dumps(
+        {"scorer": "learned", "threshold": report["threshold"], "budget": budget,
+         "metric": metric, "bar": bar}, indent=2) + "\n")
+    return report

@@ -1,0 +1,116 @@
+"""Router pieces without models: draft-length choice, the emitter, the cascade curve and
+APGR, the logistic head, response-cache keys, agreement metrics."""
+
+import numpy as np
+import pytest
+
+from tandem.router.eval.agreement import rouge_l, token_f1
+from tandem.router.eval.cascade import apgr, cost_reduction_at, curve, random_baseline
+from tandem.router.eval.train import threshold_for_budget
+from tandem.router.head import LogisticHead
+from tandem.router.policies.base import Outcome, RoutedRequest
+from tandem.router.policies.draft_length import (DraftLengthController, expected_tokens,
+                                                 predicted_speedup)
+from tandem.router.policies.emitter import Emitter
+from tandem.router.response_cache import cache_key
+from tandem.shared.deadlines import Deadline
+from tandem.shared.sampling import SamplingParams
+from tandem.v1 import common_pb2
+
+
+def test_expected_tokens_matches_the_geometric_formula():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(0.5, 1) == pytest.approx(1.5)
+    assert expected_tokens(1.0, 4) == 5.0
+
+
+def feed(controller, rounds, alpha, draft_s, step_s, rtt_s, k=6):
+    rng = np.random.default_rng(0)
+    for _ in range(rounds):
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        controller.observe_draft(draft_s * k, k)
+        controller.observe_verify(step_s + rtt_s, step_s, k, accepted)
+
+
+def test_draft_length_grows_with_rtt_and_acceptance():
+    no_rtt, with_rtt = DraftLengthController(6), DraftLengthController(6)
+    feed(no_rtt, 200, alpha=0.8, draft_s=0.005, step_s=0.05, rtt_s=0.0)
+    feed(with_rtt, 200, alpha=0.8, draft_s=0.005, step_s=0.05, rtt_s=0.1)
+    assert no_rtt.alpha == pytest.approx(0.8, abs=0.08)
+    assert with_rtt.choose() >= no_rtt.choose() >= 2
+    assert not no_rtt.should_abandon()
+
+
+def test_speculation_is_abandoned_when_it_cannot_pay():
+    controller = DraftLengthController(6)
+    feed(controller, 200, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05)
+    assert controller.should_abandon()
+    c, rho = 0.6, 1.0
+    assert predicted_speedup(0.05, controller.choose(), c, rho) < 1.0
+
+
+class _Tok:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + i) for i in ids)
+
+
+def test_emitter_stops_at_eos_stop_string_and_max_tokens():
+    outcome = Outcome("speculative")
+    emitter = Emitter(_Tok(), ["cd"], 10, frozenset({25}), outcome)
+    chunk = emitter.push(common_pb2.TIER_EDGE, [0, 1, 2, 3, 4])  # "abcde": stops at "cd"
+    assert chunk.text == "ab" and emitter.done
+    assert outcome.finish_reason == common_pb2.FINISH_REASON_STOP
+    outcome = Outcome("speculative")
+    emitter = Emitter(_Tok(), [], 3, frozenset({25}), outcome)
+    emitter.push(common_pb2.TIER_EDGE, [0, 1])
+    emitter.push(common_pb2.TIER_CLOUD, [2, 3])
+    assert emitter.done and outcome.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert (outcome.usage.edge_tokens, outcome.usage.cloud_tokens) == (2, 1)
+
+
+def test_curve_apgr_and_cost_reduction_of_a_perfect_and_a_random_router():
+    quality = np.array([1.0, 1.0, 1.0, 0.0])  # one bad edge answer in four
+    tokens = np.array([10, 10, 10, 10])
+    perfect = np.array([0.9, 0.8, 0.7, 0.1])  # the bad answer scores lowest
+    cost, q = curve(perfect, quality, tokens)
+    assert list(cost) == [0.0, 0.25, 0.5, 0.75, 1.0] and q[1] == 1.0
+    assert cost_reduction_at(cost, q, 0.95) == pytest.approx(0.75)
+    assert apgr(cost, q, q_edge=0.75) == pytest.approx(0.875, abs=0.01)
+    assert random_baseline(quality, tokens)["apgr"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_budget_threshold_escalates_at_most_the_budget():
+    scores = np.linspace(0, 1, 101)
+    threshold = threshold_for_budget(scores, np.ones(101), 0.3)
+    assert 0.29 <= float(np.mean(scores < threshold)) <= 0.3
+
+
+def test_logistic_head_learns_a_separable_rule(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(float)
+    head = LogisticHead.fit(x, y, l2=0.1)
+    head.save(tmp_path / "h.npz")
+    loaded = LogisticHead.load(tmp_path / "h.npz")
+    assert np.mean((loaded.predict(x) > 0.5) == y) > 0.95
+
+
+def test_agreement_metrics():
+    assert token_f1("The capital is Paris.", "Paris is the capital") == 1.0
+    assert rouge_l("a b c d", "a c d") == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert rouge_l("", "x") == 0.0
+
+
+def request(temperature=0.0, seed=None):
+    return RoutedRequest("id", [1, 2, 3], SamplingParams(max_tokens=8, temperature=temperature,
+                                                         seed=seed), Deadline(None))
+
+
+def test_only_deterministic_requests_are_cacheable():
+    assert cache_key(request(), "edge", has_session=False)
+    assert cache_key(request(), "edge", False) != cache_key(request(), "cloud", False)
+    assert cache_key(request(), "edge", has_session=True) is None
+    assert cache_key(request(temperature=0.7), "edge", False) is None
+    assert cache_key(request(temperature=0.7, seed=3), "edge", False)
