@@ -1,0 +1,50 @@
+"""Re-quantizing a GGUF through llama.cpp's quantize API (llama_model_quantize).
+
+SmolLM2's 576-wide rows are not a multiple of the 256-element K-quant super-block, so
+llama.cpp stores those tensors in a compatible fallback type; the summary reports the
+file size that actually results. Re-quantizing an already quantized model (the packaged
+Q4_1) needs allow_requantize and cannot recover precision the source lost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Names accepted by `tandem compress --gguf-types` -> llama_cpp LLAMA_FTYPE_* constant.
+GGUF_TYPES = {
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
+
+
+@dataclass
+class GgufResult:
+    name: str
+    path: str
+    bytes: int
+
+
+def requantize(source: Path, out_dir: Path, name: str, threads: int) -> GgufResult:
+    """Write ``out_dir``/<stem>.<name>.gguf quantized to ``name`` (a GGUF_TYPES key)."""
+    import llama_cpp
+
+    if name not in GGUF_TYPES:
+        raise ValueError(f"unknown GGUF type {name!r}; known: {sorted(GGUF_TYPES)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{source.stem}.{name}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, GGUF_TYPES[name])
+    params.allow_requantize = True
+    params.nthread = threads
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+    if status != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize to {name} failed with status {status}")
+    os.replace(tmp, target)
+    return GgufResult(name, str(target), target.stat().st_size)
