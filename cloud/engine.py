@@ -178,7 +178,8 @@ class CloudEngine:
     def _abort(self, request: Request) -> None:
         """Called when a request's consumer is gone; the loop frees it before its next
         step (never during one, while the runner may read its block table)."""
-        if request.seq.seq_id in self._requests:
+        # Identity, not id: a session's sequence may already serve its next round.
+        if self._requests.get(request.seq.seq_id) is request:
             self._aborted.add(request.seq.seq_id)
             if self._wakeup is not None:
                 self._wakeup.set()
@@ -319,6 +320,8 @@ class CloudEngine:
             request = self._requests.pop(seq_id, None)
             if request is not None:
                 self.scheduler.finish(request.seq)
+                if request.future is not None and not request.future.done():
+                    request.future.cancel()
         self._aborted.clear()
 
     def _fail_unschedulable(self) -> None:

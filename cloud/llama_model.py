@@ -55,7 +55,9 @@ class AttentionGroup:
     query_rows: torch.Tensor  # [B, Q] flat token index of each query (padding: 0)
     query_valid: torch.Tensor  # [B, Q] bool
     key_slots: torch.Tensor  # [B, L] KV slot of each key position (padding: 0)
-    mask: torch.Tensor  # [B, 1, Q, L] bool: query may attend to key
+    mask: torch.Tensor | None  # [B, 1, Q, L] bool: query may attend to key; None: all
+    # The group's queries are exactly the step's tokens in order (no scatter needed).
+    covers_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,22 +138,32 @@ class LlamaForward:
                    v_cache: torch.Tensor) -> torch.Tensor:
         T = h.shape[0]
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = F.linear(h, w.qkv, w.qkv_bias)  # [T, (H + 2Hkv) * hd]
-        q, k, v = qkv.view(T, H + 2 * Hkv, hd).split([H, Hkv, Hkv], dim=1)
-        q = q * cos + _rotate_half(q) * sin  # [T, H, hd]
-        k = k * cos + _rotate_half(k) * sin  # [T, Hkv, hd]
+        qkv = F.linear(h, w.qkv, w.qkv_bias).view(T, H + 2 * Hkv, hd)
+        qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
+        qk = qk * cos + _rotate_half(qk) * sin
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
         k_cache.index_copy_(0, step.slots, k)
         v_cache.index_copy_(0, step.slots, v)
+        if len(step.groups) == 1 and step.groups[0].covers_step:
+            og = self._group_attention(q, step.groups[0], k_cache, v_cache)
+            return F.linear(og.reshape(T, H * hd), w.o)  # [T, D]
         out = torch.empty(T, H, hd, dtype=h.dtype)
         for g in step.groups:
-            qg = q[g.query_rows].transpose(1, 2)  # [B, H, Q, hd]
-            kg = k_cache[g.key_slots].transpose(1, 2)  # [B, Hkv, L, hd]
-            vg = v_cache[g.key_slots].transpose(1, 2)
-            og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask,
-                                                enable_gqa=Hkv != H)  # [B, H, Q, hd]
-            og = og.transpose(1, 2)  # [B, Q, H, hd]
+            og = self._group_attention(q, g, k_cache, v_cache)
             out[g.query_rows[g.query_valid]] = og[g.query_valid]
         return F.linear(out.view(T, H * hd), w.o)  # [T, D]
+
+    def _group_attention(self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor) -> torch.Tensor:
+        """Attention of a group's queries over their sequences' cached keys."""
+        B, L = g.key_slots.shape
+        qg = q[g.query_rows].transpose(1, 2)  # [B, H, Q, hd]
+        flat = g.key_slots.view(-1)
+        kg = k_cache.index_select(0, flat).view(B, L, -1, self.head_dim).transpose(1, 2)
+        vg = v_cache.index_select(0, flat).view(B, L, -1, self.head_dim).transpose(1, 2)
+        og = F.scaled_dot_product_attention(  # [B, H, Q, hd]
+            qg, kg, vg, attn_mask=g.mask, enable_gqa=self.num_kv_heads != self.num_heads)
+        return og.transpose(1, 2)  # [B, Q, H, hd]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -88,11 +88,12 @@ class PagedLlamaRunner:
             else:
                 groups.append(self._group([(offset, item)]))
         if small:
-            groups.append(self._group(small))
+            groups.append(self._group(small, covers_step=len(small) == len(scheduled)))
         return StepInput(torch.tensor(tokens), torch.tensor(positions), torch.tensor(slots),
                          groups, torch.tensor(logit_rows, dtype=torch.long))
 
-    def _group(self, members: list[tuple[int, ScheduledSeq]]) -> AttentionGroup:
+    def _group(self, members: list[tuple[int, ScheduledSeq]],
+               covers_step: bool = False) -> AttentionGroup:
         """Padded query/key layout for sequences attending in one SDPA call."""
         q_len = max(item.num_tokens for _, item in members)
         k_len = max(item.start + item.num_tokens for _, item in members)
@@ -113,7 +114,10 @@ class PagedLlamaRunner:
         # Causal within the sequence; padded queries see key 0 so SDPA stays finite.
         mask = (key_pos[None, None, :] <= query_pos[:, :, None].clamp(min=0)) & \
             (key_pos[None, None, :] < key_count[:, :, None])  # [B, Q, L]
-        return AttentionGroup(query_rows, query_valid, key_slots, mask[:, None])
+        # The group covers the step's tokens in order when no query row is padding.
+        covers_step = covers_step and bool(query_valid.all())
+        return AttentionGroup(query_rows, query_valid, key_slots,
+                              None if bool(mask.all()) else mask[:, None], covers_step)
 
 
 class RecomputeHFRunner:

@@ -242,7 +242,9 @@ class Scheduler:
         return length
 
     def kv_waste(self) -> float:
-        """Fraction of the running sequences' allocated KV slots holding no token."""
-        allocated = sum(len(s.blocks) for s in self.running) * self.pool.block_size
-        used = sum(s.num_computed for s in self.running)
+        """Fraction of the running sequences' allocated KV slots holding no token (nor
+        one being computed)."""
+        bs = self.pool.block_size
+        allocated = sum(len(s.blocks) for s in self.running) * bs
+        used = sum(min(len(s.tokens), len(s.blocks) * bs) for s in self.running)
         return 0.0 if allocated == 0 else (allocated - used) / allocated

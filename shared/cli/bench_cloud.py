@@ -1,0 +1,191 @@
+"""`tandem bench cloud`: the cloud engine against the memory-bandwidth bound and HF
+`generate`, side by side in one process (JSON on stdout, a table on stderr).
+
+Measured in one run: machine read bandwidth, batch-1 decode of the engine and of HF
+`generate` (same model, dtype, prompt), aggregate throughput at several concurrencies,
+TTFT of a long prompt cold and with its prefix cached, and KV cache waste.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("cloud", help="Cloud engine: decode vs bandwidth bound and HF, "
+                                       "throughput, prefix-cache TTFT, KV waste.")
+    p.add_argument("--model", default=None, help="Model alias/path (default: the cloud's).")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--threads", type=int, default=0, help="Torch threads; 0 = every core.")
+    p.add_argument("--decode-tokens", type=int, default=64, help="Tokens for batch-1 decode.")
+    p.add_argument("--stream-tokens", type=int, default=64,
+                   help="Tokens per stream in the throughput runs.")
+    p.add_argument("--concurrency", default="1,4,16,32", help="Comma-separated stream counts.")
+    p.add_argument("--prefix-tokens", type=int, default=1024, help="Long prompt for TTFT.")
+    p.add_argument("--repeats", type=int, default=2, help="Repeats of the b1 measurements.")
+    p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
+    p.set_defaults(run=run_cloud_bench)
+
+
+def measure_bandwidth_gbps(repeats: int = 5) -> float:
+    """Read bandwidth: torch sum over 256 MiB of fp32 (best of ``repeats``)."""
+    import torch
+
+    data = torch.ones(64 * 2**20, dtype=torch.float32)
+    data.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best / 1e9
+
+
+def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
+    """HF `generate` decode rate: (n - 1) tokens over the time n tokens take beyond 1."""
+    import torch
+
+    ids = torch.tensor([prompt])
+
+    def timed(tokens: int) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        return time.perf_counter() - started
+
+    one = timed(1)
+    return (n - 1) / max(timed(n) - one, 1e-9)
+
+
+async def stream(engine: Any, prompt: list[int], n: int, tenant: str = "") -> list[float]:
+    """Generate ``n`` greedy tokens; the arrival time of each."""
+    from tandem.cloud.engine import request_tenant
+    from tandem.shared.sampling import SamplingParams, TokenSampler
+
+    request_tenant.set(tenant)
+    times = []
+    gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=n)), "")
+    async for _ in gen:
+        times.append(time.perf_counter())
+    return times
+
+
+async def engine_decode_tok_s(engine: Any, prompt: list[int], n: int) -> float:
+    times = await stream(engine, prompt, n)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def throughput(engine: Any, prompts: list[list[int]], n: int) -> tuple[float, float]:
+    """Aggregate output tok/s of concurrent streams, and mean KV waste while running."""
+    waste: list[float] = []
+    done = asyncio.Event()
+
+    async def sample_waste() -> None:
+        while not done.is_set():
+            if engine.scheduler.running:
+                waste.append(engine.scheduler.kv_waste())
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.ensure_future(sample_waste())
+    started = time.perf_counter()
+    results = await asyncio.gather(*(stream(engine, p, n) for p in prompts))
+    elapsed = time.perf_counter() - started
+    done.set()
+    await sampler
+    return sum(len(r) for r in results) / elapsed, sum(waste) / max(len(waste), 1)
+
+
+async def ttft_ms(engine: Any, prompt: list[int], tenant: str) -> float:
+    started = time.perf_counter()
+    times = await stream(engine, prompt, 1, tenant)
+    return (times[0] - started) * 1e3
+
+
+def text_tokens(tokenizer: Any, count: int, seed: int) -> list[int]:
+    """``count`` tokens of varied English-like text (deterministic per seed)."""
+    words = ("river mountain city light engine garden signal market winter paper bridge "
+             "network window silver music forest number ocean machine history").split()
+    text, i = [], seed
+    while len(tokenizer.encode(" ".join(text))) < count:
+        i = (i * 1103515245 + 12345) % 2**31
+        text.append(words[i % len(words)])
+    return tokenizer.encode(" ".join(text))[:count]
+
+
+async def run_engine_parts(args: argparse.Namespace, engine: Any, tokenizer: Any,
+                           prompt: list[int], report: dict[str, Any]) -> None:
+    rates = [await engine_decode_tok_s(engine, prompt, args.decode_tokens)
+             for _ in range(args.repeats)]
+    report["decode_tok_s_b1"] = round(max(rates), 2)
+    report["decode_tok_s_b1_runs"] = [round(r, 2) for r in rates]
+    report["throughput_tok_s"] = {}
+    for c in [int(x) for x in args.concurrency.split(",")]:
+        prompts = [text_tokens(tokenizer, 24, seed=100 + i) for i in range(c)]
+        rate, waste = await throughput(engine, prompts, args.stream_tokens)
+        report["throughput_tok_s"][str(c)] = round(rate, 2)
+        report["kv_waste_pct"] = round(100 * waste, 2)  # of the largest concurrency
+    long_prompt = text_tokens(tokenizer, args.prefix_tokens, seed=7)
+    question = text_tokens(tokenizer, 24, seed=8)
+    other = text_tokens(tokenizer, 24, seed=9)
+    tenant = f"bench-{time.monotonic_ns()}"  # a prefix nobody has cached
+    report["ttft_cold_ms"] = round(await ttft_ms(engine, long_prompt + question, tenant), 1)
+    report["ttft_cached_ms"] = round(await ttft_ms(engine, long_prompt + other, tenant), 1)
+
+
+def run_cloud_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from tandem.cloud.config import CloudConfig
+    from tandem.cloud.model_loader import load_causal_lm
+    from tandem.cloud.server import build_engine
+    from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    source = resolve_model(args.model or DEFAULT_MODEL)
+    tokenizer = load_tokenizer(source)
+    model = load_causal_lm(source, args.dtype)
+    config = CloudConfig(model=str(args.model or DEFAULT_MODEL), dtype=args.dtype,
+                         max_num_seqs=max(int(x) for x in args.concurrency.split(",")))
+    engine = build_engine(config, model, stop_token_ids=[])
+    prompt = text_tokens(tokenizer, 32, seed=1)
+    report: dict[str, Any] = {"model": source.name, "dtype": args.dtype,
+                              "threads": torch.get_num_threads(),
+                              "runner": type(engine.runner).__name__}
+    report["bandwidth_gbps"] = round(measure_bandwidth_gbps(), 2)
+    report["weight_bytes_per_token"] = engine.runner.weight_bytes_per_token()
+    report["bound_tok_s"] = round(report["bandwidth_gbps"] * 1e9
+                                  / report["weight_bytes_per_token"], 2)
+    try:
+        asyncio.run(run_engine_parts(args, engine, tokenizer, prompt, report))
+    finally:
+        engine.close()
+    hf = [hf_decode_tok_s(model, prompt, args.decode_tokens) for _ in range(args.repeats)]
+    report["hf_decode_tok_s_b1"] = round(max(hf), 2)
+    report["hf_decode_tok_s_b1_runs"] = [round(r, 2) for r in hf]
+    add_ratios(report)
+    print(format_table(report), file=sys.stderr)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    b1 = report["decode_tok_s_b1"]
+    report["b1_fraction_of_bound"] = round(b1 / report["bound_tok_s"], 3)
+    report["b1_vs_hf"] = round(b1 / report["hf_decode_tok_s_b1"], 2)
+    top = max(report["throughput_tok_s"], key=int)
+    report["max_concurrency_vs_b1"] = round(report["throughput_tok_s"][top] / b1, 2)
+    report["ttft_cached_speedup"] = round(report["ttft_cold_ms"]
+                                          / max(report["ttft_cached_ms"], 1e-3), 1)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [(k, v) for k, v in report.items() if not isinstance(v, dict)]
+    rows += [(f"throughput_tok_s[{c}]", v) for c, v in report["throughput_tok_s"].items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
