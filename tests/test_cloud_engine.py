@@ -181,3 +181,26 @@ def test_seeded_sampling_repeats_and_penalties_change_output(engine):
     a, b, plain, pen = asyncio.run(run())
     assert a == b and len(a) == 12
     assert pen != plain and len(set(pen)) > len(set(plain)) - 1
+
+
+def test_other_architectures_fall_back_to_transformers_with_exact_output():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tandem.cloud.model_runner import RecomputeHFRunner
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=500,
+                                      n_positions=256)).eval()
+    eng = make_engine(gpt2)
+    try:
+        assert isinstance(eng.runner, RecomputeHFRunner)
+        prompt = [5, 17, 42, 99]
+
+        async def run_two():
+            return await asyncio.gather(collect(eng, prompt, 10), collect(eng, prompt[:2], 10))
+
+        first, second = asyncio.run(run_two())
+        assert first == hf_greedy(gpt2, prompt, 10)
+        assert second == hf_greedy(gpt2, prompt[:2], 10)
+    finally:
+        eng.close()
