@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tandem.edge.compress import Built, Recipe
+from tandem.edge.compress import Built, Recipe, capacity_for, choose_window
 from tandem.edge.flash import AlignedBuffer, FlashStore, Int8Selector, Predictor
 from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
 from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
@@ -48,7 +48,8 @@ def save(built: Built, recipe: Recipe, folder: Path, source: str) -> None:
         layers.append({"linears": kinds, "ffn": _put_ffn(tensors, p + "ffn.", layer.ffn)})
     manifest = {"source": source, "shape": rt.shape.to_dict(), "recipe": asdict(recipe),
                 "embedding": emb_kind, "layers": layers, "model_bytes": built.model_bytes,
-                "window": built.window, "capacity": built.capacity}
+                "window": built.window, "capacity": built.capacity,
+                "union_sizes": built.union_sizes, "ffn_file_bytes": built.ffn_file_bytes}
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -82,8 +83,11 @@ def _put_ffn(tensors: dict[str, torch.Tensor], prefix: str, ffn: Any) -> dict[st
     return {"kind": "dense", "linears": kinds}
 
 
-def load(folder: Path, io_threads: int = 8, window: int | None = None) -> Built:
-    """The runtime stored in ``folder`` (``window`` overrides the built-in k)."""
+def load(folder: Path, io_threads: int = 8, window: int | None = None,
+         budget_fraction: float | None = None) -> Built:
+    """The runtime stored in ``folder``. Flash models: ``budget_fraction`` sets another
+    DRAM budget (and so the buffer size), ``window`` another k (default: the largest k
+    the budget fits, from the calibration statistics)."""
     from safetensors.torch import load_file
 
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -99,16 +103,23 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None) -> Built:
         store = FlashStore(str(folder / "ffn.flash"), shape.layers, shape.ffn, shape.hidden,
                            recipe.io_mode, io_threads)
     naive_buffer = AlignedBuffer(shape.ffn, store.record) if recipe.flash == "naive" else None  # type: ignore[union-attr]
-    k = manifest["window"] if window is None else window
+    capacity, k = manifest["capacity"], manifest["window"]
+    if budget_fraction is not None:
+        capacity = capacity_for(manifest["model_bytes"], manifest["ffn_file_bytes"], budget_fraction,
+                                shape.layers, shape.ffn, store.record)  # type: ignore[union-attr]
+        k = choose_window(manifest["union_sizes"], capacity)
+    if window is not None:
+        k = window
     layers = []
     for i, spec in enumerate(manifest["layers"]):
         p = f"layers.{i}."
         linear = {name: _get_linear(t, p + name, kind) for name, kind in spec["linears"].items()}
-        ffn = _get_ffn(t, p + "ffn.", spec["ffn"], i, store, naive_buffer, manifest["capacity"], k)
+        ffn = _get_ffn(t, p + "ffn.", spec["ffn"], i, store, naive_buffer, capacity, k)
         layers.append(LayerWeights(t[p + "attn_norm"], linear["q"], linear["k"], linear["v"],
                                    linear["o"], t[p + "ffn_norm"], ffn))
     runtime = LlamaRuntime(shape, embedding, layers, t["final_norm"])
-    return Built(runtime, manifest["model_bytes"], window=k, capacity=manifest["capacity"], store=store)
+    return Built(runtime, manifest["model_bytes"], window=k, capacity=capacity, store=store,
+                 union_sizes=manifest["union_sizes"], ffn_file_bytes=manifest["ffn_file_bytes"])
 
 
 def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str) -> Any:

@@ -62,6 +62,9 @@ class Built:
     window: int = 0
     capacity: int = 0  # flash: buffer rows per layer
     store: FlashStore | None = None
+    # flash: typical union of the last k tokens' selections on calibration text (k = 1..)
+    union_sizes: list[float] | None = None
+    ffn_file_bytes: int = 0  # flash: FFN weight bytes on storage (without padding)
 
     def close(self) -> None:
         if self.store is not None:
@@ -150,17 +153,26 @@ def _build_flash(runtime: LlamaRuntime, calib: Calibration, recipe: Recipe,
     resident = (runtime.weight_bytes - sum(f.dram_bytes for f in dense_ffns)
                 + sum(p.nbytes for p in predictors))
     model_bytes = resident + ffn_bytes
-    budget = int(recipe.budget_fraction * model_bytes)
-    capacity = (budget - resident) // (s.layers * store.record)
-    if capacity < 1:
-        raise ValueError(f"budget {budget} B is below the resident {resident} B")
-    capacity = min(capacity, s.ffn)
-    window = recipe.window if recipe.window is not None else choose_window(
-        predictors, calib, capacity, s.layers)
+    capacity = capacity_for(model_bytes, ffn_bytes, recipe.budget_fraction, s.layers, s.ffn,
+                            store.record)
+    union_sizes = window_unions(predictors, calib, capacity)
+    window = recipe.window if recipe.window is not None else choose_window(union_sizes, capacity)
     for index, layer in enumerate(runtime.layers):
         layer.ffn = WindowedFlashFFN(index, store, predictors[index], thresholds[index],
                                      capacity, window, recipe.max_gap)
-    return Built(runtime, model_bytes, window=window, capacity=capacity, store=store)
+    return Built(runtime, model_bytes, window=window, capacity=capacity, store=store,
+                 union_sizes=union_sizes, ffn_file_bytes=ffn_bytes)
+
+
+def capacity_for(model_bytes: int, ffn_bytes: int, budget_fraction: float, layers: int,
+                 neurons: int, record: int) -> int:
+    """Buffer rows per layer that a DRAM budget leaves after the resident weights."""
+    resident = model_bytes - ffn_bytes
+    capacity = (int(budget_fraction * model_bytes) - resident) // (layers * record)
+    if capacity < 1:
+        raise ValueError(f"a budget of {budget_fraction:.0%} of {model_bytes} B is below the "
+                         f"resident {resident} B")
+    return min(capacity, neurons)
 
 
 def _selector(recipe: Recipe, ffn: object, inputs: torch.Tensor, threshold: float) -> Predictor:
@@ -172,24 +184,33 @@ def _selector(recipe: Recipe, ffn: object, inputs: torch.Tensor, threshold: floa
     raise ValueError(f"unknown selector {recipe.selector!r}; known: lowrank, int8")
 
 
-def choose_window(predictors: list[Predictor], calib: Calibration, capacity: int, layers: int,
-                  max_window: int = 16) -> int:
-    """The largest k whose typical (90th percentile, mean over layers) union of the last k
-    tokens' selections on the calibration text fits ``capacity`` rows (at least 1)."""
+def window_unions(predictors: list[Predictor], calib: Calibration, capacity: int,
+                  max_window: int = 16) -> list[float]:
+    """For k = 1..max_window: the 90th percentile (mean over layers) of how many distinct
+    neurons the last k calibration tokens select (each token capped at ``capacity``)."""
     selections = []
-    for index in range(layers):
-        scores = predictors[index].scores(calib.inputs[(index, "ffn")])  # [N, F]
-        selections.append((scores >= predictors[index].threshold).numpy())
-    best = 1
-    for k in range(1, max_window + 1):
-        sizes = []
-        for chosen in selections:
-            counts = np.lib.stride_tricks.sliding_window_view(chosen, k, axis=0).any(-1).sum(1)
-            sizes.append(np.percentile(counts, 90))
-        if np.mean(sizes) > capacity:
-            break
-        best = k
-    return best
+    for index, predictor in enumerate(predictors):
+        scores = predictor.scores(calib.inputs[(index, "ffn")])  # [N, F]
+        chosen = scores >= predictor.threshold
+        over = chosen.sum(1) > capacity
+        if over.any():
+            top = scores[over].topk(capacity, dim=1).indices
+            chosen[over] = torch.zeros_like(chosen[over]).scatter_(1, top, True)
+        selections.append(chosen.numpy())
+    per_layer = np.zeros((len(selections), max_window))
+    for index, chosen in enumerate(selections):  # chosen: [N, F] bool
+        union = chosen.copy()  # union[t] = selections of tokens t-k+1..t
+        for k in range(1, max_window + 1):
+            if k > 1:
+                union[k - 1:] |= chosen[: len(chosen) - k + 1]
+            per_layer[index, k - 1] = np.percentile(union[k - 1:].sum(1), 90)
+    return [float(x) for x in per_layer.mean(0)]
+
+
+def choose_window(union_sizes: list[float], capacity: int) -> int:
+    """The largest k whose typical window fits the buffer (at least 1)."""
+    fitting = [k for k, size in enumerate(union_sizes, start=1) if size <= capacity]
+    return max(fitting, default=1)
 
 
 def with_overrides(recipe: Recipe, **changes: object) -> Recipe:

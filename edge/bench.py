@@ -1,0 +1,195 @@
+"""`tandem bench edge`: every edge format on the same evaluation text — perplexity, model
+and DRAM bytes, peak RSS, storage bytes and reads per token, decode tok/s.
+
+Each configuration is measured in its own fresh process (spawned), loading its artifact
+from disk, so peak RSS is that configuration's own (``baseline_rss_bytes`` is the same
+process's RSS before loading the model: interpreter, torch, tokenizer-free imports).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# (config name, artifact recipe, load overrides): the torch configurations measured.
+TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("torch-resident-fp32", "resident", {}),
+    ("torch-int8", "int8", {}),
+    ("torch-int4-awq-g32", "int4", {}),
+    ("torch-wanda50", "wanda50", {}),
+    ("torch-wanda-2:4", "wanda-2:4", {}),
+    ("torch-act-sparse50", "act-sparse50", {}),
+    ("torch-int8-act-sparse50", "int8-act-sparse50", {}),
+    ("flash-naive", "flash-naive", {}),
+    ("flash-int8sel-b60", "flash-int8sel", {"budget_fraction": 0.6}),
+    ("flash-int8sel-b60-k0", "flash-int8sel", {"budget_fraction": 0.6, "window": 0}),
+    ("flash-int8sel-b60-k2", "flash-int8sel", {"budget_fraction": 0.6, "window": 2}),
+    ("flash-int8sel-b60-k4", "flash-int8sel", {"budget_fraction": 0.6, "window": 4}),
+    ("flash-int8sel-b55", "flash-int8sel", {"budget_fraction": 0.55}),
+    ("flash-int8sel-b50", "flash-int8sel", {"budget_fraction": 0.5}),
+    ("flash-lowrank-b60", "flash", {"budget_fraction": 0.6}),
+    ("flash-lowrank-b50", "flash", {"budget_fraction": 0.5}),
+]
+
+
+@dataclass
+class BenchSettings:
+    eval_tokens: int = 256
+    prompt_tokens: int = 32
+    decode_tokens: int = 16
+    threads: int = 1
+    repeats: int = 3  # llama.cpp plain vs Tandem alternations
+    only: list[str] = field(default_factory=list)
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
+                  settings: BenchSettings) -> dict[str, Any]:
+    """Runs in a fresh process: load one artifact and measure it."""
+    import torch
+
+    from tandem.edge import artifacts
+    from tandem.edge.perplexity import runtime_perplexity, token_windows
+
+    torch.set_num_threads(settings.threads)
+    baseline = _current_rss()
+    built = artifacts.load(Path(folder), **overrides)
+    runtime, store = built.runtime, built.store
+    try:
+        ppl = runtime_perplexity(runtime, token_windows(eval_ids, 256, settings.eval_tokens))
+        runtime.truncate(0)
+        logits = runtime.forward(eval_ids[: settings.prompt_tokens])
+        bytes0, reads0 = (store.bytes_read, store.reads) if store else (0, 0)
+        started = time.perf_counter()
+        for _ in range(settings.decode_tokens):
+            logits = runtime.forward([int(logits[-1].argmax())])
+        elapsed = time.perf_counter() - started
+        n = settings.decode_tokens
+        return {"ppl": ppl, "model_bytes": built.model_bytes, "dram_bytes": runtime.weight_bytes,
+                "peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline,
+                "bytes_read_per_token": (store.bytes_read - bytes0) / n if store else 0,
+                "reads_per_token": (store.reads - reads0) / n if store else 0,
+                "tok_s": n / elapsed, "window": built.window, "capacity": built.capacity}
+    finally:
+        built.close()
+
+
+def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings) -> dict[str, Any]:
+    """Runs in a fresh process: plain llama-cpp-python and Tandem's llama.cpp backend,
+    decoding the same greedy tokens, alternated ``repeats`` times."""
+    import asyncio
+
+    from llama_cpp import Llama
+
+    from tandem.edge.llama_cpp_backend import LlamaCppBackend
+    from tandem.edge.perplexity import gguf_perplexity, token_windows
+    from tandem.shared.sampling import SamplingParams, TokenSampler
+
+    baseline = _current_rss()
+    prompt, n = eval_ids[: settings.prompt_tokens], settings.decode_tokens * 4
+    plain = Llama(model_path=model_path, n_ctx=512, n_threads=settings.threads,
+                  n_threads_batch=settings.threads, verbose=False)
+    backend = LlamaCppBackend(model_path, 512, settings.threads)
+
+    def run_plain() -> float:
+        plain.reset()
+        started = time.perf_counter()
+        for i, _ in enumerate(plain.generate(prompt, top_k=1, temp=0.0, reset=True)):
+            if i == 0:
+                started = time.perf_counter()  # decode only: after the prompt's first token
+            if i == n:
+                break
+        return n / (time.perf_counter() - started)
+
+    async def run_tandem() -> float:
+        backend.llm.reset()
+        stream = backend.generate(prompt, TokenSampler(SamplingParams(max_tokens=n + 1)), "bench")
+        started, i = time.perf_counter(), 0
+        async for _ in stream:
+            if i == 0:
+                started = time.perf_counter()
+            if i == n:
+                break
+            i += 1
+        await stream.aclose()
+        return n / (time.perf_counter() - started)
+
+    plain_speeds, tandem_speeds = [], []
+    for _ in range(settings.repeats):
+        plain_speeds.append(run_plain())
+        tandem_speeds.append(asyncio.run(run_tandem()))
+    weights = os.path.getsize(model_path)
+    result = {"model_bytes": weights, "dram_bytes": weights,  # mmapped and fully used
+              "bytes_read_per_token": 0, "reads_per_token": 0,
+              "tok_s": statistics.median(tandem_speeds),
+              "plain_llama_cpp_tok_s": statistics.median(plain_speeds),
+              "tandem_vs_plain": statistics.median(tandem_speeds) / statistics.median(plain_speeds),
+              "tok_s_samples": {"plain": plain_speeds, "tandem": tandem_speeds}}
+    plain.close()
+    backend.close()
+    result["ppl"] = gguf_perplexity(model_path, token_windows(eval_ids, 256, settings.eval_tokens),
+                                    settings.threads)
+    result["peak_rss_bytes"], result["baseline_rss_bytes"] = _peak_rss(), baseline
+    return result
+
+
+def in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)  # type: ignore[no-any-return]
+
+
+def ensure_artifacts(source: Any, out: Path, recipes: list[str], rebuild: bool) -> None:
+    """Build the recipes' artifacts once (reused by later runs unless ``rebuild``)."""
+    from tandem.edge.pipeline import compress
+
+    missing = [r for r in recipes if rebuild or not (out / r.replace(":", "-") / "manifest.json").is_file()]
+    if missing:
+        compress(source, missing, out, evaluate=False)
+
+
+def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = False
+              ) -> dict[str, Any]:
+    import torch
+
+    from tandem.edge.pipeline import text_ids
+
+    torch.set_num_threads(settings.threads)  # building too: idle OpenMP threads spin on a busy box
+    configs = [c for c in TORCH_CONFIGS if not settings.only or c[0] in settings.only]
+    ensure_artifacts(source, out, sorted({recipe for _, recipe, _ in configs}), rebuild)
+    eval_ids = text_ids(source, "evaluation")
+    results = []
+    if source.is_gguf and (not settings.only or "llama.cpp-Q4_1" in settings.only):
+        row = in_fresh_process(measure_llama, str(source.path), eval_ids, settings)
+        results.append({"name": "llama.cpp-Q4_1", **row})
+    for name, recipe, overrides in configs:
+        folder = str(out / recipe.replace(":", "-"))
+        results.append({"name": name, **in_fresh_process(measure_torch, folder, overrides,
+                                                         eval_ids, settings)})
+    return {"configs": results, "settings": settings.__dict__,
+            "eval_tokens": min(settings.eval_tokens, len(eval_ids))}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{'config':26} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
+             f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7}"]
+    for c in report["configs"]:
+        lines.append(f"{c['name']:26} {c['ppl']:7.2f} {c['model_bytes'] / 1e6:9.1f} "
+                     f"{c['dram_bytes'] / 1e6:8.1f} {c['peak_rss_bytes'] / 1e6:8.0f} "
+                     f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
+                     f"{c['tok_s']:7.2f}")
+    return "\n".join(lines)
