@@ -66,11 +66,13 @@ class SpeculativePolicy(Policy):
                                                              emitter):
                         yield chunk
                     break
-                draft, distributions = (
-                    (first_draft[:emitter.remaining - 1], []) if first_draft is not None
-                    else await self._draft(tiers, request, session, tokens,
-                                           emitter.remaining - 1, outcome))
-                first_draft = None
+                if first_draft is not None:
+                    draft, distributions = first_draft[:emitter.remaining - 1], []
+                    outcome.usage.draft_tokens += len(draft)  # the edge already made them
+                    first_draft = None
+                else:
+                    draft, distributions = await self._draft(tiers, request, session, tokens,
+                                                             emitter.remaining - 1, outcome)
                 accepted, next_token = await self._verify(tiers, request, session, tokens,
                                                           draft, distributions, outcome)
                 for tier, ids in ((common_pb2.TIER_EDGE, accepted),
