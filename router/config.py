@@ -29,7 +29,10 @@ class RouterConfig(ServiceConfig):
                                   "starting point when adaptive_draft is on.")
     scorer: str = option("mean_prob", "Cascade scorer: mean_prob, min_prob or learned.")
     route_threshold: float = option(
-        0.5, "route/auto: the prompt router's P(edge suffices) needed to try the edge.")
+        0.5, "route: the prompt router's P(edge suffices) needed to send a prompt to the edge.")
+    auto_skip_edge_below: float = option(
+        0.1, "auto: prompts the prompt router scores below this (clearly hard) skip the edge "
+             "and are decoded speculatively at once.")
     adaptive_draft: bool = option(
         True, "Speculative: choose the draft length from measured acceptance and round-trip "
               "time, and fall back to cloud-only decoding when speculation would be slower.")
@@ -57,8 +60,8 @@ class RouterConfig(ServiceConfig):
             raise ValueError("need 0 < default_max_tokens <= max_tokens_cap < context_window")
         if not 0.0 <= self.cascade_threshold <= 1.0:
             raise ValueError("cascade_threshold must be in [0, 1]")
-        if not 0.0 <= self.route_threshold <= 1.0:
-            raise ValueError("route_threshold must be in [0, 1]")
+        if not (0.0 <= self.route_threshold <= 1.0 and 0.0 <= self.auto_skip_edge_below <= 1.0):
+            raise ValueError("route_threshold and auto_skip_edge_below must be in [0, 1]")
         if not 0 <= self.max_first_draft <= 64:
             raise ValueError("max_first_draft must be in [0, 64]")
         if not 1 <= self.draft_tokens <= 32:

@@ -1,8 +1,8 @@
 """`auto`, the default: route → (edge answer → score → escalate) → escalations decoded
 speculatively.
 
-1. The prompt router predicts whether the edge will suffice; clearly hard prompts skip
-   the edge and are decoded speculatively at once (cloud quality, fewer cloud passes).
+1. The prompt router predicts whether the edge will suffice; clearly hard prompts (below
+   `auto_skip_edge_below`) skip the edge and are decoded speculatively at once.
 2. Otherwise the edge answers and the cascade's scorer judges the answer.
 3. An escalated answer is not wasted: its tokens are the first draft the cloud verifies,
    so whatever prefix the cloud agrees with costs one pass (lossless: the cloud decides
@@ -30,15 +30,16 @@ if TYPE_CHECKING:
 class AutoPolicy(Policy):
     name = "auto"
 
-    def __init__(self, max_first_draft: int) -> None:
+    def __init__(self, max_first_draft: int, skip_edge_below: float) -> None:
         self.max_first_draft = max_first_draft
+        self.skip_edge_below = skip_edge_below
         self.cascade: CascadePolicy | None = None
         self.route: RoutePolicy | None = None
         self.speculative: SpeculativePolicy | None = None
 
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> AutoPolicy:
-        return cls(config.max_first_draft)
+        return cls(config.max_first_draft, config.auto_skip_edge_below)
 
     def bind(self, policies: dict[str, Policy]) -> None:
         self.cascade = policies["cascade"]  # type: ignore[assignment]
@@ -48,7 +49,8 @@ class AutoPolicy(Policy):
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Chunk]:
         assert self.cascade is not None and self.speculative is not None
-        if self.route is not None and not self.route.predict(request, outcome):
+        if self.route is not None and not self.route.predict(request, outcome,
+                                                             self.skip_edge_below):
             outcome.decision.escalated = True
             async for chunk in self.speculative.decode(request, tiers, outcome):
                 yield chunk

@@ -29,11 +29,13 @@ class RoutePolicy(Policy):
         assert resources.prompt_router is not None
         return cls(resources.prompt_router, config.route_threshold)
 
-    def predict(self, request: RoutedRequest, outcome: Outcome) -> bool:
-        """True when the edge is predicted to suffice (recorded in the decision)."""
+    def predict(self, request: RoutedRequest, outcome: Outcome,
+                threshold: float | None = None) -> bool:
+        """True when P(edge suffices) reaches ``threshold`` (default: the route policy's);
+        the estimate is recorded in the decision."""
         p_edge = float(self.router.predict_many([request.prompt_text])[0])
         outcome.decision.route_score = p_edge
-        return p_edge >= self.threshold
+        return p_edge >= (self.threshold if threshold is None else threshold)
 
     def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
         to_edge = self.predict(request, outcome)
