@@ -6,7 +6,7 @@ import pytest
 
 from tandem.router.eval.agreement import rouge_l, token_f1
 from tandem.router.eval.cascade import apgr, cost_reduction_at, curve, random_baseline
-from tandem.router.eval.train import threshold_for_budget
+from tandem.router.eval.train import threshold_for_budget, threshold_for_quality
 from tandem.router.head import LogisticHead
 from tandem.router.policies.base import Outcome, RoutedRequest
 from tandem.router.policies.draft_length import (DraftLengthController, expected_tokens,
@@ -85,6 +85,13 @@ def test_budget_threshold_escalates_at_most_the_budget():
     scores = np.linspace(0, 1, 101)
     threshold = threshold_for_budget(scores, np.ones(101), 0.3)
     assert 0.29 <= float(np.mean(scores < threshold)) <= 0.3
+
+
+def test_quality_threshold_escalates_the_fewest_that_reach_the_target():
+    scores = np.array([0.1, 0.2, 0.3, 0.9])
+    quality = np.array([0.0, 0.5, 1.0, 1.0])  # mean 0.625
+    threshold = threshold_for_quality(scores, quality, 0.75)  # escalating 0.1 gives 0.875
+    assert float(np.mean(scores < threshold)) == 0.25
 
 
 def test_logistic_head_learns_a_separable_rule(tmp_path):

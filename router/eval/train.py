@@ -37,8 +37,24 @@ def threshold_for_budget(scores: np.ndarray, cloud_tokens: np.ndarray, budget: f
     return float((scores[order[last]] + upper) / 2)
 
 
+def threshold_for_quality(scores: np.ndarray, edge_quality: np.ndarray, target: float) -> float:
+    """The lowest threshold (fewest escalations) whose mean quality reaches ``target``:
+    an escalated request counts as the cloud's own answer (quality 1)."""
+    order = np.argsort(scores)
+    quality = edge_quality.mean() + np.concatenate(
+        [[0.0], np.cumsum(1.0 - edge_quality[order])]) / len(scores)
+    reached = np.flatnonzero(quality >= target - 1e-12)
+    count = int(reached[0]) if len(reached) else len(scores)  # escalate the `count` lowest
+    if count == 0:
+        return float(scores.min())
+    if count == len(scores):
+        return float(scores.max() + 1e-6)
+    return float((scores[order[count - 1]] + scores[order[count]]) / 2)
+
+
 def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: str = "rouge_l",
-          bar: float = 0.5, budget: float = 0.3) -> dict[str, Any]:
+          bar: float = 0.5, budget: float = 0.3,
+          quality_target: float | None = None) -> dict[str, Any]:
     """Fit and save both heads; returns a report (CV-chosen L2, label balance, threshold)."""
     labels = acceptable(rows, metric, bar)
     if len(np.unique(labels)) < 2:
@@ -55,9 +71,15 @@ def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: st
         if name == "cascade":
             scores = out_of_fold_predictions(x, labels, l2)  # in-sample would be overconfident
             cloud_tokens = np.asarray([r["cloud_tokens"] for r in rows])
-            report["threshold"] = threshold_for_budget(scores, cloud_tokens, budget)
-            report["budget"] = budget
-    (out_dir / "calibration.json").write_text(json.dumps(
-        {"scorer": "learned", "threshold": report["threshold"], "budget": budget,
-         "metric": metric, "bar": bar}, indent=2) + "\n")
+            if quality_target is None:
+                report["threshold"] = threshold_for_budget(scores, cloud_tokens, budget)
+                report["budget"] = budget
+            else:
+                quality = np.asarray([r[metric] for r in rows], dtype=float)
+                report["threshold"] = threshold_for_quality(scores, quality, quality_target)
+                report["quality_target"] = quality_target
+    calibration = {k: report[k] for k in ("threshold", "budget", "quality_target", "metric",
+                                          "bar") if k in report}
+    (out_dir / "calibration.json").write_text(
+        json.dumps({"scorer": "learned", **calibration}, indent=2) + "\n")
     return report

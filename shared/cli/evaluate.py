@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="An edge answer is acceptable when its agreement reaches this.")
     t.add_argument("--budget", type=float, default=0.3,
                    help="Calibrate the threshold to escalate at most this share of requests.")
+    t.add_argument("--quality-target", type=float, default=None,
+                   help="Instead: the fewest escalations whose mean quality reaches this.")
     t.set_defaults(run=run_train)
     e = kinds.add_parser("cascade", help="Cost/quality curve, APGR and cost reduction.")
     e.add_argument("--prompts", required=True, help="JSONL prompts (need not be seen before).")
@@ -77,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir) if args.out_dir else DATA
     report = train(read_jsonl(args.labels), SentenceEncoder(), out_dir, args.metric, args.bar,
-                   args.budget)
+                   args.budget, args.quality_target)
     print(json.dumps(report, indent=2))
     return 0
 
