@@ -84,6 +84,12 @@ class LlamaForward:
         self.lm_head = hf_model.lm_head.weight  # [V, D] (tied: the same tensor as embed)
         self.rotary = inner.rotary_emb
         self.layers = [self._fuse(layer) for layer in inner.layers]
+        # x @ rotate_half == cat(-x2, x1), in one op and exactly (entries are 0 and ±1).
+        half = self.head_dim // 2
+        rot = torch.zeros(self.head_dim, self.head_dim, dtype=self.dtype)
+        rot[torch.arange(half) + half, torch.arange(half)] = -1
+        rot[torch.arange(half), torch.arange(half) + half] = 1
+        self.rotate_half = rot
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> LayerWeights:
@@ -109,6 +115,8 @@ class LlamaForward:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op, same result as the composite below
+            return F.rms_norm(x, weight.shape, weight, self.eps)
         # Same arithmetic as transformers' LlamaRMSNorm: normalise in fp32.
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -140,7 +148,7 @@ class LlamaForward:
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = F.linear(h, w.qkv, w.qkv_bias).view(T, H + 2 * Hkv, hd)
         qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
-        qk = qk * cos + _rotate_half(qk) * sin
+        qk = qk * cos + (qk @ self.rotate_half) * sin
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
         k_cache.index_copy_(0, step.slots, k)
         v_cache.index_copy_(0, step.slots, v)
@@ -157,7 +165,10 @@ class LlamaForward:
                          v_cache: torch.Tensor) -> torch.Tensor:
         """Attention of a group's queries over their sequences' cached keys."""
         B, L = g.key_slots.shape
-        qg = q[g.query_rows].transpose(1, 2)  # [B, H, Q, hd]
+        if g.covers_step and g.query_rows.shape[1] == 1:  # plain decode: no gather
+            qg = q[:, :, None, :]  # [B, H, 1, hd]
+        else:
+            qg = q[g.query_rows].transpose(1, 2)  # [B, H, Q, hd]
         flat = g.key_slots.view(-1)
         kg = k_cache.index_select(0, flat).view(B, L, -1, self.head_dim).transpose(1, 2)
         vg = v_cache.index_select(0, flat).view(B, L, -1, self.head_dim).transpose(1, 2)
@@ -165,7 +176,3 @@ class LlamaForward:
             qg, kg, vg, attn_mask=g.mask, enable_gqa=self.num_kv_heads != self.num_heads)
         return og.transpose(1, 2)  # [B, Q, H, hd]
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
