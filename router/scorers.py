@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -79,10 +79,10 @@ class MinProbabilityScorer(Scorer):
         return np.exp(confidence_features(answers)[:, 1])
 
 
-class LearnedScorer(Scorer):
-    """MiniLM(query), MiniLM(answer), their cosine and the confidence features → head."""
+class EmbeddingHead:
+    """A trained logistic head over MiniLM features (loaded from router/data)."""
 
-    name = "learned"
+    default_path: ClassVar[Path]
 
     def __init__(self, head: LogisticHead, encoder: object | None = None) -> None:
         from tandem.router.embeddings import SentenceEncoder
@@ -91,25 +91,24 @@ class LearnedScorer(Scorer):
         self.encoder = encoder or SentenceEncoder()
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_CASCADE_HEAD, encoder: object | None = None) -> LearnedScorer:
-        return cls(LogisticHead.load(path), encoder)
+    def load(cls, path: Path | None = None, encoder: object | None = None) -> Self:
+        return cls(LogisticHead.load(path or cls.default_path), encoder)
+
+
+class LearnedScorer(EmbeddingHead, Scorer):
+    """MiniLM(query), MiniLM(answer), their cosine and the confidence features → head."""
+
+    name = "learned"
+    default_path = DEFAULT_CASCADE_HEAD
 
     def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
         return self.head.predict(answer_features(self.encoder, answers))
 
 
-class PromptRouter:
+class PromptRouter(EmbeddingHead):
     """P(the edge answer will be acceptable) from the prompt alone (MiniLM + head)."""
 
-    def __init__(self, head: LogisticHead, encoder: object | None = None) -> None:
-        from tandem.router.embeddings import SentenceEncoder
-
-        self.head = head
-        self.encoder = encoder or SentenceEncoder()
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_ROUTE_HEAD, encoder: object | None = None) -> PromptRouter:
-        return cls(LogisticHead.load(path), encoder)
+    default_path = DEFAULT_ROUTE_HEAD
 
     def predict_many(self, prompts: Sequence[str]) -> np.ndarray:
         return self.head.predict(prompt_features(self.encoder, prompts))
