@@ -62,6 +62,8 @@ def test_concurrent_generations_each_match_hf_generate(model, engine):
     for prompt, tokens in zip(prompts, results):
         assert tokens == hf_greedy(model, prompt, 20)
     assert engine.pool.num_used == 0  # everything freed once finished
+    ttft = engine.metrics.ttft.collect()[0].samples
+    assert next(s.value for s in ttft if s.name.endswith("_count")) >= 3
 
 
 def test_preemption_when_the_pool_is_full_still_gives_exact_output(model):
@@ -157,6 +159,9 @@ def test_verify_accepts_target_tokens_and_rolls_back_rejections(model, engine):
     assert r2.cached_tokens == len(PROMPT) + 4
     assert r2.computed_tokens == 1 + 4
     assert engine.end_session("t", "s1") and not engine.end_session("t", "s1")
+    m = engine.metrics
+    assert m.spec_drafts._value.get() >= 2 and m.spec_accepted._value.get() >= 8
+    assert m.spec_draft_tokens._value.get() >= 9
 
 
 def test_verify_sessions_are_per_tenant(engine):
