@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tandem.edge.compress import Built, Recipe, capacity_for, choose_window
@@ -49,7 +50,9 @@ def save(built: Built, recipe: Recipe, folder: Path, source: str) -> None:
     manifest = {"source": source, "shape": rt.shape.to_dict(), "recipe": asdict(recipe),
                 "embedding": emb_kind, "layers": layers, "model_bytes": built.model_bytes,
                 "window": built.window, "capacity": built.capacity,
-                "union_sizes": built.union_sizes, "ffn_file_bytes": built.ffn_file_bytes}
+                "ffn_file_bytes": built.ffn_file_bytes}
+    if built.selections is not None:  # packed bits: [L, N, F/8]
+        tensors["calibration_selections"] = torch.from_numpy(np.packbits(built.selections, axis=-1))
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -107,7 +110,8 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
     if budget_fraction is not None:
         capacity = capacity_for(manifest["model_bytes"], manifest["ffn_file_bytes"], budget_fraction,
                                 shape.layers, shape.ffn, store.record)  # type: ignore[union-attr]
-        k = choose_window(manifest["union_sizes"], capacity)
+        selections = np.unpackbits(t["calibration_selections"].numpy(), axis=-1)[..., : shape.ffn]
+        k = choose_window(selections.astype(bool), capacity)
     if window is not None:
         k = window
     layers = []
@@ -119,7 +123,7 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
                                    linear["o"], t[p + "ffn_norm"], ffn))
     runtime = LlamaRuntime(shape, embedding, layers, t["final_norm"])
     return Built(runtime, manifest["model_bytes"], window=k, capacity=capacity, store=store,
-                 union_sizes=manifest["union_sizes"], ffn_file_bytes=manifest["ffn_file_bytes"])
+                 ffn_file_bytes=manifest["ffn_file_bytes"])
 
 
 def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str) -> Any:

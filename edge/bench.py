@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,13 @@ class BenchSettings:
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process image's RSS high-water mark (VmHWM). Not ru_maxrss: Linux carries that
+    across fork+exec, so a spawned child would report its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _current_rss() -> int:
@@ -193,3 +198,33 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
                      f"{c['tok_s']:7.2f}")
     return "\n".join(lines)
+
+
+def plot_frontier(report: dict[str, Any], path: str) -> None:
+    """Flash budget frontier: DRAM share of the model vs bytes read per token and perplexity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [c for c in report["configs"] if c["name"].startswith("flash") and c["capacity"]
+            and "-k" not in c["name"]]
+    naive = next((c for c in report["configs"] if "naive" in c["name"]), None)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for selector in sorted({c["name"].split("-b")[0] for c in rows}):
+        sel = sorted((c for c in rows if c["name"].startswith(selector + "-b")),
+                     key=lambda c: c["dram_bytes"] / c["model_bytes"])
+        share = [c["dram_bytes"] / c["model_bytes"] for c in sel]
+        left.plot(share, [c["bytes_read_per_token"] / 1e6 for c in sel], "o-", label=selector)
+        right.plot(share, [c["ppl"] for c in sel], "o-", label=selector)
+    if naive:
+        left.axhline(naive["bytes_read_per_token"] / 1e6, ls="--", c="gray", label="naive")
+    resident = next((c for c in report["configs"] if "resident" in c["name"]), None)
+    if resident:
+        right.axhline(resident["ppl"], ls="--", c="gray", label="resident fp32")
+    left.set(xlabel="DRAM / model bytes", ylabel="MB read per token", yscale="log")
+    right.set(xlabel="DRAM / model bytes", ylabel="perplexity")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -22,6 +22,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                    help="Compute threads for every config (1 default: steadier on a shared box).")
     p.add_argument("--repeats", type=int, default=3, help="llama.cpp plain/Tandem alternations.")
     p.add_argument("--only", default="", help="Comma-separated config names to run.")
+    p.add_argument("--plot", default=None, help="Also draw the flash frontier to this PNG.")
     p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
     p.set_defaults(run=run)
 
@@ -29,7 +30,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tandem.edge.bench import BenchSettings, format_table, run_bench
+    from tandem.edge.bench import BenchSettings, format_table, plot_frontier, run_bench
     from tandem.shared.models import ModelNotFound, cache_root, resolve_model
 
     try:
@@ -44,5 +45,7 @@ def run(args: argparse.Namespace) -> int:
                              only=[n for n in args.only.split(",") if n])
     report = run_bench(source, out, settings, rebuild=args.rebuild)
     print(format_table(report), file=sys.stderr)
+    if args.plot:
+        plot_frontier(report, args.plot)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
