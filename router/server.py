@@ -7,6 +7,7 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from tandem.router.config import RouterConfig
+from tandem.router.core import RouterCore
 from tandem.router.metrics import RouterMetrics
 from tandem.router.policies.base import PolicyResources, create_policies
 from tandem.router.scorers import DEFAULT_ROUTE_HEAD, PromptRouter, create_scorer
@@ -43,7 +44,8 @@ async def run(config: RouterConfig) -> None:
     policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")
-    servicer = RouterServicer(config, resources.tokenizer, tiers, state, policies, metrics)
+    servicer = RouterServicer(
+        RouterCore(config, resources.tokenizer, tiers, state, policies, metrics))
     try:
         await serve("router", config,
                     lambda server: router_pb2_grpc.add_RouterServicer_to_server(servicer, server),

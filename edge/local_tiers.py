@@ -1,0 +1,120 @@
+"""The tiers as the on-device SDK sees them: the edge model in this process, the cloud
+over gRPC. Implements the methods of ``tandem.router.tiers.Tiers`` so the router's
+policies run unchanged on the device.
+
+Cloud calls get the request's deadline minus ``edge_reserve_s``, so when the cloud is
+slow or unreachable there is still time to answer from the edge (the SDK's offline
+fallback); edge calls get the whole remaining deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import grpc
+
+from tandem.edge.service import EdgeServicer
+from tandem.router.tiers import DelayInterceptor, Tiers
+from tandem.shared.deadlines import Deadline, DeadlineExceeded
+from tandem.shared.errors import UpstreamError
+from tandem.shared.grpc_server import CHANNEL_OPTIONS
+from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2
+
+T = TypeVar("T")
+
+
+# Cloud statuses after which the answer can still come from the edge.
+FALLBACK_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class CloudFailure(UpstreamError):
+    """A call to the cloud failed (its status is kept); raised only by LocalTiers, so the
+    SDK can tell a cloud outage from an edge or input error without reading messages."""
+
+    @classmethod
+    def wrap(cls, exc: UpstreamError | DeadlineExceeded) -> CloudFailure:
+        return cls("cloud", exc.code, str(exc).removeprefix("cloud: "))
+
+    @property
+    def allows_fallback(self) -> bool:
+        return self.code in FALLBACK_CODES
+
+
+class LocalTiers(Tiers):
+    """An in-process edge (an EdgeServicer over a loaded backend) and a remote cloud."""
+
+    def __init__(self, edge: EdgeServicer, cloud_address: str, edge_reserve_s: float = 2.0,
+                 cloud_rtt_s: float = 0.0) -> None:
+        # Tiers.__init__ is not called: it would open a channel to an edge service.
+        self.local_edge = edge
+        self.edge_reserve_s = edge_reserve_s
+        interceptors = [DelayInterceptor(cloud_rtt_s)] if cloud_rtt_s > 0 else None
+        self._cloud_channel = grpc.aio.insecure_channel(cloud_address, options=CHANNEL_OPTIONS,
+                                                        interceptors=interceptors)
+        self.cloud = cloud_pb2_grpc.CloudStub(self._cloud_channel)
+
+    def cloud_deadline(self, deadline: Deadline) -> Deadline:
+        """The part of ``deadline`` the cloud may use (the rest is kept for the edge)."""
+        remaining = deadline.remaining()
+        if remaining is None:
+            return deadline
+        return Deadline(max(remaining - min(self.edge_reserve_s, remaining / 2), 0.0))
+
+    async def _edge_call(self, work: Awaitable[T], deadline: Deadline,
+                         timings: common_pb2.Timings) -> T:
+        started = time.perf_counter_ns()
+        try:
+            return await asyncio.wait_for(work, deadline.timeout())
+        except TimeoutError as exc:
+            raise DeadlineExceeded("edge: deadline exceeded") from exc
+        finally:
+            timings.edge_ns += time.perf_counter_ns() - started
+
+    async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                            timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse:
+        return await self._edge_call(self.local_edge.Generate(request, None),  # type: ignore[arg-type]
+                                     deadline, timings)
+
+    async def edge_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                          timings: common_pb2.Timings
+                          ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        stream = self.local_edge.GenerateStream(request, None)  # type: ignore[arg-type]
+        try:
+            while True:
+                try:
+                    chunk = await self._edge_call(anext(stream), deadline, timings)
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            await stream.aclose()  # stops the model and releases its lock
+
+    async def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                           timings: common_pb2.Timings
+                           ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        stream = super().cloud_stream(request, self.cloud_deadline(deadline), timings)
+        try:
+            async for chunk in stream:
+                yield chunk
+        except (UpstreamError, DeadlineExceeded) as exc:
+            raise CloudFailure.wrap(exc) from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
+                    timings: common_pb2.Timings) -> edge_pb2.DraftResponse:
+        return await self._edge_call(self.local_edge.Draft(request, None),  # type: ignore[arg-type]
+                                     deadline, timings)
+
+    async def verify(self, request: cloud_pb2.VerifyRequest, deadline: Deadline,
+                     timings: common_pb2.Timings) -> cloud_pb2.VerifyResponse:
+        try:
+            return await super().verify(request, self.cloud_deadline(deadline), timings)
+        except (UpstreamError, DeadlineExceeded) as exc:
+            raise CloudFailure.wrap(exc) from exc
+
+    async def close(self) -> None:
+        await self._cloud_channel.close()

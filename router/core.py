@@ -1,0 +1,189 @@
+"""The router's request path, independent of the transport: validate and render a
+request, admit it (rate limits, budgets), answer from the response cache or run the
+policy, and stream the answer with per-chunk provenance. State writes happen before the
+final chunk is produced.
+
+The gRPC servicer (router/service.py) and the in-process edge SDK (edge/client.py) both
+drive this one core, so a request behaves the same whether it is routed by a router
+service or on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from tandem.router.admission import Admission
+from tandem.router.config import RouterConfig
+from tandem.router.metrics import RouterMetrics
+from tandem.router.policies.base import Outcome, Policy, RoutedRequest
+from tandem.router.response_cache import cache_key, replay, snapshot
+from tandem.router.state import StateStore, Turn
+from tandem.router.tiers import Tiers
+from tandem.shared.deadlines import Deadline
+from tandem.shared.errors import InvalidArgument, status_for
+from tandem.shared.log import log_event
+from tandem.shared.prompting import PromptInput, render
+from tandem.shared.sampling import SamplingParams
+from tandem.shared.tier_service import check_context
+from tandem.v1 import router_pb2
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class PreparedRequest:
+    routed: RoutedRequest
+    policy: Policy
+    session_id: str
+    new_turns: list[Turn]  # stored with the answer once it completes
+
+
+class RouterCore:
+    """Runs GenerateRequests against a set of policies and tiers."""
+
+    def __init__(self, config: RouterConfig, tokenizer: object, tiers: Tiers, state: StateStore,
+                 policies: dict[str, Policy], metrics: RouterMetrics) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.tiers = tiers
+        self.state = state
+        self.policies = policies
+        self.metrics = metrics
+        self.admission = Admission(config, state)
+
+    async def prepare(self, request: router_pb2.GenerateRequest,
+                      deadline: Deadline) -> PreparedRequest:
+        """Validate everything and render the prompt; no state changes, no model work."""
+        policy_name = request.policy or self.config.default_policy
+        policy = self.policies.get(policy_name)
+        if policy is None:
+            raise InvalidArgument(
+                f"policy: unknown policy {policy_name!r}; known: {sorted(self.policies)}")
+        sampling = SamplingParams.from_pb(request.sampling,
+                                          default_max_tokens=self.config.default_max_tokens,
+                                          max_tokens_cap=self.config.max_tokens_cap)
+        prompt = PromptInput.from_pb(request)
+        for field, value in (("session_id", request.session_id), ("tenant", request.tenant)):
+            if value and not NAME_PATTERN.match(value):
+                raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9._:-]")
+        if request.session_id and prompt.raw:
+            raise InvalidArgument("raw_prompt: cannot be combined with session_id")
+        history = (await self.state.history(request.tenant, request.session_id)
+                   if request.session_id else [])
+        prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
+        check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
+        turns = prompt.conversation()
+        routed = RoutedRequest(
+            request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
+            deadline=deadline, tenant=request.tenant,
+            prompt_text=turns[-1]["content"] if turns else "")
+        return PreparedRequest(routed, policy, request.session_id, turns)
+
+    async def stream(self, request: router_pb2.GenerateRequest,
+                     deadline: Deadline) -> AsyncIterator[router_pb2.GenerateChunk]:
+        """The answer as chunks; the last one has ``done`` set and carries the accounting."""
+        started = time.perf_counter_ns()
+        policy_label = request.policy or self.config.default_policy
+        try:
+            prepared = await self.prepare(request, deadline)
+            reservation = await self.admission.admit(request.tenant,
+                                                     prepared.routed.sampling.max_tokens)
+            key = (cache_key(prepared.routed, prepared.policy.name, bool(prepared.session_id))
+                   if self.config.response_cache_seconds > 0 else None)
+            cached = await self.state.cache_get(request.tenant, key) if key else None
+            if cached is not None:
+                for chunk in replay(cached):
+                    yield chunk
+                await self.admission.settle(reservation, 0)
+                self.metrics.cache_hits.inc()
+                return
+            chunks: list[router_pb2.GenerateChunk] = []
+            outcome = Outcome(prepared.policy.name)
+            async for piece in prepared.policy.run(prepared.routed, self.tiers, outcome):
+                chunk = router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
+                                                 token_ids=piece.token_ids)
+                outcome.timings.first_token_ns = (outcome.timings.first_token_ns
+                                                  or time.perf_counter_ns() - started)
+                chunks.append(chunk)
+                yield chunk
+            final = self._final_chunk(prepared, outcome, started)
+            await self._record(request, prepared, reservation, outcome, chunks, final, key)
+        except Exception as exc:
+            label = policy_label if policy_label in self.policies else "unknown"
+            self.metrics.requests.labels(label, status_for(exc)[0].name).inc()
+            raise
+        yield final
+
+    def _final_chunk(self, prepared: PreparedRequest, outcome: Outcome,
+                     started: int) -> router_pb2.GenerateChunk:
+        total_ns = time.perf_counter_ns() - started
+        timings = outcome.timings
+        timings.total_ns = total_ns
+        timings.overhead_ns = max(total_ns - timings.edge_ns - timings.cloud_ns, 0)
+        outcome.usage.prompt_tokens = len(prepared.routed.prompt_ids)
+        return router_pb2.GenerateChunk(done=True, finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
+                                        usage=outcome.usage, timings=timings,
+                                        decision=outcome.decision)
+
+    async def _record(self, request: router_pb2.GenerateRequest, prepared: PreparedRequest,
+                      reservation: object, outcome: Outcome,
+                      chunks: list[router_pb2.GenerateChunk], final: router_pb2.GenerateChunk,
+                      key: str | None) -> None:
+        """Session turn, budget refund, cache entry, statistics, metrics and a log line —
+        all done before the final chunk acknowledges the answer."""
+        usage = outcome.usage
+        if prepared.session_id:
+            answer = {"role": "assistant", "content": "".join(c.text for c in chunks)}
+            await self.state.append(request.tenant, prepared.session_id,
+                                    prepared.new_turns + [answer],
+                                    self.config.session_ttl_seconds)
+        await self.admission.settle(reservation, usage.edge_tokens + usage.cloud_tokens)  # type: ignore[arg-type]
+        if key:
+            await self.state.cache_put(request.tenant, key, snapshot(chunks, final),
+                                       self.config.response_cache_seconds)
+        await self.state.add_stats(outcome.policy, {
+            "requests": 1, "escalations": int(outcome.decision.escalated),
+            "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
+            "cloud_passes": usage.cloud_forward_passes, "draft_tokens": usage.draft_tokens,
+            "accepted_tokens": usage.accepted_draft_tokens})
+        timings = final.timings
+        self.metrics.record(outcome, timings.total_ns / 1e9,
+                            timings.first_token_ns / 1e9 if timings.first_token_ns else None)
+        log_event(logger, "request done", request_id=prepared.routed.request_id,
+                  policy=outcome.policy, escalated=outcome.decision.escalated,
+                  edge_tokens=usage.edge_tokens, cloud_tokens=usage.cloud_tokens,
+                  cloud_passes=usage.cloud_forward_passes,
+                  ms=round(timings.total_ns / 1e6, 1),
+                  overhead_ms=round(timings.overhead_ns / 1e6, 2))
+
+
+def add_chunk(response: router_pb2.GenerateResponse, chunk: router_pb2.GenerateChunk) -> None:
+    """Fold one streamed chunk into a complete response (segments merge by tier)."""
+    if chunk.done:
+        response.finish_reason = chunk.finish_reason
+        response.usage.CopyFrom(chunk.usage)
+        response.timings.CopyFrom(chunk.timings)
+        response.decision.CopyFrom(chunk.decision)
+        return
+    segments = response.segments
+    if segments and segments[-1].tier == chunk.tier:
+        segments[-1].text += chunk.text
+        segments[-1].token_ids.extend(chunk.token_ids)
+    else:
+        segments.add(tier=chunk.tier, text=chunk.text, token_ids=chunk.token_ids)
+    response.text += chunk.text
+
+
+def collect(chunks: Iterable[router_pb2.GenerateChunk],
+            session_id: str = "") -> router_pb2.GenerateResponse:
+    response = router_pb2.GenerateResponse(session_id=session_id)
+    for chunk in chunks:
+        add_chunk(response, chunk)
+    return response
