@@ -49,6 +49,8 @@ def test_speculation_is_abandoned_when_it_cannot_pay():
     assert controller.should_abandon()
     c, rho = 0.6, 1.0
     assert predicted_speedup(0.05, controller.choose(), c, rho) < 1.0
+    controller._last_round -= 60  # a while without rounds: probe again
+    assert not controller.should_abandon()
 
 
 class _Tok:

@@ -10,11 +10,16 @@ request when even the best γ is predicted slower than the cloud alone.
 
 from __future__ import annotations
 
+import time
+
 MAX_DRAFT = 16
 # Exponential moving average weight of a new observation.
 EMA = 0.1
 # Keep speculating unless predicted clearly slower (estimates are noisy).
 ABANDON_BELOW = 0.9
+# Abandoning stops the measurements that justified it; after this long without a round,
+# speculate again to re-measure (load and links change).
+REPROBE_AFTER_S = 5.0
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -39,6 +44,7 @@ class DraftLengthController:
         self._accepted: float | None = None  # EMA of accepted drafts per round
         self._trials: float | None = None  # EMA of accepted + rejected drafts per round
         self._observations = 0
+        self._last_round = 0.0
 
     def _ratios(self) -> tuple[float, float]:
         if not self.draft_s_per_token or not self.target_step_s:
@@ -54,6 +60,8 @@ class DraftLengthController:
 
     def should_abandon(self) -> bool:
         if not self.adaptive or self._observations < 3:
+            return False
+        if time.monotonic() - self._last_round > REPROBE_AFTER_S:
             return False
         c, rho = self._ratios()
         gamma = self.choose()
@@ -75,6 +83,7 @@ class DraftLengthController:
             if self._trials:
                 self.alpha = min(self._accepted / self._trials, 0.99)
         self._observations += 1
+        self._last_round = time.monotonic()
 
 
 def _ema(previous: float | None, value: float) -> float:
