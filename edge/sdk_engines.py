@@ -97,7 +97,7 @@ class LocalEngine:
         from tandem.edge.backend import create_backend
         from tandem.edge.config import EdgeConfig
         from tandem.edge.local_tiers import LocalTiers
-        from tandem.edge.provisioning import provision
+        from tandem.edge.provisioning import print_progress, provision
         from tandem.edge.service import EdgeServicer
         from tandem.router.config import RouterConfig
         from tandem.router.core import RouterCore
@@ -107,7 +107,7 @@ class LocalEngine:
         from tandem.router.state.memory import MemoryStateStore
         from tandem.shared.models import eos_token_ids
 
-        source = provision(config.model, sha256=config.model_sha256)
+        source = provision(config.model, sha256=config.model_sha256, progress=print_progress)
         limits = dict(context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
                       default_max_tokens=config.default_max_tokens)
         edge_config = EdgeConfig(model=config.model, backend=config.backend,

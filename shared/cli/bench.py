@@ -13,7 +13,8 @@ from types import SimpleNamespace
 # Other benchmarks register here: kind -> "module:add_parser" (called with the kinds
 # subparsers; imported lazily so `tandem --help` stays fast).
 BENCH_MODULES: dict[str, str] = {"cloud": "tandem.shared.cli.bench_cloud:add_parser",
-                                 "edge": "tandem.shared.cli.bench_edge:add_parser"}
+                                 "edge": "tandem.shared.cli.bench_edge:add_parser",
+                                 "sdk": "tandem.edge.sdk_bench:add_parser"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
