@@ -89,9 +89,11 @@ def real_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProc
     """The real SmolLM2 stack: cloud (transformers), edge (llama.cpp), router (Redis)."""
     workdir = tmp_path_factory.mktemp("stack")
     cloud, edge = start_services(workdir, [("cloud", []), ("edge", [])])
+    # Fixed draft length: what these tests check must not depend on the machine's load
+    # (the adaptive controller is unit-tested, and on by default elsewhere).
     router = start_services(workdir, [("router", [
         "--cloud-address", cloud.address, "--edge-address", edge.address,
-        "--state", redis_server.url])])[0]
+        "--state", redis_server.url, "--no-adaptive-draft"])])[0]
     stack = Stack([cloud, edge, router])
     yield stack
     stack.stop()

@@ -131,12 +131,13 @@ class SpeculativePolicy(Policy):
         """Stream the rest from the cloud alone (same prefix, so the same output)."""
         continuation = request.tier_request(prompt_ids=tokens, max_tokens=emitter.remaining)
         async for chunk in tiers.cloud_stream(continuation, request.deadline, outcome.timings):
+            # One pass per streamed token (the first is the continuation's prefill); the
+            # stream may be cut at max_tokens before its final chunk reports a count.
+            outcome.usage.cloud_forward_passes += len(chunk.token_ids)
             piece = emitter.push(common_pb2.TIER_CLOUD, chunk.token_ids)
             if piece:
                 yield piece
-            if chunk.finish_reason:
-                outcome.usage.cloud_forward_passes += chunk.forward_passes
-                if not emitter.done:  # the cloud ended it (EOS or its own stop check)
-                    emitter.finish(chunk.finish_reason)
+            if chunk.finish_reason and not emitter.done:  # the cloud ended it (EOS / stop)
+                emitter.finish(chunk.finish_reason)
             if emitter.done:
                 return

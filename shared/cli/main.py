@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,10 @@ def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Na
         except ValueError as exc:
             print(f"tandem serve {name}: invalid configuration: {exc}", file=sys.stderr)
             return 2
+        if name == "cloud":
+            # torch's OpenMP threads spin at every barrier by default; on a small shared
+            # machine that costs ~10x per step under load (measured). Set before torch loads.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             _load(main_path)(config)
         except ModelNotFound as exc:
