@@ -105,7 +105,8 @@ class LlamaCppBackend(EdgeBackend):
         return DraftResult(drafted, probs, reuse, computed, distributions or None)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # wait for a running eval: freeing the context under it crashes llama.cpp
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self.llm.close()
 
 
