@@ -4,7 +4,7 @@ decision, and typed errors that carry the gRPC status."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import grpc
 
@@ -197,7 +197,3 @@ def from_local_error(exc: shared_errors.TandemError) -> TandemError:
     """The typed error for a failure inside the in-process router or edge."""
     retry_after = getattr(exc, "retry_after_s", None)
     return error_for(exc.code, str(exc), retry_after)
-
-
-def describe(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
