@@ -57,6 +57,12 @@ def _peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def _reset_peak_rss() -> None:
+    """Start a new VmHWM measurement (Linux: writing 5 to clear_refs resets it)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def _current_rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -76,6 +82,8 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
     runtime, store = built.runtime, built.store
     try:
         ppl = runtime_perplexity(runtime, token_windows(eval_ids, 256, settings.eval_tokens))
+        eval_peak = _peak_rss()  # scoring 256 positions holds [256, V] logits in fp64
+        _reset_peak_rss()
         runtime.truncate(0)
         logits = runtime.forward(eval_ids[: settings.prompt_tokens])
         bytes0, reads0 = (store.bytes_read, store.reads) if store else (0, 0)
@@ -86,6 +94,7 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
         n = settings.decode_tokens
         return {"ppl": ppl, "model_bytes": built.model_bytes, "dram_bytes": runtime.weight_bytes,
                 "peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline,
+                "peak_rss_eval_bytes": eval_peak,
                 "bytes_read_per_token": (store.bytes_read - bytes0) / n if store else 0,
                 "reads_per_token": (store.reads - reads0) / n if store else 0,
                 "tok_s": n / elapsed, "window": built.window, "capacity": built.capacity}
