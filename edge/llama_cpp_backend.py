@@ -8,24 +8,20 @@ truncating the KV cache.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tandem.edge.backend import DraftResult, EdgeBackend
-from tandem.shared.sampling import TokenSampler
-from tandem.shared.tier_service import GeneratedToken
+from tandem.edge.single_sequence import SingleSequenceBackend, reusable_prefix
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
     from tandem.shared.models import ModelSource
 
 
-class LlamaCppBackend(EdgeBackend):
+class LlamaCppBackend(SingleSequenceBackend):
     name = "llama.cpp"
 
     def __init__(self, model_path: str, context_window: int, threads: int) -> None:
@@ -35,8 +31,7 @@ class LlamaCppBackend(EdgeBackend):
                          n_threads_batch=threads, logits_all=False, verbose=False)
         self.dtype = _file_type(self.llm)
         self._n_vocab = self.llm.n_vocab()
-        self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-model")
+        super().__init__("edge-model")
 
     @classmethod
     def from_config(cls, config: EdgeConfig, source: ModelSource) -> LlamaCppBackend:
@@ -50,11 +45,7 @@ class LlamaCppBackend(EdgeBackend):
 
     def _eval_after_prefix(self, tokens: Sequence[int]) -> tuple[int, np.ndarray]:
         """Make the context hold ``tokens``; returns (reused prefix length, last logits)."""
-        cached = self.llm.input_ids[: self.llm.n_tokens]
-        reuse = 0
-        limit = min(len(cached), len(tokens) - 1)  # the last token is re-run for its logits
-        while reuse < limit and cached[reuse] == tokens[reuse]:
-            reuse += 1
+        reuse = reusable_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens)
         self.llm.n_tokens = reuse  # eval() drops the KV past n_tokens before appending
         self.llm.eval(list(tokens[reuse:]))
         return reuse, self._last_logits()
@@ -66,43 +57,6 @@ class LlamaCppBackend(EdgeBackend):
     def _last_logits(self) -> np.ndarray:
         # logits of the last evaluated position: [V] (a view into llama.cpp's buffer)
         return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self._n_vocab,))
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                       session_id: str) -> AsyncIterator[GeneratedToken]:
-        async with self._lock:
-            _, logits = await self._run(self._eval_after_prefix, prompt_ids)
-            while True:
-                token, logprob, _ = sampler.sample(logits)
-                yield GeneratedToken(token, logprob)
-                logits = await self._run(self._eval_one, token)
-
-    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
-        async with self._lock:
-            return await self._run(self._draft_sync, tokens, num_tokens, sampler, stop_ids,
-                                   want_distributions)
-
-    def _draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int], want_distributions: bool) -> DraftResult:
-        reuse, logits = self._eval_after_prefix(tokens)
-        computed = len(tokens) - reuse
-        drafted: list[int] = []
-        probs: list[float] = []
-        distributions: list[np.ndarray] = []
-        for i in range(num_tokens):
-            token, _, prob, dist = sampler.sample_with_distribution(logits)
-            drafted.append(token)
-            probs.append(prob)
-            if want_distributions and dist is not None:
-                distributions.append(dist.astype(np.float32))
-            if token in stop_ids or i == num_tokens - 1:
-                break
-            logits = self._eval_one(token)
-            computed += 1
-        return DraftResult(drafted, probs, reuse, computed, distributions or None)
 
     def close(self) -> None:
         # wait for a running eval: freeing the context under it crashes llama.cpp

@@ -8,19 +8,15 @@ are rolled back without re-processing the prefix.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from tandem.edge.backend import DraftResult, EdgeBackend
 from tandem.edge.compress import Built
-from tandem.shared.sampling import TokenSampler
-from tandem.shared.tier_service import GeneratedToken
+from tandem.edge.single_sequence import SingleSequenceBackend, reusable_prefix
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
@@ -28,7 +24,7 @@ if TYPE_CHECKING:
     from tandem.shared.models import ModelSource
 
 
-class TorchBackend(EdgeBackend):
+class TorchBackend(SingleSequenceBackend):
     name = "torch"
 
     def __init__(self, built: Built, dtype: str, threads: int) -> None:
@@ -37,8 +33,7 @@ class TorchBackend(EdgeBackend):
         self.dtype = dtype
         self._threads = threads
         self._tokens: list[int] = []  # the sequence whose KV the runtime holds
-        self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-torch")
+        super().__init__("edge-torch")
 
     @classmethod
     def from_config(cls, config: EdgeConfig, source: ModelSource) -> TorchBackend:
@@ -60,9 +55,7 @@ class TorchBackend(EdgeBackend):
     def _eval_after_prefix(self, tokens: Sequence[int]) -> tuple[int, np.ndarray]:
         """Make the runtime hold ``tokens``; returns (reused prefix length, last logits)."""
         torch.set_num_threads(self._threads)  # per thread: the executor's thread runs this
-        reuse, limit = 0, min(len(self._tokens), len(tokens) - 1)  # re-run the last token
-        while reuse < limit and self._tokens[reuse] == tokens[reuse]:
-            reuse += 1
+        reuse = reusable_prefix(self._tokens, tokens)
         self.runtime.truncate(reuse)
         logits = self.runtime.forward(list(tokens[reuse:]))
         self._tokens = list(tokens)
@@ -72,43 +65,6 @@ class TorchBackend(EdgeBackend):
         logits = self.runtime.forward([token])
         self._tokens.append(token)
         return logits[-1].numpy()
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                       session_id: str) -> AsyncIterator[GeneratedToken]:
-        async with self._lock:
-            _, logits = await self._run(self._eval_after_prefix, prompt_ids)
-            while True:
-                token, logprob, _ = sampler.sample(logits)
-                yield GeneratedToken(token, logprob)
-                logits = await self._run(self._eval_one, token)
-
-    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
-        async with self._lock:
-            return await self._run(self.draft_sync, tokens, num_tokens, sampler, stop_ids,
-                                   want_distributions)
-
-    def draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                   stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
-        reuse, logits = self._eval_after_prefix(tokens)
-        computed = len(tokens) - reuse
-        drafted: list[int] = []
-        probs: list[float] = []
-        distributions: list[np.ndarray] = []
-        for i in range(num_tokens):
-            token, _, prob, dist = sampler.sample_with_distribution(logits)
-            drafted.append(token)
-            probs.append(prob)
-            if want_distributions and dist is not None:
-                distributions.append(dist.astype(np.float32))
-            if token in stop_ids or i == num_tokens - 1:
-                break
-            logits = self._eval_one(token)
-            computed += 1
-        return DraftResult(drafted, probs, reuse, computed, distributions or None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
