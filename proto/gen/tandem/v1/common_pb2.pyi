@@ -96,18 +96,24 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., cloud_forward_passes: _Optional[int] = ..., edge_generated_tokens: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("first_token_ns", "total_ns", "edge_ns", "cloud_ns", "overhead_ns")
+    __slots__ = ("first_token_ns", "total_ns", "edge_ns", "cloud_ns", "overhead_ns", "state_ns", "decision_ns", "scoring_ns")
     FIRST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NS_FIELD_NUMBER: _ClassVar[int]
     EDGE_NS_FIELD_NUMBER: _ClassVar[int]
     CLOUD_NS_FIELD_NUMBER: _ClassVar[int]
     OVERHEAD_NS_FIELD_NUMBER: _ClassVar[int]
+    STATE_NS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_NS_FIELD_NUMBER: _ClassVar[int]
+    SCORING_NS_FIELD_NUMBER: _ClassVar[int]
     first_token_ns: int
     total_ns: int
     edge_ns: int
     cloud_ns: int
     overhead_ns: int
-    def __init__(self, first_token_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., edge_ns: _Optional[int] = ..., cloud_ns: _Optional[int] = ..., overhead_ns: _Optional[int] = ...) -> None: ...
+    state_ns: int
+    decision_ns: int
+    scoring_ns: int
+    def __init__(self, first_token_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., edge_ns: _Optional[int] = ..., cloud_ns: _Optional[int] = ..., overhead_ns: _Optional[int] = ..., state_ns: _Optional[int] = ..., decision_ns: _Optional[int] = ..., scoring_ns: _Optional[int] = ...) -> None: ...
 
 class TierGenerateRequest(_message.Message):
     __slots__ = ("prompt", "messages", "prompt_tokens", "sampling", "raw_prompt", "logprobs", "session_id", "tenant")
