@@ -17,8 +17,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from tandem.router.admission import Admission
+from tandem.router.admission import Admission, Reservation
 from tandem.router.config import RouterConfig
+from tandem.router.latency import DECISION, STATE, spent
 from tandem.router.metrics import RouterMetrics
 from tandem.router.policies.base import Outcome, Policy, RoutedRequest
 from tandem.router.response_cache import cache_key, replay, snapshot
@@ -30,7 +31,7 @@ from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, render
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_service import check_context
-from tandem.v1 import router_pb2
+from tandem.v1 import common_pb2, router_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,28 @@ class RouterCore:
         self.metrics = metrics
         self.admission = Admission(config, state)
 
-    async def prepare(self, request: router_pb2.GenerateRequest,
-                      deadline: Deadline) -> PreparedRequest:
-        """Validate everything and render the prompt; no state changes, no model work."""
+    async def prepare(self, request: router_pb2.GenerateRequest, deadline: Deadline,
+                      timings: common_pb2.Timings | None = None) -> PreparedRequest:
+        """Validate everything and render the prompt; no state changes, no model work.
+        Validation and rendering count as decision time, the history read as state time."""
+        timings = timings if timings is not None else common_pb2.Timings()
+        with spent(timings, DECISION):
+            policy, sampling, prompt = self._validate(request)
+        with spent(timings, STATE):
+            history = (await self.state.history(request.tenant, request.session_id)
+                       if request.session_id else [])
+        with spent(timings, DECISION):
+            prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
+            check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
+            turns = prompt.conversation()
+            routed = RoutedRequest(
+                request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
+                deadline=deadline, tenant=request.tenant,
+                prompt_text=turns[-1]["content"] if turns else "")
+        return PreparedRequest(routed, policy, request.session_id, turns)
+
+    def _validate(self, request: router_pb2.GenerateRequest
+                  ) -> tuple[Policy, SamplingParams, PromptInput]:
         policy_name = request.policy or self.config.default_policy
         policy = self.policies.get(policy_name)
         if policy is None:
@@ -75,69 +95,75 @@ class RouterCore:
                 raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9._:-]")
         if request.session_id and prompt.raw:
             raise InvalidArgument("raw_prompt: cannot be combined with session_id")
-        history = (await self.state.history(request.tenant, request.session_id)
-                   if request.session_id else [])
-        prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
-        check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
-        turns = prompt.conversation()
-        routed = RoutedRequest(
-            request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
-            deadline=deadline, tenant=request.tenant,
-            prompt_text=turns[-1]["content"] if turns else "")
-        return PreparedRequest(routed, policy, request.session_id, turns)
+        return policy, sampling, prompt
 
     async def stream(self, request: router_pb2.GenerateRequest,
                      deadline: Deadline) -> AsyncIterator[router_pb2.GenerateChunk]:
         """The answer as chunks; the last one has ``done`` set and carries the accounting."""
         started = time.perf_counter_ns()
         policy_label = request.policy or self.config.default_policy
+        timings = common_pb2.Timings()  # the router's own parts accumulate here (latency.py)
         try:
-            prepared = await self.prepare(request, deadline)
-            reservation = await self.admission.admit(request.tenant,
-                                                     prepared.routed.sampling.max_tokens)
-            key = (cache_key(prepared.routed, prepared.policy.name, bool(prepared.session_id))
-                   if self.config.response_cache_seconds > 0 else None)
-            cached = await self.state.cache_get(request.tenant, key) if key else None
+            prepared = await self.prepare(request, deadline, timings)
+            with spent(timings, STATE):
+                reservation = await self.admission.admit(request.tenant,
+                                                         prepared.routed.sampling.max_tokens)
+            with spent(timings, DECISION):
+                key = (cache_key(prepared.routed, prepared.policy.name,
+                                 bool(prepared.session_id))
+                       if self.config.response_cache_seconds > 0 else None)
+            with spent(timings, STATE):
+                cached = await self.state.cache_get(request.tenant, key) if key else None
             if cached is not None:
-                for chunk in replay(cached):
+                for chunk in await self._replay(cached, reservation, timings, started):
                     yield chunk
-                await self.admission.settle(reservation, 0)
-                self.metrics.cache_hits.inc()
                 return
             chunks: list[router_pb2.GenerateChunk] = []
-            outcome = Outcome(prepared.policy.name)
+            outcome = Outcome(prepared.policy.name, timings=timings)
             async for piece in prepared.policy.run(prepared.routed, self.tiers, outcome):
                 chunk = router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
                                                  token_ids=piece.token_ids)
-                outcome.timings.first_token_ns = (outcome.timings.first_token_ns
-                                                  or time.perf_counter_ns() - started)
+                timings.first_token_ns = timings.first_token_ns or time.perf_counter_ns() - started
                 chunks.append(chunk)
                 yield chunk
-            final = self._final_chunk(prepared, outcome, started)
-            await self._record(request, prepared, reservation, outcome, chunks, final, key)
+            final = self._final_chunk(prepared, outcome)
+            with spent(timings, STATE):
+                await self._write_state(request, prepared, reservation, outcome, chunks, final,
+                                        key)
+            _close_timings(timings, started)
+            final.timings.CopyFrom(timings)
+            self._observe(prepared, outcome, timings)
         except Exception as exc:
             label = policy_label if policy_label in self.policies else "unknown"
             self.metrics.requests.labels(label, status_for(exc)[0].name).inc()
             raise
         yield final
 
-    def _final_chunk(self, prepared: PreparedRequest, outcome: Outcome,
-                     started: int) -> router_pb2.GenerateChunk:
-        total_ns = time.perf_counter_ns() - started
-        timings = outcome.timings
-        timings.total_ns = total_ns
-        timings.overhead_ns = max(total_ns - timings.edge_ns - timings.cloud_ns, 0)
+    async def _replay(self, cached: bytes, reservation: Reservation, timings: common_pb2.Timings,
+                      started: int) -> list[router_pb2.GenerateChunk]:
+        """A cached answer's chunks (no model work); the reservation is settled first."""
+        chunks = replay(cached)
+        with spent(timings, STATE):
+            await self.admission.settle(reservation, 0)
+        _close_timings(timings, started)
+        chunks[-1].timings.CopyFrom(timings)
+        self.metrics.cache_hits.inc()
+        self.metrics.record_router_latency(timings)
+        return chunks
+
+    def _final_chunk(self, prepared: PreparedRequest,
+                     outcome: Outcome) -> router_pb2.GenerateChunk:
+        """The final chunk without timings (set once the state writes are done)."""
         outcome.usage.prompt_tokens = len(prepared.routed.prompt_ids)
         return router_pb2.GenerateChunk(done=True, finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
-                                        usage=outcome.usage, timings=timings,
-                                        decision=outcome.decision)
+                                        usage=outcome.usage, decision=outcome.decision)
 
-    async def _record(self, request: router_pb2.GenerateRequest, prepared: PreparedRequest,
-                      reservation: object, outcome: Outcome,
-                      chunks: list[router_pb2.GenerateChunk], final: router_pb2.GenerateChunk,
-                      key: str | None) -> None:
-        """Session turn, budget refund, cache entry, statistics, metrics and a log line —
-        all done before the final chunk acknowledges the answer."""
+    async def _write_state(self, request: router_pb2.GenerateRequest, prepared: PreparedRequest,
+                           reservation: Reservation, outcome: Outcome,
+                           chunks: list[router_pb2.GenerateChunk],
+                           final: router_pb2.GenerateChunk, key: str | None) -> None:
+        """Session turn, budget refund, cache entry and statistics — all done before the
+        final chunk acknowledges the answer."""
         usage = outcome.usage
         if prepared.session_id:
             answer = {"role": "assistant", "content": "".join(c.text for c in chunks)}
@@ -153,15 +179,28 @@ class RouterCore:
             "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
             "cloud_passes": usage.cloud_forward_passes, "draft_tokens": usage.draft_tokens,
             "accepted_tokens": usage.accepted_draft_tokens})
-        timings = final.timings
+
+    def _observe(self, prepared: PreparedRequest, outcome: Outcome,
+                 timings: common_pb2.Timings) -> None:
+        """Metrics and a log line for a completed request."""
+        usage = outcome.usage
         self.metrics.record(outcome, timings.total_ns / 1e9,
                             timings.first_token_ns / 1e9 if timings.first_token_ns else None)
+        self.metrics.record_router_latency(timings)
         log_event(logger, "request done", request_id=prepared.routed.request_id,
                   policy=outcome.policy, escalated=outcome.decision.escalated,
                   edge_tokens=usage.edge_tokens, cloud_tokens=usage.cloud_tokens,
                   cloud_passes=usage.cloud_forward_passes,
                   ms=round(timings.total_ns / 1e6, 1),
-                  overhead_ms=round(timings.overhead_ns / 1e6, 2))
+                  overhead_ms=round(timings.overhead_ns / 1e6, 2),
+                  state_ms=round(timings.state_ns / 1e6, 3),
+                  decision_ms=round(timings.decision_ns / 1e6, 3),
+                  scoring_ms=round(timings.scoring_ns / 1e6, 3))
+
+
+def _close_timings(timings: common_pb2.Timings, started: int) -> None:
+    timings.total_ns = time.perf_counter_ns() - started
+    timings.overhead_ns = max(timings.total_ns - timings.edge_ns - timings.cloud_ns, 0)
 
 
 def add_chunk(response: router_pb2.GenerateResponse, chunk: router_pb2.GenerateChunk) -> None:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from tandem.router.latency import DECISION, SCORING, STATE, added_ns
 from tandem.router.policies.base import Outcome
 from tandem.shared.metrics import LATENCY_BUCKETS
 from tandem.v1 import common_pb2
+
+# Router-added latency is sub-millisecond to milliseconds (an embedding model: tens of ms).
+ROUTER_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+                          0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# part label -> Timings field; "added" = state + decision (the latency target's figure).
+ROUTER_LATENCY_PARTS = {"state": STATE, "decision": DECISION, "scoring": SCORING}
 
 
 class RouterMetrics:
@@ -37,6 +44,17 @@ class RouterMetrics:
         self.state_fallbacks = Counter(
             "tandem_router_state_fallbacks", "State operations served locally because Redis "
             "was unavailable.", ["op"], registry=registry)
+        self.router_latency = Histogram(
+            "tandem_router_added_latency_seconds",
+            "Time the router spent itself per request, by part: state (state-store calls), "
+            "decision (validation, prompt rendering, policy choices), scoring (embedding "
+            "model runs), added (state + decision).", ["part"],
+            buckets=ROUTER_LATENCY_BUCKETS, registry=registry)
+
+    def record_router_latency(self, timings: common_pb2.Timings) -> None:
+        for part, field in ROUTER_LATENCY_PARTS.items():
+            self.router_latency.labels(part).observe(getattr(timings, field) / 1e9)
+        self.router_latency.labels("added").observe(added_ns(timings) / 1e9)
 
     def record(self, outcome: Outcome, seconds: float, first_token_s: float | None) -> None:
         policy = outcome.policy

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from tandem.router.controller import ThresholdController
+from tandem.router.latency import DECISION, STATE, scorer_part, spent
 from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
 from tandem.router.scorers import EdgeAnswer, Scorer
@@ -43,13 +44,18 @@ class CascadePolicy(Policy):
         edge = await tiers.edge_generate(request.tier_request(logprobs=True), request.deadline,
                                          outcome.timings)
         outcome.usage.edge_generated_tokens += len(edge.token_ids)
-        score = self.scorer.score(EdgeAnswer(request.prompt_text, edge.text, edge.logprobs))
-        threshold = await self.controller.current()
-        accepted = score >= threshold
-        outcome.decision.score = score
-        outcome.decision.threshold = threshold
-        outcome.decision.escalated = not accepted
-        await self.controller.observe(not accepted)
+        timings = outcome.timings
+        with spent(timings, scorer_part(self.scorer)):
+            score = self.scorer.score(EdgeAnswer(request.prompt_text, edge.text, edge.logprobs))
+        with spent(timings, STATE):
+            threshold = await self.controller.current()
+        with spent(timings, DECISION):
+            accepted = score >= threshold
+            outcome.decision.score = score
+            outcome.decision.threshold = threshold
+            outcome.decision.escalated = not accepted
+        with spent(timings, STATE):
+            await self.controller.observe(not accepted)
         if accepted:
             outcome.usage.edge_tokens += len(edge.token_ids)
             outcome.finish_reason = edge.finish_reason

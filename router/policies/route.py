@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from tandem.router.latency import SCORING, spent
 from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
 from tandem.router.scorers import PromptRouter
@@ -33,7 +34,8 @@ class RoutePolicy(Policy):
                 threshold: float | None = None) -> bool:
         """True when P(edge suffices) reaches ``threshold`` (default: the route policy's);
         the estimate is recorded in the decision."""
-        p_edge = float(self.router.predict_many([request.prompt_text])[0])
+        with spent(outcome.timings, SCORING):  # MiniLM over the prompt, then the head
+            p_edge = float(self.router.predict_many([request.prompt_text])[0])
         outcome.decision.route_score = p_edge
         return p_edge >= (self.threshold if threshold is None else threshold)
 

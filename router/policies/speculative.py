@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from tandem.router.latency import DECISION, spent
 from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy)
 from tandem.router.policies.draft_length import DraftLengthController
@@ -60,7 +61,9 @@ class SpeculativePolicy(Policy):
                           self.eos, outcome)
         try:
             while not emitter.done:
-                if first_draft is None and self.draft_length.should_abandon():
+                with spent(outcome.timings, DECISION):
+                    abandon = first_draft is None and self.draft_length.should_abandon()
+                if abandon:
                     outcome.decision.speculation_abandoned = True
                     async for chunk in self._finish_on_cloud(request, tiers, outcome, tokens,
                                                              emitter):
@@ -95,7 +98,8 @@ class SpeculativePolicy(Policy):
                      tokens: list[int], room: int, outcome: Outcome
                      ) -> tuple[list[int], list[common_pb2.TokenDistribution]]:
         """The edge's draft (at most ``room`` tokens: the cloud adds one per round)."""
-        k = min(self.draft_length.choose(), room)
+        with spent(outcome.timings, DECISION):
+            k = min(self.draft_length.choose(), room)
         outcome.decision.draft_length = max(k, 0)
         if k <= 0:
             return [], []
@@ -104,7 +108,8 @@ class SpeculativePolicy(Policy):
             session_id=session, tokens=tokens, num_tokens=k, sampling=request.sampling.to_pb(),
             tenant=request.tenant, return_distributions=not request.sampling.greedy),
             request.deadline, outcome.timings)
-        self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens))
+        with spent(outcome.timings, DECISION):
+            self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens))
         outcome.usage.draft_tokens += len(reply.tokens)
         outcome.usage.edge_generated_tokens += len(reply.tokens)
         return list(reply.tokens), list(reply.distributions)
@@ -119,9 +124,10 @@ class SpeculativePolicy(Policy):
             session_id=session, tokens=tokens, draft_tokens=draft,
             sampling=request.sampling.to_pb(), tenant=request.tenant,
             draft_distributions=distributions), request.deadline, outcome.timings)
-        self.draft_length.observe_verify(time.perf_counter() - started,
-                                         verdict.timings.total_ns / 1e9, len(draft),
-                                         verdict.accepted)
+        with spent(outcome.timings, DECISION):
+            self.draft_length.observe_verify(time.perf_counter() - started,
+                                             verdict.timings.total_ns / 1e9, len(draft),
+                                             verdict.accepted)
         outcome.usage.cloud_forward_passes += 1
         outcome.usage.accepted_draft_tokens += verdict.accepted
         return draft[:verdict.accepted], verdict.next_token

@@ -60,7 +60,7 @@ def response_to_json(response: router_pb2.GenerateResponse) -> dict[str, Any]:
                                   always_print_fields_with_no_presence=True),
         "timings_ms": {k.removesuffix("_ns"): round(getattr(response.timings, k) / 1e6, 2)
                        for k in ("first_token_ns", "total_ns", "edge_ns", "cloud_ns",
-                                 "overhead_ns")},
+                                 "overhead_ns", "state_ns", "decision_ns", "scoring_ns")},
         "session_id": response.session_id,
     }
 
