@@ -43,7 +43,8 @@ class BenchSettings:
     prompt_tokens: int = 32
     decode_tokens: int = 16
     threads: int = 1
-    repeats: int = 3  # llama.cpp plain vs Tandem alternations
+    repeats: int = 7  # llama.cpp plain/through-Tandem pairs
+    llama_pair_tokens: int = 64  # tokens decoded by each side of a pair
     only: list[str] = field(default_factory=list)
 
 
@@ -104,7 +105,9 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
 
 def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings) -> dict[str, Any]:
     """Runs in a fresh process: plain llama-cpp-python and Tandem's llama.cpp backend,
-    decoding the same greedy tokens, alternated ``repeats`` times."""
+    decoding the same greedy tokens in ``repeats`` back-to-back pairs (which side goes
+    first alternates); the ratio is the median of the per-pair ratios, so load that
+    drifts over the run affects both sides of a pair alike."""
     import asyncio
 
     from llama_cpp import Llama
@@ -114,7 +117,7 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
     from tandem.shared.sampling import SamplingParams, TokenSampler
 
     baseline = _current_rss()
-    prompt, n = eval_ids[: settings.prompt_tokens], settings.decode_tokens * 4
+    prompt, n = eval_ids[: settings.prompt_tokens], settings.llama_pair_tokens
     plain = Llama(model_path=model_path, n_ctx=512, n_threads=settings.threads,
                   n_threads_batch=settings.threads, verbose=False)
     backend = LlamaCppBackend(model_path, 512, settings.threads)
@@ -142,16 +145,24 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
         await stream.aclose()
         return n / (time.perf_counter() - started)
 
+    run_plain()  # warm both (first-call allocations) before measuring
+    asyncio.run(run_tandem())
     plain_speeds, tandem_speeds = [], []
-    for _ in range(settings.repeats):
-        plain_speeds.append(run_plain())
-        tandem_speeds.append(asyncio.run(run_tandem()))
+    for pair in range(settings.repeats):
+        if pair % 2:
+            tandem_speeds.append(asyncio.run(run_tandem()))
+            plain_speeds.append(run_plain())
+        else:
+            plain_speeds.append(run_plain())
+            tandem_speeds.append(asyncio.run(run_tandem()))
+    ratios = [t / p for t, p in zip(tandem_speeds, plain_speeds)]
     weights = os.path.getsize(model_path)
     result = {"model_bytes": weights, "dram_bytes": weights,  # mmapped and fully used
               "bytes_read_per_token": 0, "reads_per_token": 0,
               "tok_s": statistics.median(tandem_speeds),
               "plain_llama_cpp_tok_s": statistics.median(plain_speeds),
-              "tandem_vs_plain": statistics.median(tandem_speeds) / statistics.median(plain_speeds),
+              "tandem_vs_plain": statistics.median(ratios),
+              "tandem_vs_plain_pairs": ratios,
               "tok_s_samples": {"plain": plain_speeds, "tandem": tandem_speeds}}
     plain.close()
     backend.close()
@@ -206,6 +217,10 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{c['dram_bytes'] / 1e6:8.1f} {c['peak_rss_bytes'] / 1e6:8.0f} "
                      f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
                      f"{c['tok_s']:7.2f}")
+        if "tandem_vs_plain" in c:
+            lines.append(f"  through Tandem / plain llama-cpp-python: {c['tandem_vs_plain']:.3f} "
+                         f"(median of {len(c['tandem_vs_plain_pairs'])} pairs; medians "
+                         f"{c['tok_s']:.1f} vs {c['plain_llama_cpp_tok_s']:.1f} tok/s)")
     return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-tokens", type=int, default=16, help="Tokens decoded for tok/s.")
     p.add_argument("--threads", type=int, default=1,
                    help="Compute threads for every config (1 default: steadier on a shared box).")
-    p.add_argument("--repeats", type=int, default=3, help="llama.cpp plain/Tandem alternations.")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="llama.cpp plain/through-Tandem pairs (median of per-pair ratios).")
     p.add_argument("--only", default="", help="Comma-separated config names to run.")
     p.add_argument("--plot", default=None, help="Also draw the flash frontier to this PNG.")
     p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
