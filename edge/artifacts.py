@@ -104,8 +104,8 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
     store = None
     if recipe.flash:
         store = FlashStore(str(folder / "ffn.flash"), shape.layers, shape.ffn, shape.hidden,
-                           recipe.io_mode, io_threads)
-    naive_buffer = AlignedBuffer(shape.ffn, store.record) if recipe.flash == "naive" else None  # type: ignore[union-attr]
+                           recipe.io_mode, io_threads, recipe.flash_dtype)
+    naive_buffer = store.buffer(shape.ffn) if recipe.flash == "naive" else None  # type: ignore[union-attr]
     capacity, k = manifest["capacity"], manifest["window"]
     if budget_fraction is not None:
         capacity = capacity_for(manifest["model_bytes"], manifest["ffn_file_bytes"], budget_fraction,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from tandem.edge.flash import (AlignedBuffer, FlashStore, Int8Selector, Predictor, fit_predictor, record_bytes,
-                               write_flash_file)
+from tandem.edge.flash import (FlashStore, Int8Selector, Predictor, fit_predictor, flash_dtype,
+                               record_bytes, write_flash_file)
 from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
 from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear, awq_input_scale
 from tandem.edge.sparsity import (ActivationSparseFFN, Calibration, activation_thresholds,
@@ -38,6 +38,7 @@ class Recipe:
     max_gap: int = 0  # flash: join reads across up to this many unneeded neurons
     recall: float = 0.9  # predictor: share of truly active neurons it must select
     io_mode: str = "direct"
+    flash_dtype: str = "fp32"  # flash: storage format of the bundles (fp32 | fp16)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -54,6 +55,10 @@ RECIPES: dict[str, Recipe] = {
     # fewer bytes than naive at a 60% budget (measured: 50% reads 4.6x fewer, 70% costs +15%).
     "flash": Recipe(weights="int8", flash="windowed", act_sparsity=0.65),
     "flash-int8sel": Recipe(weights="int8", flash="windowed", act_sparsity=0.65, selector="int8"),
+    # fp16 bundles: half the bytes per neuron (3584 B); the naive baseline in the same format
+    "flash-naive-fp16": Recipe(weights="int8", flash="naive", flash_dtype="fp16"),
+    "flash-int8sel-fp16": Recipe(weights="int8", flash="windowed", act_sparsity=0.65,
+                                 selector="int8", flash_dtype="fp16"),
 }
 
 
@@ -120,16 +125,16 @@ def flash_path(workdir: str) -> str:
     return os.path.join(workdir, "ffn.flash")
 
 
-def ensure_flash_file(runtime: LlamaRuntime, workdir: str) -> str:
-    """Write the bundled FFN file from the dense FFNs (once per workdir)."""
+def ensure_flash_file(runtime: LlamaRuntime, workdir: str, dtype: str = "fp32") -> str:
+    """Write the bundled FFN file from the dense FFNs (once per workdir and format)."""
     path = flash_path(workdir)
     s = runtime.shape
-    expected = s.layers * s.ffn * record_bytes(s.hidden)
+    expected = s.layers * s.ffn * record_bytes(s.hidden, dtype)
     if not (os.path.isfile(path) and os.path.getsize(path) == expected):
         os.makedirs(workdir, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         write_flash_file(tmp, [(l.ffn.gate.weight, l.ffn.up.weight, l.ffn.down.weight)  # type: ignore[attr-defined]
-                               for l in runtime.layers])
+                               for l in runtime.layers], dtype)
         os.replace(tmp, path)
     return path
 
@@ -137,13 +142,13 @@ def ensure_flash_file(runtime: LlamaRuntime, workdir: str) -> str:
 def _build_flash(runtime: LlamaRuntime, calib: Calibration, recipe: Recipe,
                  thresholds: list[float] | None, workdir: str) -> Built:
     s = runtime.shape
-    path = ensure_flash_file(runtime, workdir)
+    path = ensure_flash_file(runtime, workdir, recipe.flash_dtype)
     dense_ffns = [layer.ffn for layer in runtime.layers]
-    ffn_bytes = s.layers * 3 * s.hidden * s.ffn * 4
-    store = FlashStore(path, s.layers, s.ffn, s.hidden, recipe.io_mode)
+    ffn_bytes = s.layers * 3 * s.hidden * s.ffn * flash_dtype(recipe.flash_dtype).itemsize
+    store = FlashStore(path, s.layers, s.ffn, s.hidden, recipe.io_mode, dtype=recipe.flash_dtype)
     quantize_runtime(runtime, calib, recipe, include_ffn=False)  # embedding + attention
     if recipe.flash == "naive":
-        shared = AlignedBuffer(s.ffn, store.record)
+        shared = store.buffer(s.ffn)
         for index, layer in enumerate(runtime.layers):
             layer.ffn = NaiveFlashFFN(index, store, shared)
         resident = runtime.weight_bytes - shared.nbytes
@@ -194,24 +199,26 @@ def calibration_selections(predictors: list[Predictor], calib: Calibration,
                      for i, p in enumerate(predictors)])
 
 
-WINDOW_CANDIDATES = (1, 2, 3, 4, 6, 8)
+WINDOW_CANDIDATES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 def simulated_misses(chosen: np.ndarray, capacity: int, window: int) -> int:
     """Neurons one layer would read for the token sequence ``chosen`` ([N, F] bool) with
     this capacity and window, evicting as WindowedFlashFFN does (stale rows first, then
-    least recently used ones)."""
+    least recently used ones); evicted neurons stay out until read again."""
     last = np.full(chosen.shape[1], -(10**9))
+    cached = np.zeros(chosen.shape[1], dtype=bool)
     misses = 0
-    for t, sel in enumerate(chosen):
+    for t, sel in enumerate(chosen, start=1):  # t: the runtime's step counter
         if sel.sum() > capacity:  # the runtime keeps the best-scoring `capacity`; any subset
             sel = sel & (np.cumsum(sel) <= capacity)  # of that size reads the same count
-        cached = last > t - 1 - window
+        cached &= ~((last <= t - window) & ~sel)  # rows no token of the window used
         over = int((cached | sel).sum()) - capacity
         if over > 0:
             victims = np.flatnonzero(cached & ~sel)
             cached[victims[np.argsort(last[victims], kind="stable")[:over]]] = False
         misses += int((sel & ~cached).sum())
+        cached |= sel
         last[sel] = t
     return misses
 

@@ -1,7 +1,7 @@
 """Flash offloading of the FFN (after "LLM in a Flash", Alizadeh et al. 2024).
 
 * Row–column bundling: neuron i of a layer is one record holding its gate row, up row and
-  down column ([3, H] fp32), padded to the direct-I/O alignment, so one neuron is one read
+  down column ([3, H] in fp32 or fp16; computed in fp32), padded to the direct-I/O alignment, so one neuron is one read
   and consecutive neurons coalesce into one larger read.
 * Neuron selector: a low-rank predictor, fitted on calibration activations, estimates
   |silu(gate x) * up x| for every neuron before any weight is read.
@@ -29,36 +29,48 @@ import torch.nn.functional as F
 
 ALIGN = 512  # O_DIRECT needs offsets, lengths and buffer addresses aligned to the block size
 IO_MODES = ("direct", "fadvise")
+# Storage formats of the bundles (the arithmetic is fp32 after widening the rows read)
+FLASH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def record_bytes(hidden: int) -> int:
-    return -(-3 * hidden * 4 // ALIGN) * ALIGN
+def flash_dtype(name: str) -> torch.dtype:
+    if name not in FLASH_DTYPES:
+        raise ValueError(f"flash dtype must be one of {sorted(FLASH_DTYPES)}, got {name!r}")
+    return FLASH_DTYPES[name]
+
+
+def record_bytes(hidden: int, dtype: str = "fp32") -> int:
+    """Bytes of one neuron's record: [3, H] values padded to the direct-I/O alignment
+    (SmolLM2, H=576: 7168 B in fp32, 3584 B = 7 x 512 B in fp16)."""
+    return -(-3 * hidden * flash_dtype(dtype).itemsize // ALIGN) * ALIGN
 
 
 def write_flash_file(path: str, ffns: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                     progress: Callable[[int], None] | None = None) -> None:
-    """One record per neuron per layer: [gate row | up row | down column | pad], fp32."""
+                     dtype: str = "fp32", progress: Callable[[int], None] | None = None) -> None:
+    """One record per neuron per layer: [gate row | up row | down column | pad]."""
+    torch_dtype = flash_dtype(dtype)
     with open(path, "wb") as fh:
         for gate, up, down in ffns:  # [F, H], [F, H], [H, F]
             hidden = gate.shape[1]
-            records = np.zeros((gate.shape[0], record_bytes(hidden) // 4), dtype=np.float32)
-            records[:, :hidden] = gate.numpy()
-            records[:, hidden:2 * hidden] = up.numpy()
-            records[:, 2 * hidden:3 * hidden] = down.T.numpy()
-            fh.write(records.tobytes())
+            width = record_bytes(hidden, dtype) // torch_dtype.itemsize
+            records = torch.zeros(gate.shape[0], width, dtype=torch_dtype)
+            records[:, :hidden] = gate
+            records[:, hidden:2 * hidden] = up
+            records[:, 2 * hidden:3 * hidden] = down.T
+            fh.write(records.numpy().tobytes())
             if progress:
                 progress(1)
 
 
 class AlignedBuffer:
-    """``rows`` page-aligned records of fp32, readable by O_DIRECT into any row."""
+    """``rows`` page-aligned records (``dtype`` values), readable by O_DIRECT into any row."""
 
-    def __init__(self, rows: int, row_bytes: int) -> None:
+    def __init__(self, rows: int, row_bytes: int, dtype: torch.dtype = torch.float32) -> None:
         self.rows, self.row_bytes = rows, row_bytes
         self._mmap = mmap.mmap(-1, max(rows * row_bytes, mmap.PAGESIZE))
         self.view = memoryview(self._mmap)
-        self.tensor = torch.frombuffer(self._mmap, dtype=torch.float32,
-                                       count=rows * row_bytes // 4).view(rows, row_bytes // 4)
+        width = row_bytes // dtype.itemsize
+        self.tensor = torch.frombuffer(self._mmap, dtype=dtype, count=rows * width).view(rows, width)
 
     @property
     def nbytes(self) -> int:
@@ -69,11 +81,12 @@ class FlashStore:
     """The bundled file of all layers, with read counters."""
 
     def __init__(self, path: str, layers: int, neurons: int, hidden: int,
-                 io_mode: str = "direct", io_threads: int = 4) -> None:
+                 io_mode: str = "direct", io_threads: int = 4, dtype: str = "fp32") -> None:
         if io_mode not in IO_MODES:
             raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}")
         self.path, self.neurons, self.hidden, self.io_mode = path, neurons, hidden, io_mode
-        self.record = record_bytes(hidden)
+        self.dtype = flash_dtype(dtype)
+        self.record = record_bytes(hidden, dtype)
         expected = layers * neurons * self.record
         if os.path.getsize(path) != expected:
             raise ValueError(f"{path}: {os.path.getsize(path)} bytes, expected {expected}")
@@ -108,6 +121,10 @@ class FlashStore:
             read_all(runs)
         self.reads += len(runs)
         self.bytes_read += sum(count for _, count, _ in runs) * self.record
+
+    def buffer(self, rows: int) -> AlignedBuffer:
+        """A buffer of ``rows`` records in this file's format."""
+        return AlignedBuffer(rows, self.record, self.dtype)
 
     def close(self) -> None:
         if self._pool is not None:

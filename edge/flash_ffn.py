@@ -23,7 +23,7 @@ class NaiveFlashFFN:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.store.hidden
         self.store.read_runs(self.layer, [(0, self.store.neurons, 0)], self.buffer)
-        rows = self.buffer.tensor  # [F, R]
+        rows = self.buffer.tensor.float()  # [F, R] (widened when stored in fp16)
         h = F.silu(F.linear(x, rows[:, :hidden])) * F.linear(x, rows[:, hidden:2 * hidden])
         return h @ rows[:, 2 * hidden:3 * hidden]  # [T, H]
 
@@ -45,7 +45,7 @@ class WindowedFlashFFN:
         self.layer, self.store, self.predictor = layer, store, predictor
         self.act_threshold, self.capacity, self.window = act_threshold, capacity, window
         self.max_gap = max_gap  # read up to this many unneeded neurons to join two reads
-        self.buffer = AlignedBuffer(capacity, store.record)
+        self.buffer = store.buffer(capacity)
         neurons = store.neurons
         self.slot_of = np.full(neurons, -1, dtype=np.int64)  # neuron -> buffer row
         self.neuron_at = np.full(capacity, -1, dtype=np.int64)  # buffer row -> neuron
@@ -77,6 +77,7 @@ class WindowedFlashFFN:
                  ) -> torch.Tensor:
         # rows: [K, R] records of the selected neurons in neuron order; x: [T, H]
         hidden = self.store.hidden
+        rows = rows.float()  # fp16 bundles: widen the rows read, compute in fp32
         h = F.silu(F.linear(x, rows[:, :hidden])) * F.linear(x, rows[:, hidden:2 * hidden])  # [T, K]
         keep = h.abs() >= self.act_threshold
         if mask is not None:
@@ -110,7 +111,8 @@ class WindowedFlashFFN:
         self.used += len(missing)
         self.last_used[slots] = self.step - self.window  # gap fillers: stale next token
         self.last_used[self.slot_of[selected]] = self.step
-        return self.buffer.tensor[torch.from_numpy(self.slot_of[selected])]  # [K, R]
+        # index_select, not tensor[idx]: advanced indexing is ~8x slower for these rows
+        return torch.index_select(self.buffer.tensor, 0, torch.from_numpy(self.slot_of[selected]))  # [K, R]
 
     def _delete(self, slots: np.ndarray) -> None:
         """Delete rows by moving the last live rows into the freed ones (swap-with-last,
@@ -125,7 +127,7 @@ class WindowedFlashFFN:
         movers = keep_end + np.flatnonzero(tail)  # live rows past the new end
         if len(holes):
             table = self.buffer.tensor
-            table[torch.from_numpy(holes)] = table[torch.from_numpy(movers)]
+            table.index_copy_(0, torch.from_numpy(holes), table.index_select(0, torch.from_numpy(movers)))
             moved = self.neuron_at[movers]
             self.neuron_at[holes], self.slot_of[moved] = moved, holes
             self.last_used[holes] = self.last_used[movers]

@@ -122,11 +122,11 @@ def decode(runtime, steps: int) -> list[torch.Tensor]:  # type: ignore[no-untype
     return out
 
 
-@pytest.mark.parametrize("selector", ["lowrank", "int8"])
-def test_windowed_flash_equals_non_windowed(tiny, tmp_path: Path, selector: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("selector", "dtype"), [("lowrank", "fp32"), ("int8", "fp32"), ("int8", "fp16")])
+def test_windowed_flash_equals_non_windowed(tiny, tmp_path: Path, selector: str, dtype: str) -> None:  # type: ignore[no-untyped-def]
     shape, state, calib = tiny
     base = with_overrides(RECIPES["flash"], selector=selector, predictor_rank=8,
-                          budget_fraction=0.985)
+                          budget_fraction=0.985, flash_dtype=dtype)
     reference = build(shape, state, calib, with_overrides(base, window=0), str(tmp_path))
     expected = decode(reference.runtime, 12)
     read_without_window = reference.store.bytes_read  # type: ignore[union-attr]
@@ -141,26 +141,29 @@ def test_windowed_flash_equals_non_windowed(tiny, tmp_path: Path, selector: str)
         live = ffn.neuron_at[: ffn.used]  # type: ignore[attr-defined]
         assert (ffn.slot_of[live] == np.arange(ffn.used)).all()  # type: ignore[attr-defined]
         rows = ffn.buffer.tensor[: ffn.used, : shape.hidden]  # type: ignore[attr-defined]
-        assert torch.equal(rows, state[f"model.layers.1.mlp.gate_proj.weight"][torch.from_numpy(live)])
+        gate = state["model.layers.1.mlp.gate_proj.weight"].to(rows.dtype)
+        assert torch.equal(rows, gate[torch.from_numpy(live)])
         if max_gap == 0:
             assert built.store.bytes_read < read_without_window  # type: ignore[union-attr]
         built.close()
 
 
-def test_naive_flash_reads_everything_and_matches_dense(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("dtype", "atol"), [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_naive_flash_reads_everything_and_matches_dense(tiny, tmp_path: Path, dtype: str,  # type: ignore[no-untyped-def]
+                                                        atol: float) -> None:
     shape, state, calib = tiny
-    built = build(shape, state, calib, with_overrides(RECIPES["flash-naive"], weights="fp32"),
-                  str(tmp_path))
+    built = build(shape, state, calib,
+                  with_overrides(RECIPES["flash-naive"], weights="fp32", flash_dtype=dtype), str(tmp_path))
     store = built.store
     before = store.bytes_read  # type: ignore[union-attr]
     logits = built.runtime.forward(IDS)
     assert store.bytes_read - before == shape.layers * shape.ffn * store.record  # type: ignore[union-attr]
-    assert torch.allclose(logits, dense_runtime(shape, state).forward(IDS), atol=1e-4)
+    assert torch.allclose(logits, dense_runtime(shape, state).forward(IDS), atol=atol)
     assert built.runtime.weight_bytes < built.model_bytes
     built.close()
 
 
-@pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "int8-act-sparse50", "flash"])
+@pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "int8-act-sparse50", "flash", "flash-int8sel-fp16"])
 def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     shape, state, calib = tiny
     recipe = with_overrides(RECIPES[name], group_size=16, predictor_rank=8, budget_fraction=0.985)
