@@ -87,10 +87,10 @@ def _put_ffn(tensors: dict[str, torch.Tensor], prefix: str, ffn: Any) -> dict[st
 
 
 def load(folder: Path, io_threads: int = 8, window: int | None = None,
-         budget_fraction: float | None = None) -> Built:
+         budget_fraction: float | None = None, io_engine: str | None = None) -> Built:
     """The runtime stored in ``folder``. Flash models: ``budget_fraction`` sets another
     DRAM budget (and so the buffer size), ``window`` another k (default: the largest k
-    the budget fits, from the calibration statistics)."""
+    the budget fits, from the calibration statistics), ``io_engine`` another reader."""
     from safetensors.torch import load_file
 
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -104,7 +104,7 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
     store = None
     if recipe.flash:
         store = FlashStore(str(folder / "ffn.flash"), shape.layers, shape.ffn, shape.hidden,
-                           recipe.io_mode, io_threads, recipe.flash_dtype)
+                           recipe.io_mode, io_threads, recipe.flash_dtype, io_engine or recipe.io_engine)
     naive_buffer = store.buffer(shape.ffn) if recipe.flash == "naive" else None  # type: ignore[union-attr]
     capacity, k = manifest["capacity"], manifest["window"]
     if budget_fraction is not None:

@@ -38,6 +38,7 @@ class Recipe:
     max_gap: int = 0  # flash: join reads across up to this many unneeded neurons
     recall: float = 0.9  # predictor: share of truly active neurons it must select
     io_mode: str = "direct"
+    io_engine: str = "aio"  # flash reads: Linux AIO batches | a thread pool of preadv
     flash_dtype: str = "fp32"  # flash: storage format of the bundles (fp32 | fp16)
 
 
@@ -145,7 +146,8 @@ def _build_flash(runtime: LlamaRuntime, calib: Calibration, recipe: Recipe,
     path = ensure_flash_file(runtime, workdir, recipe.flash_dtype)
     dense_ffns = [layer.ffn for layer in runtime.layers]
     ffn_bytes = s.layers * 3 * s.hidden * s.ffn * flash_dtype(recipe.flash_dtype).itemsize
-    store = FlashStore(path, s.layers, s.ffn, s.hidden, recipe.io_mode, dtype=recipe.flash_dtype)
+    store = FlashStore(path, s.layers, s.ffn, s.hidden, recipe.io_mode, dtype=recipe.flash_dtype,
+                       io_engine=recipe.io_engine)
     quantize_runtime(runtime, calib, recipe, include_ffn=False)  # embedding + attention
     if recipe.flash == "naive":
         shared = store.buffer(s.ffn)

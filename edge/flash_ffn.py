@@ -22,7 +22,7 @@ class NaiveFlashFFN:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.store.hidden
-        self.store.read_runs(self.layer, [(0, self.store.neurons, 0)], self.buffer)
+        self.store.read_runs(self.layer, np.array([[0, self.store.neurons, 0]]), self.buffer)
         rows = self.buffer.tensor.float()  # [F, R] (widened when stored in fp16)
         h = F.silu(F.linear(x, rows[:, :hidden])) * F.linear(x, rows[:, hidden:2 * hidden])
         return h @ rows[:, 2 * hidden:3 * hidden]  # [T, H]
