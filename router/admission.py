@@ -1,13 +1,14 @@
 """Admission before any model work: per-tenant request rate limit and output-token
-budget, both atomic in the shared state store. Over a limit → RESOURCE_EXHAUSTED with
-the time after which a retry can succeed."""
+budget, checked together and atomically in the shared state store (one round trip to
+Redis). Over a limit → RESOURCE_EXHAUSTED with the time after which a retry can succeed;
+a refused request changes no state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from tandem.router.config import RouterConfig
-from tandem.router.state import StateStore
+from tandem.router.state import RATE_LIMIT, Limits, StateStore
 from tandem.shared.errors import ResourceExhausted
 
 
@@ -24,28 +25,32 @@ class Admission:
 
     async def admit(self, tenant: str, max_tokens: int) -> Reservation:
         c = self.config
-        if c.rate_limit_rps > 0:
-            allowance = await self.state.take_request(tenant, c.rate_limit_rps, c.rate_limit_burst)
-            if not allowance.allowed:
-                raise ResourceExhausted(
-                    f"rate limit of {c.rate_limit_rps:g} requests/s exceeded for tenant "
-                    f"{tenant or '-'!r}; retry after {allowance.retry_after_s:.3f} s",
-                    allowance.retry_after_s)
-        if c.token_budget > 0:
-            allowance = await self.state.reserve_tokens(tenant, max_tokens, c.token_budget,
-                                                        c.token_budget_window_seconds)
-            if not allowance.allowed:
-                raise ResourceExhausted(
-                    f"token budget of {c.token_budget} output tokens per "
-                    f"{c.token_budget_window_seconds:g} s exhausted for tenant {tenant or '-'!r} "
-                    f"(this request reserves max_tokens={max_tokens}); retry after "
-                    f"{allowance.retry_after_s:.1f} s", allowance.retry_after_s)
-            return Reservation(tenant, max_tokens)
-        return Reservation(tenant, 0)
+        if c.rate_limit_rps <= 0 and c.token_budget <= 0:
+            return Reservation(tenant, 0)
+        allowance = await self.state.admit(Limits(
+            tenant, c.rate_limit_rps, c.rate_limit_burst, max_tokens, c.token_budget,
+            c.token_budget_window_seconds))
+        if allowance.allowed:
+            return Reservation(tenant, max_tokens if c.token_budget > 0 else 0)
+        retry_s = allowance.retry_after_s
+        if allowance.limit == RATE_LIMIT:
+            raise ResourceExhausted(
+                f"rate limit of {c.rate_limit_rps:g} requests/s exceeded for tenant "
+                f"{tenant or '-'!r}; retry after {retry_s:.3f} s", retry_s)
+        raise ResourceExhausted(
+            f"token budget of {c.token_budget} output tokens per "
+            f"{c.token_budget_window_seconds:g} s exhausted for tenant {tenant or '-'!r} "
+            f"(this request reserves max_tokens={max_tokens}); retry after "
+            f"{retry_s:.1f} s", retry_s)
+
+    @staticmethod
+    def unused(reservation: Reservation, used_tokens: int) -> int:
+        """Reserved tokens the request did not use (to give back)."""
+        return max(reservation.tokens - used_tokens, 0)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Give back the reserved tokens the request did not use."""
-        unused = reservation.tokens - used_tokens
+        unused = self.unused(reservation, used_tokens)
         if unused > 0:
             await self.state.refund_tokens(reservation.tenant, unused,
                                            self.config.token_budget_window_seconds)

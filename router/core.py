@@ -23,7 +23,7 @@ from tandem.router.latency import DECISION, STATE, spent
 from tandem.router.metrics import RouterMetrics
 from tandem.router.policies.base import Outcome, Policy, RoutedRequest
 from tandem.router.response_cache import cache_key, replay, snapshot
-from tandem.router.state import StateStore, Turn
+from tandem.router.state import Completion, StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, status_for
@@ -162,23 +162,25 @@ class RouterCore:
                            reservation: Reservation, outcome: Outcome,
                            chunks: list[router_pb2.GenerateChunk],
                            final: router_pb2.GenerateChunk, key: str | None) -> None:
-        """Session turn, budget refund, cache entry and statistics — all done before the
-        final chunk acknowledges the answer."""
+        """Session turn, budget refund, cache entry and statistics, all done before the
+        final chunk acknowledges the answer (one state-store call: one Redis round trip)."""
         usage = outcome.usage
-        if prepared.session_id:
-            answer = {"role": "assistant", "content": "".join(c.text for c in chunks)}
-            await self.state.append(request.tenant, prepared.session_id,
-                                    prepared.new_turns + [answer],
-                                    self.config.session_ttl_seconds)
-        await self.admission.settle(reservation, usage.edge_tokens + usage.cloud_tokens)  # type: ignore[arg-type]
-        if key:
-            await self.state.cache_put(request.tenant, key, snapshot(chunks, final),
-                                       self.config.response_cache_seconds)
-        await self.state.add_stats(outcome.policy, {
-            "requests": 1, "escalations": int(outcome.decision.escalated),
-            "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
-            "cloud_passes": usage.cloud_forward_passes, "draft_tokens": usage.draft_tokens,
-            "accepted_tokens": usage.accepted_draft_tokens})
+        c = self.config
+        answer = {"role": "assistant", "content": "".join(ch.text for ch in chunks)}
+        await self.state.complete(Completion(
+            tenant=request.tenant, policy=outcome.policy, stats={
+                "requests": 1, "escalations": int(outcome.decision.escalated),
+                "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
+                "cloud_passes": usage.cloud_forward_passes,
+                "draft_tokens": usage.draft_tokens,
+                "accepted_tokens": usage.accepted_draft_tokens},
+            session_id=prepared.session_id, turns=prepared.new_turns + [answer],
+            session_ttl_s=c.session_ttl_seconds,
+            refund_tokens=self.admission.unused(reservation,
+                                                usage.edge_tokens + usage.cloud_tokens),
+            budget_window_s=c.token_budget_window_seconds, cache_key=key,
+            cache_value=snapshot(chunks, final) if key else b"",
+            cache_ttl_s=c.response_cache_seconds))
 
     def _observe(self, prepared: PreparedRequest, outcome: Outcome,
                  timings: common_pb2.Timings) -> None:

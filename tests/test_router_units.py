@@ -1,5 +1,6 @@
 """Router pieces without models: draft-length choice, the emitter, the cascade curve and
-APGR, the logistic head, response-cache keys, agreement metrics."""
+APGR, the logistic head, response-cache keys, agreement metrics, the router-latency
+timers, and the batched state operations (admission, completion) on memory and Redis."""
 
 import numpy as np
 import pytest
@@ -123,3 +124,93 @@ def test_only_deterministic_requests_are_cacheable():
     assert cache_key(request(), "edge", has_session=True) is None
     assert cache_key(request(temperature=0.7), "edge", False) is None
     assert cache_key(request(temperature=0.7, seed=3), "edge", False)
+
+
+# -- router-added latency: the timed parts and the batched state operations -------------
+
+def test_spent_accumulates_into_the_named_part():
+    from tandem.router.latency import DECISION, STATE, added_ns, spent
+
+    timings = common_pb2.Timings()
+    for _ in range(2):
+        with spent(timings, STATE):
+            sum(range(1000))
+    with spent(timings, DECISION):
+        sum(range(1000))
+    assert timings.state_ns > 0 and timings.decision_ns > 0 and timings.scoring_ns == 0
+    assert added_ns(timings) == timings.state_ns + timings.decision_ns
+
+
+def test_only_embedding_scorers_count_as_scoring():
+    from tandem.router.latency import DECISION, SCORING, scorer_part
+    from tandem.router.scorers import LearnedScorer, MeanProbabilityScorer
+
+    assert scorer_part(MeanProbabilityScorer()) == DECISION
+    # The part depends on the scorer's kind only (no encoder is loaded for this check).
+    assert scorer_part(LearnedScorer.__new__(LearnedScorer)) == SCORING
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request, redis_server):
+    """A store constructor (Redis clients belong to the event loop that uses them)."""
+    from tandem.router.state.memory import MemoryStateStore
+    from tandem.router.state.redis_store import RedisStateStore
+
+    if request.param == "memory":
+        return MemoryStateStore
+    return lambda: RedisStateStore(redis_server.url, timeout_s=2.0)
+
+
+def test_admission_is_all_or_nothing(make_store):
+    """A request refused by the token budget does not spend the rate-limit token."""
+    import asyncio
+    import time
+
+    from tandem.router.state import RATE_LIMIT, TOKEN_BUDGET, Limits
+
+    tenant = f"adm{time.monotonic_ns()}"
+
+    def limits(tokens):
+        return Limits(tenant, rate_per_s=0.001, burst=2, tokens=tokens, budget=100,
+                      window_s=60)
+
+    async def scenario():
+        store = make_store()
+        results = [await store.admit(limits(n)) for n in (60, 60, 10, 10)]
+        await store.close()
+        return results
+
+    first, over_budget, second, over_rate = asyncio.run(scenario())
+    assert first.allowed and second.allowed
+    assert not over_budget.allowed and over_budget.limit == TOKEN_BUDGET
+    assert 0 < over_budget.retry_after_s <= 60
+    assert not over_rate.allowed and over_rate.limit == RATE_LIMIT
+    assert over_rate.retry_after_s > 1
+
+
+def test_complete_writes_turns_refund_cache_and_stats(make_store):
+    import asyncio
+    import time
+
+    from tandem.router.state import Completion, Limits
+
+    tenant, policy = f"done{time.monotonic_ns()}", f"p{time.monotonic_ns()}"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+    async def scenario():
+        store = make_store()
+        await store.admit(Limits(tenant, tokens=60, budget=100, window_s=60))
+        await store.complete(Completion(
+            tenant, policy, {"requests": 1, "edge_tokens": 10}, session_id="s",
+            turns=turns, session_ttl_s=60, refund_tokens=50, budget_window_s=60,
+            cache_key="k", cache_value=b"answer", cache_ttl_s=60))
+        # 10 of 100 tokens are spent after the refund: 90 more fit, 91 would not.
+        fits = await store.admit(Limits(tenant, tokens=90, budget=100, window_s=60))
+        got = (await store.history(tenant, "s"), await store.cache_get(tenant, "k"),
+               await store.stats(policy), fits)
+        await store.close()
+        return got
+
+    history, cached, stats, fits = asyncio.run(scenario())
+    assert history == turns and cached == b"answer" and fits.allowed
+    assert stats == {"requests": 1, "edge_tokens": 10}

@@ -5,7 +5,9 @@ Redis holds it for a fleet (``redis_store``); a process-local store (``memory``)
 single-process default and the fallback while Redis is down (``resilient``).
 """
 
-from tandem.router.state.base import Allowance, StateStore, Turn
+from tandem.router.state.base import (RATE_LIMIT, TOKEN_BUDGET, Allowance, Completion, Limits,
+                                      StateStore, Turn)
 from tandem.router.state.factory import create_state_store
 
-__all__ = ["Allowance", "StateStore", "Turn", "create_state_store"]
+__all__ = ["RATE_LIMIT", "TOKEN_BUDGET", "Allowance", "Completion", "Limits", "StateStore",
+           "Turn", "create_state_store"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Turn = dict[str, str]
 
@@ -14,6 +14,42 @@ class Allowance:
 
     allowed: bool
     retry_after_s: float = 0.0
+    limit: str = ""  # which limit refused: RATE_LIMIT or TOKEN_BUDGET
+
+
+RATE_LIMIT = "rate_limit"
+TOKEN_BUDGET = "token_budget"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A request's admission: one request from the tenant's rate limit (off when
+    ``rate_per_s`` is 0) and ``tokens`` from its token budget (off when ``budget`` is 0)."""
+
+    tenant: str
+    rate_per_s: float = 0.0
+    burst: int = 0
+    tokens: int = 0
+    budget: int = 0
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Everything written when a request completes: the session's new turns, the
+    unused part of the token reservation, the response-cache entry and the statistics."""
+
+    tenant: str
+    policy: str
+    stats: dict[str, int]
+    session_id: str = ""
+    turns: list[Turn] = field(default_factory=list)
+    session_ttl_s: float = 0.0
+    refund_tokens: int = 0
+    budget_window_s: float = 60.0
+    cache_key: str | None = None
+    cache_value: bytes = b""
+    cache_ttl_s: float = 0.0
 
 
 class StateStore(ABC):
@@ -65,6 +101,31 @@ class StateStore(ABC):
 
     @abstractmethod
     async def stats(self, policy: str) -> dict[str, int]: ...
+
+    # -- batched operations (one round trip where the backend can) ---------------------
+    async def admit(self, limits: Limits) -> Allowance:
+        """Rate limit, then token budget. Backends that can check both atomically change
+        nothing when either refuses; this default may have spent the rate-limit token."""
+        if limits.rate_per_s > 0:
+            allowance = await self.take_request(limits.tenant, limits.rate_per_s, limits.burst)
+            if not allowance.allowed:
+                return Allowance(False, allowance.retry_after_s, RATE_LIMIT)
+        if limits.budget > 0:
+            allowance = await self.reserve_tokens(limits.tenant, limits.tokens, limits.budget,
+                                                  limits.window_s)
+            if not allowance.allowed:
+                return Allowance(False, allowance.retry_after_s, TOKEN_BUDGET)
+        return Allowance(True)
+
+    async def complete(self, done: Completion) -> None:
+        """Apply a completed request's writes (this default: one after another)."""
+        if done.session_id:
+            await self.append(done.tenant, done.session_id, done.turns, done.session_ttl_s)
+        if done.refund_tokens > 0:
+            await self.refund_tokens(done.tenant, done.refund_tokens, done.budget_window_s)
+        if done.cache_key:
+            await self.cache_put(done.tenant, done.cache_key, done.cache_value, done.cache_ttl_s)
+        await self.add_stats(done.policy, done.stats)
 
     async def close(self) -> None:
         """Release connections."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from tandem.router.state.base import Allowance, StateStore, Turn
+from tandem.router.state.base import TOKEN_BUDGET, Allowance, Limits, StateStore, Turn
 
 MAX_CACHE_ENTRIES = 10_000
 
@@ -54,6 +54,15 @@ class MemoryStateStore(StateStore):
         self._budgets = {k: v for k, v in self._budgets.items() if k[1] >= index}
         self._budgets[(tenant, index)] = used + tokens
         return Allowance(True)
+
+    async def admit(self, limits: Limits) -> Allowance:
+        """All or nothing: the budget is checked before the rate-limit token is spent (no
+        await runs between the checks and the writes, so this is atomic in-process)."""
+        if limits.budget > 0:
+            index, left_s = self._window(limits.window_s)
+            if self._budgets.get((limits.tenant, index), 0) + limits.tokens > limits.budget:
+                return Allowance(False, left_s, TOKEN_BUDGET)
+        return await super().admit(limits)
 
     async def refund_tokens(self, tenant: str, tokens: int, window_s: float) -> None:
         index, _ = self._window(window_s)

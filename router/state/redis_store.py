@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tandem.router.state.base import Allowance, StateStore, Turn
+from tandem.router.state.base import (RATE_LIMIT, TOKEN_BUDGET, Allowance, Completion, Limits,
+                                      StateStore, Turn)
+from tandem.router.state.redis_scripts import (ADMIT, COMPLETE, NUDGE_THRESHOLD, REFUND_TOKENS,
+                                               RESERVE_TOKENS, TAKE_REQUEST)
 from tandem.shared.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -17,63 +21,11 @@ T = TypeVar("T")
 
 PREFIX = "tandem:v1"
 STATS_TTL_S = 30 * 24 * 3600
-
-# Token bucket on Redis time: KEYS[1]=bucket; ARGV: rate/s, burst, ttl_ms.
-# Returns {allowed (0/1), retry_after_ms}.
-TAKE_REQUEST = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local rate, burst, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(b[1]) or burst
-local at = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate / 1000)
-local allowed, retry = 0, 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  retry = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {allowed, retry}
-"""
-
-# Fixed-window token budget, all or nothing: KEYS[1]=prefix; ARGV: tokens, budget,
-# window_s. Returns {allowed, retry_after_ms}.
-RESERVE_TOKENS = """
-local t = redis.call('TIME')
-local window = tonumber(ARGV[3])
-local index = math.floor(t[1] / window)
-local key = KEYS[1] .. ':' .. index
-local used = tonumber(redis.call('GET', key) or '0')
-local want, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
-if used + want > budget then
-  return {0, ((index + 1) * window - t[1]) * 1000}
-end
-redis.call('INCRBY', key, want)
-redis.call('EXPIRE', key, window * 2)
-return {1, 0}
-"""
-
-REFUND_TOKENS = """
-local t = redis.call('TIME')
-local key = KEYS[1] .. ':' .. math.floor(t[1] / tonumber(ARGV[2]))
-if redis.call('EXISTS', key) == 1 then
-  local left = redis.call('DECRBY', key, tonumber(ARGV[1]))
-  if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
-end
-return 0
-"""
-
-# Threshold nudge, clamped to [0, 1]: KEYS[1]=threshold; ARGV: delta, default.
-NUDGE_THRESHOLD = """
-local value = tonumber(redis.call('GET', KEYS[1]) or ARGV[2]) + tonumber(ARGV[1])
-value = math.max(0, math.min(1, value))
-redis.call('SET', KEYS[1], tostring(value), 'EX', 2592000)
-return tostring(value)
-"""
+# How long this replica trusts the fleet's cascade threshold it last saw. Its own nudges
+# refresh it (a nudge returns the fleet's value, every replica's nudges included), so a
+# busy replica never reads it separately; the budget controller tolerates the staleness.
+THRESHOLD_FRESH_S = 1.0
+ADMIT_REFUSALS = {1: RATE_LIMIT, 2: TOKEN_BUDGET}
 
 
 class RedisStateStore(StateStore):
@@ -90,6 +42,9 @@ class RedisStateStore(StateStore):
         self._reserve = self._redis.register_script(RESERVE_TOKENS)
         self._refund = self._redis.register_script(REFUND_TOKENS)
         self._nudge = self._redis.register_script(NUDGE_THRESHOLD)
+        self._admit = self._redis.register_script(ADMIT)
+        self._complete = self._redis.register_script(COMPLETE)
+        self._threshold_seen: tuple[float, float] | None = None  # (value, monotonic time)
 
     @staticmethod
     def _key(kind: str, tenant: str, name: str = "") -> str:
@@ -142,13 +97,46 @@ class RedisStateStore(StateStore):
             self._key("cache", tenant, key), value, px=int(ttl_s * 1000)))
 
     async def threshold(self, default: float) -> float:
+        seen = self._threshold_seen
+        if seen is not None and time.monotonic() - seen[1] < THRESHOLD_FRESH_S:
+            return seen[0]
         raw = await self._call("threshold", lambda: self._redis.get(f"{PREFIX}:threshold"))
-        return float(raw) if raw is not None else default
+        if raw is None:
+            return default
+        self._threshold_seen = (float(raw), time.monotonic())
+        return float(raw)
 
     async def nudge_threshold(self, delta: float, default: float) -> float:
         raw = await self._call("threshold", lambda: self._nudge(
             keys=[f"{PREFIX}:threshold"], args=[delta, default]))
+        self._threshold_seen = (float(raw), time.monotonic())
         return float(raw)
+
+    async def admit(self, limits: Limits) -> Allowance:
+        """Rate limit and token budget in one atomic script (nothing changes on refusal)."""
+        ttl_ms = (int(max(limits.burst / limits.rate_per_s, 1.0) * 2000)
+                  if limits.rate_per_s > 0 else 0)
+        refused, retry_ms = await self._call("admit", lambda: self._admit(
+            keys=[self._key("bucket", limits.tenant), self._key("budget", limits.tenant)],
+            args=[limits.rate_per_s, limits.burst, ttl_ms, limits.tokens, limits.budget,
+                  int(limits.window_s)]))
+        if refused:
+            return Allowance(False, int(retry_ms) / 1000, ADMIT_REFUSALS[int(refused)])
+        return Allowance(True)
+
+    async def complete(self, done: Completion) -> None:
+        """All of a completed request's writes in one atomic script (one round trip)."""
+        turns = [json.dumps(t) for t in done.turns] if done.session_id else []
+        cache_ttl_ms = int(done.cache_ttl_s * 1000) if done.cache_key else 0
+        stats = [x for name, value in done.stats.items() for x in (name, value)]
+        keys = [self._key("session", done.tenant, done.session_id or "-"),
+                self._key("budget", done.tenant),
+                self._key("cache", done.tenant, done.cache_key or "-"),
+                f"{PREFIX}:stats:{done.policy}"]
+        args = [len(turns), int(done.session_ttl_s * 1000), done.refund_tokens,
+                int(done.budget_window_s), cache_ttl_ms, done.cache_value if cache_ttl_ms else b"",
+                STATS_TTL_S, *turns, *stats]
+        await self._call("complete", lambda: self._complete(keys=keys, args=args))
 
     async def add_stats(self, policy: str, counts: dict[str, int]) -> None:
         key = f"{PREFIX}:stats:{policy}"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tandem.router.state.base import Allowance, StateStore, Turn
+from tandem.router.state.base import Allowance, Completion, Limits, StateStore, Turn
 from tandem.router.state.memory import MemoryStateStore
 from tandem.router.state.redis_store import RedisStateStore
 from tandem.shared.errors import Unavailable
@@ -119,6 +119,19 @@ class ResilientStateStore(StateStore):
     async def stats(self, policy: str) -> dict[str, int]:
         return await self._use("stats", lambda: self.primary.stats(policy),
                                lambda: self.local.stats(policy))
+
+    async def admit(self, limits: Limits) -> Allowance:
+        return await self._use("admit", lambda: self.primary.admit(limits),
+                               lambda: self.local.admit(limits))
+
+    async def complete(self, done: Completion) -> None:
+        async def locally() -> None:
+            await self.local.complete(done)
+            if done.session_id:
+                self._pending.append((done.tenant, done.session_id, done.turns,
+                                      done.session_ttl_s))
+
+        await self._use("complete", lambda: self.primary.complete(done), locally)
 
     async def close(self) -> None:
         await self.primary.close()

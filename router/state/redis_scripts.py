@@ -1,0 +1,124 @@
+"""The Lua scripts of the Redis state store. Each runs atomically on the server, so a
+multi-key update is one round trip and no replica sees half of it; time is Redis time,
+shared by every replica."""
+
+# Token bucket on Redis time: KEYS[1]=bucket; ARGV: rate/s, burst, ttl_ms.
+# Returns {allowed (0/1), retry_after_ms}.
+TAKE_REQUEST = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local rate, burst, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+local allowed, retry = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {allowed, retry}
+"""
+
+# Fixed-window token budget, all or nothing: KEYS[1]=prefix; ARGV: tokens, budget,
+# window_s. Returns {allowed, retry_after_ms}.
+RESERVE_TOKENS = """
+local t = redis.call('TIME')
+local window = tonumber(ARGV[3])
+local index = math.floor(t[1] / window)
+local key = KEYS[1] .. ':' .. index
+local used = tonumber(redis.call('GET', key) or '0')
+local want, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+if used + want > budget then
+  return {0, ((index + 1) * window - t[1]) * 1000}
+end
+redis.call('INCRBY', key, want)
+redis.call('EXPIRE', key, window * 2)
+return {1, 0}
+"""
+
+REFUND_TOKENS = """
+local t = redis.call('TIME')
+local key = KEYS[1] .. ':' .. math.floor(t[1] / tonumber(ARGV[2]))
+if redis.call('EXISTS', key) == 1 then
+  local left = redis.call('DECRBY', key, tonumber(ARGV[1]))
+  if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+end
+return 0
+"""
+
+# Threshold nudge, clamped to [0, 1]: KEYS[1]=threshold; ARGV: delta, default.
+NUDGE_THRESHOLD = """
+local value = tonumber(redis.call('GET', KEYS[1]) or ARGV[2]) + tonumber(ARGV[1])
+value = math.max(0, math.min(1, value))
+redis.call('SET', KEYS[1], tostring(value), 'EX', 2592000)
+return tostring(value)
+"""
+
+# Admission, all or nothing: the rate-limit bucket (token bucket, as TAKE_REQUEST) and the
+# token budget (fixed window, as RESERVE_TOKENS) are both checked before either is written.
+# KEYS[1]=bucket, KEYS[2]=budget prefix; ARGV: rate/s (0 = off), burst, bucket ttl_ms,
+# tokens, budget (0 = off), window_s. Returns {0 | 1 (rate limit) | 2 (budget), retry_ms}.
+ADMIT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local rate, burst, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want, budget, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local tokens, key
+if rate > 0 then
+  local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+  local at = tonumber(b[2]) or now
+  tokens = math.min(burst, (tonumber(b[1]) or burst) + (now - at) * rate / 1000)
+  if tokens < 1 then return {1, math.ceil((1 - tokens) * 1000 / rate)} end
+end
+if budget > 0 then
+  local index = math.floor(t[1] / window)
+  key = KEYS[2] .. ':' .. index
+  if tonumber(redis.call('GET', key) or '0') + want > budget then
+    return {2, ((index + 1) * window - t[1]) * 1000}
+  end
+end
+if rate > 0 then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'at', now)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if budget > 0 then
+  redis.call('INCRBY', key, want)
+  redis.call('EXPIRE', key, window * 2)
+end
+return {0, 0}
+"""
+
+# A completed request's writes in one step: session turns, budget refund, response-cache
+# entry, statistics. KEYS[1]=session, KEYS[2]=budget prefix, KEYS[3]=cache entry,
+# KEYS[4]=statistics hash. ARGV: number of turns, session ttl_ms, refund tokens, window_s,
+# cache ttl_ms (0 = no entry), cache value, statistics ttl_s, the turns (JSON), then
+# statistic name/value pairs.
+COMPLETE = """
+local turns, i = tonumber(ARGV[1]), 8
+if turns > 0 then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, i + turns - 1))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  i = i + turns
+end
+local refund = tonumber(ARGV[3])
+if refund > 0 then
+  local t = redis.call('TIME')
+  local key = KEYS[2] .. ':' .. math.floor(t[1] / tonumber(ARGV[4]))
+  if redis.call('EXISTS', key) == 1 then
+    local left = redis.call('DECRBY', key, refund)
+    if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+  end
+end
+if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[5]) end
+while i < #ARGV do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+return 0
+"""
