@@ -17,7 +17,7 @@ class CloudConfig(TierConfig):
     max_session_tokens: int = option(65536, "Total tokens of KV kept for sessions (LRU).")
     session_idle_seconds: float = option(600.0, "Drop a session's KV after this much idle time.")
     kv_cache_mb: int = option(512, "Memory budget of the paged KV cache pool, in MiB.")
-    block_size: int = option(16, "Tokens per KV cache block.")
+    block_size: int = option(8, "Tokens per KV cache block (small: little waste at the end).")
     max_num_seqs: int = option(32, "Most sequences in one batched step (running).")
     max_waiting: int = option(64, "Most queued requests; beyond it RESOURCE_EXHAUSTED.")
     max_batched_tokens: int = option(2048, "Token budget of one step (prefills are chunked).")

@@ -29,7 +29,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", default="1,4,16,32", help="Comma-separated stream counts.")
     p.add_argument("--prefix-tokens", type=int, default=1024, help="Long prompt for TTFT.")
     p.add_argument("--repeats", type=int, default=3, help="Repeats of the b1 measurements.")
-    p.add_argument("--block-size", type=int, default=16, help="KV cache block size.")
+    p.add_argument("--block-size", type=int, default=8, help="KV cache block size.")
     p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
     p.set_defaults(run=run_cloud_bench)
 
