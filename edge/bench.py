@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,22 +27,29 @@ TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("torch-act-sparse50", "act-sparse50", {}),
     ("torch-int8-act-sparse50", "int8-act-sparse50", {}),
     ("flash-naive", "flash-naive", {}),
+    ("flash-naive-fp16", "flash-naive-fp16", {}),
     ("flash-int8sel-b60", "flash-int8sel", {"budget_fraction": 0.6}),
-    ("flash-int8sel-b60-k0", "flash-int8sel", {"budget_fraction": 0.6, "window": 0}),
-    ("flash-int8sel-b60-k2", "flash-int8sel", {"budget_fraction": 0.6, "window": 2}),
-    ("flash-int8sel-b60-k4", "flash-int8sel", {"budget_fraction": 0.6, "window": 4}),
-    ("flash-int8sel-b55", "flash-int8sel", {"budget_fraction": 0.55}),
-    ("flash-int8sel-b50", "flash-int8sel", {"budget_fraction": 0.5}),
+    ("flash-int8sel-fp16-b60", "flash-int8sel-fp16", {"budget_fraction": 0.6}),
+    ("flash-int8sel-fp16-b60-k0", "flash-int8sel-fp16", {"budget_fraction": 0.6, "window": 0}),
+    ("flash-int8sel-fp16-b60-k2", "flash-int8sel-fp16", {"budget_fraction": 0.6, "window": 2}),
+    ("flash-int8sel-fp16-b60-threads", "flash-int8sel-fp16", {"budget_fraction": 0.6, "io_engine": "threads"}),
+    ("flash-int8sel-fp16-b55", "flash-int8sel-fp16", {"budget_fraction": 0.55}),
+    ("flash-int8sel-fp16-b50", "flash-int8sel-fp16", {"budget_fraction": 0.5}),
+    ("flash-int8sel-fp16-b70", "flash-int8sel-fp16", {"budget_fraction": 0.7}),
+    ("flash-int8sel-fp16-b80", "flash-int8sel-fp16", {"budget_fraction": 0.8}),
+    ("flash-int8sel-fp16-b90", "flash-int8sel-fp16", {"budget_fraction": 0.9}),
     ("flash-lowrank-b60", "flash", {"budget_fraction": 0.6}),
-    ("flash-lowrank-b50", "flash", {"budget_fraction": 0.5}),
 ]
+PAIRED_BASELINE = "resident"  # flash configs also time decoding against it, alternating
 
 
 @dataclass
 class BenchSettings:
     eval_tokens: int = 256
     prompt_tokens: int = 32
-    decode_tokens: int = 16
+    decode_tokens: int = 48
+    latency_pairs: int = 5  # flash: alternating blocks of flash / resident decoding
+    latency_pair_tokens: int = 8
     threads: int = 1
     repeats: int = 7  # llama.cpp plain/through-Tandem pairs
     llama_pair_tokens: int = 64  # tokens decoded by each side of a pair
@@ -70,8 +78,9 @@ def _current_rss() -> int:
 
 
 def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
-                  settings: BenchSettings) -> dict[str, Any]:
-    """Runs in a fresh process: load one artifact and measure it."""
+                  settings: BenchSettings, paired_folder: str | None = None) -> dict[str, Any]:
+    """Runs in a fresh process: load one artifact and measure it (and, with
+    ``paired_folder``, its decode latency against that runtime's, side by side)."""
     import torch
 
     from tandem.edge import artifacts
@@ -93,14 +102,48 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
             logits = runtime.forward([int(logits[-1].argmax())])
         elapsed = time.perf_counter() - started
         n = settings.decode_tokens
-        return {"ppl": ppl, "model_bytes": built.model_bytes, "dram_bytes": runtime.weight_bytes,
+        result = {"ppl": ppl, "model_bytes": built.model_bytes, "dram_bytes": runtime.weight_bytes,
                 "peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline,
                 "peak_rss_eval_bytes": eval_peak,
                 "bytes_read_per_token": (store.bytes_read - bytes0) / n if store else 0,
                 "reads_per_token": (store.reads - reads0) / n if store else 0,
                 "tok_s": n / elapsed, "window": built.window, "capacity": built.capacity}
+        if paired_folder is not None:  # after peak RSS was taken
+            result.update(paired_latency(runtime, paired_folder, eval_ids, settings))
+        return result
     finally:
         built.close()
+
+
+def paired_latency(runtime: Any, baseline_folder: str, eval_ids: list[int],
+                   settings: BenchSettings) -> dict[str, Any]:
+    """Decode-latency ratio to the baseline runtime, robust to load that drifts over a
+    run: blocks of ``latency_pair_tokens`` greedy tokens from each, alternating (which
+    goes first alternates too); the median of the per-pair ratios of ms per token."""
+    from tandem.edge import artifacts
+
+    baseline = artifacts.load(Path(baseline_folder))
+    try:
+        sides = {"config": runtime, "baseline": baseline.runtime}
+        last = {}
+        for key, rt in sides.items():
+            rt.truncate(0)
+            last[key] = int(rt.forward(eval_ids[: settings.prompt_tokens])[-1].argmax())
+        ms: dict[str, list[float]] = {"config": [], "baseline": []}
+        for pair in range(settings.latency_pairs):
+            for key in (("config", "baseline") if pair % 2 == 0 else ("baseline", "config")):
+                rt, token = sides[key], last[key]
+                started = time.perf_counter()
+                for _ in range(settings.latency_pair_tokens):
+                    token = int(rt.forward([token])[-1].argmax())
+                ms[key].append((time.perf_counter() - started) * 1e3 / settings.latency_pair_tokens)
+                last[key] = token
+        ratios = [c / b for c, b in zip(ms["config"], ms["baseline"])]
+        return {"latency_vs_resident": statistics.median(ratios), "latency_pairs": ratios,
+                "paired_ms_per_token": {"config": statistics.median(ms["config"]),
+                                        "resident": statistics.median(ms["baseline"])}}
+    finally:
+        baseline.close()
 
 
 def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings) -> dict[str, Any]:
@@ -195,7 +238,9 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
 
     torch.set_num_threads(settings.threads)  # building too: idle OpenMP threads spin on a busy box
     configs = [c for c in TORCH_CONFIGS if not settings.only or c[0] in settings.only]
-    ensure_artifacts(source, out, sorted({recipe for _, recipe, _ in configs}), rebuild)
+    paired = any(name.startswith("flash") for name, _, _ in configs)
+    recipes = {recipe for _, recipe, _ in configs} | ({PAIRED_BASELINE} if paired else set())
+    ensure_artifacts(source, out, sorted(recipes), rebuild)
     eval_ids = text_ids(source, "evaluation")
     results = []
     if source.is_gguf and (not settings.only or "llama.cpp-Q4_1" in settings.only):
@@ -203,20 +248,22 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
         results.append({"name": "llama.cpp-Q4_1", **row})
     for name, recipe, overrides in configs:
         folder = str(out / recipe.replace(":", "-"))
+        baseline = str(out / PAIRED_BASELINE) if name.startswith("flash") else None
         results.append({"name": name, **in_fresh_process(measure_torch, folder, overrides,
-                                                         eval_ids, settings)})
+                                                         eval_ids, settings, baseline)})
     return {"configs": results, "settings": settings.__dict__,
             "eval_tokens": min(settings.eval_tokens, len(eval_ids))}
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'config':26} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
-             f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7}"]
+    lines = [f"{'config':31} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
+             f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7} {'k':>3} {'x resident':>10}"]
     for c in report["configs"]:
-        lines.append(f"{c['name']:26} {c['ppl']:7.2f} {c['model_bytes'] / 1e6:9.1f} "
+        paired = f"{c['latency_vs_resident']:10.2f}" if "latency_vs_resident" in c else f"{'':10}"
+        lines.append(f"{c['name']:31} {c['ppl']:7.2f} {c['model_bytes'] / 1e6:9.1f} "
                      f"{c['dram_bytes'] / 1e6:8.1f} {c['peak_rss_bytes'] / 1e6:8.0f} "
                      f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
-                     f"{c['tok_s']:7.2f}")
+                     f"{c['tok_s']:7.2f} {c.get('window', 0):3d} {paired}")
         if "tandem_vs_plain" in c:
             lines.append(f"  through Tandem / plain llama-cpp-python: {c['tandem_vs_plain']:.3f} "
                          f"(median of {len(c['tandem_vs_plain_pairs'])} pairs; medians "
@@ -232,7 +279,7 @@ def plot_frontier(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [c for c in report["configs"] if c["name"].startswith("flash") and c["capacity"]
-            and "-k" not in c["name"]]
+            and re.search(r"-b\d+$", c["name"])]  # the budget sweeps, default k
     naive = next((c for c in report["configs"] if "naive" in c["name"]), None)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for selector in sorted({c["name"].split("-b")[0] for c in rows}):
