@@ -97,6 +97,7 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
         runtime.truncate(0)
         logits = runtime.forward(eval_ids[: settings.prompt_tokens])
         bytes0, reads0 = (store.bytes_read, store.reads) if store else (0, 0)
+        phases0 = dict(store.phase_seconds) if store else {}
         started = time.perf_counter()
         for _ in range(settings.decode_tokens):
             logits = runtime.forward([int(logits[-1].argmax())])
@@ -108,6 +109,10 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
                 "bytes_read_per_token": (store.bytes_read - bytes0) / n if store else 0,
                 "reads_per_token": (store.reads - reads0) / n if store else 0,
                 "tok_s": n / elapsed, "window": built.window, "capacity": built.capacity}
+        if store is not None:  # measured profile of a decoded token (ms)
+            phases = {k: (v - phases0.get(k, 0.0)) * 1e3 / n for k, v in store.phase_seconds.items()}
+            phases["outside_ffn"] = elapsed * 1e3 / n - sum(phases.values())
+            result["flash_ms_per_token"] = phases
         if paired_folder is not None:  # after peak RSS was taken
             result.update(paired_latency(runtime, paired_folder, eval_ids, settings))
         return result
@@ -264,6 +269,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{c['dram_bytes'] / 1e6:8.1f} {c['peak_rss_bytes'] / 1e6:8.0f} "
                      f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
                      f"{c['tok_s']:7.2f} {c.get('window', 0):3d} {paired}")
+        if "flash_ms_per_token" in c:
+            lines.append("  ms/token: " + ", ".join(f"{k} {v:.1f}" for k, v in c["flash_ms_per_token"].items()))
         if "tandem_vs_plain" in c:
             lines.append(f"  through Tandem / plain llama-cpp-python: {c['tandem_vs_plain']:.3f} "
                          f"(median of {len(c['tandem_vs_plain_pairs'])} pairs; medians "

@@ -20,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,6 +170,8 @@ class FlashStore:
         self.fd = os.open(path, flags)
         self.bytes_read = 0
         self.reads = 0
+        self.read_seconds = 0.0  # wall time spent reading
+        self.phase_seconds: Counter[str] = Counter()  # decode FFN time by phase (flash_ffn)
         self.io_engine = io_engine
         self._aio = LinuxAio(self.fd, min(neurons, 1024)) if io_engine == "aio" else None
         self._pool = (ThreadPoolExecutor(io_threads, thread_name_prefix="flash-io")
@@ -177,6 +181,7 @@ class FlashStore:
         """Read each (first neuron, count, first slot) run ([n, 3]) of ``layer`` into buffer rows."""
         if len(runs) == 0:
             return
+        started = time.perf_counter()
         offsets = (layer * self.neurons + runs[:, 0]) * self.record
         sizes = runs[:, 1] * self.record
         if self._aio is not None:
@@ -188,6 +193,7 @@ class FlashStore:
                 os.posix_fadvise(self.fd, offset, size, os.POSIX_FADV_DONTNEED)
         self.reads += len(runs)
         self.bytes_read += int(sizes.sum())
+        self.read_seconds += time.perf_counter() - started
 
     def _read_threads(self, offsets: np.ndarray, sizes: np.ndarray, targets: np.ndarray,
                       buffer: AlignedBuffer) -> None:

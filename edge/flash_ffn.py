@@ -3,6 +3,8 @@ layer every token) and the predictor-selected, windowed runtime of LLM in a Flas
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,10 +24,16 @@ class NaiveFlashFFN:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.store.hidden
+        started = time.perf_counter()
         self.store.read_runs(self.layer, np.array([[0, self.store.neurons, 0]]), self.buffer)
+        read = time.perf_counter()
         rows = self.buffer.tensor.float()  # [F, R] (widened when stored in fp16)
         h = F.silu(F.linear(x, rows[:, :hidden])) * F.linear(x, rows[:, hidden:2 * hidden])
-        return h @ rows[:, 2 * hidden:3 * hidden]  # [T, H]
+        out = h @ rows[:, 2 * hidden:3 * hidden]  # [T, H]
+        clock = self.store.phase_seconds
+        clock["read"] += read - started
+        clock["compute"] += time.perf_counter() - read
+        return out
 
     @property
     def dram_bytes(self) -> int:
@@ -68,10 +76,19 @@ class WindowedFlashFFN:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > 1:
             return self._prefill(x)
+        started = time.perf_counter()
         selected = self.select(x)
+        selected_at, read_before = time.perf_counter(), self.store.read_seconds
         self.step += 1
         rows = self._windowed_rows(selected) if self.window > 0 else self._read_rows(selected)
-        return self._compute(x, rows)
+        rows_at, read = time.perf_counter(), self.store.read_seconds - read_before
+        out = self._compute(x, rows)
+        clock = self.store.phase_seconds  # where a decoded token's FFN time goes
+        clock["select"] += selected_at - started
+        clock["read"] += read
+        clock["window"] += rows_at - selected_at - read  # bookkeeping, deletes, gather
+        clock["compute"] += time.perf_counter() - rows_at
+        return out
 
     def _compute(self, x: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None = None
                  ) -> torch.Tensor:

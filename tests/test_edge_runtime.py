@@ -146,6 +146,8 @@ def test_windowed_flash_equals_non_windowed(tiny, tmp_path: Path, selector: str,
         assert torch.equal(rows, gate[torch.from_numpy(live)])
         if max_gap == 0:
             assert built.store.bytes_read < read_without_window  # type: ignore[union-attr]
+        phases = built.store.phase_seconds  # type: ignore[union-attr]
+        assert set(phases) == {"select", "read", "window", "compute"} and all(v > 0 for v in phases.values())
         built.close()
 
 
