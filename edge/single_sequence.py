@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tandem.edge.backend import DraftResult, EdgeBackend
-from tandem.shared.sampling import TokenSampler
+from tandem.shared.sampling import TokenSampler, entropy
 from tandem.shared.tier_service import GeneratedToken
 
 
@@ -51,7 +51,8 @@ class SingleSequenceBackend(EdgeBackend):
             _, logits = await self._run(self._eval_after_prefix, prompt_ids)
             while True:
                 token, logprob, _ = sampler.sample(logits)
-                yield GeneratedToken(token, logprob)
+                yield GeneratedToken(token, logprob,
+                                     entropy(logits) if sampler.report_entropy else 0.0)
                 logits = await self._run(self._eval_one, token)
 
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,

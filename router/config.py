@@ -27,7 +27,7 @@ class RouterConfig(ServiceConfig):
              "probability) is below this.")
     draft_tokens: int = option(6, "Speculative: tokens the edge drafts per round (k); the "
                                   "starting point when adaptive_draft is on.")
-    scorer: str = option("mean_prob", "Cascade scorer: mean_prob, min_prob or learned.")
+    scorer: str = option("mean_prob", "Cascade scorer: mean_prob, min_prob, entropy or learned.")
     route_threshold: float = option(
         0.5, "route: the prompt router's P(edge suffices) needed to send a prompt to the edge.")
     auto_skip_edge_below: float = option(

@@ -30,18 +30,27 @@ class EdgeAnswer:
     prompt: str
     text: str
     logprobs: Sequence[float]
+    entropies: Sequence[float] = ()  # nats, per token (empty when the edge sent none)
+
+
+# An answer without a signal counts as unconfident: a log-probability of -10, and the
+# entropy of a uniform choice over e^5 tokens.
+NO_LOGPROB, NO_ENTROPY = -10.0, 5.0
 
 
 def confidence_features(answers: Sequence[EdgeAnswer]) -> np.ndarray:
-    """[N, 3]: mean and minimum token log-probability, answer length (tokens / 32)."""
-    rows = [(float(np.mean(a.logprobs)) if a.logprobs else -10.0,
-             float(np.min(a.logprobs)) if a.logprobs else -10.0,
-             len(a.logprobs) / 32.0) for a in answers]
-    return np.asarray(rows, dtype=np.float32).reshape(len(answers), 3)
+    """[N, 5]: mean and minimum token log-probability, answer length (tokens / 32), mean
+    and maximum token entropy."""
+    rows = [(float(np.mean(a.logprobs)) if a.logprobs else NO_LOGPROB,
+             float(np.min(a.logprobs)) if a.logprobs else NO_LOGPROB,
+             len(a.logprobs) / 32.0,
+             float(np.mean(a.entropies)) if a.entropies else NO_ENTROPY,
+             float(np.max(a.entropies)) if a.entropies else NO_ENTROPY) for a in answers]
+    return np.asarray(rows, dtype=np.float32).reshape(len(answers), 5)
 
 
 def answer_features(encoder: object, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-    """[N, 384 + 384 + 1 + 3]: MiniLM(query), MiniLM(answer), their cosine, confidence."""
+    """[N, 384 + 384 + 1 + 5]: MiniLM(query), MiniLM(answer), their cosine, confidence."""
     q = encoder.encode([a.prompt for a in answers])  # type: ignore[attr-defined]
     a = encoder.encode([a.text for a in answers])  # type: ignore[attr-defined]
     cos = (q * a).sum(axis=1, keepdims=True)
@@ -77,6 +86,15 @@ class MinProbabilityScorer(Scorer):
 
     def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
         return np.exp(confidence_features(answers)[:, 1])
+
+
+class EntropyScorer(Scorer):
+    """exp(−mean entropy): 1 when every next-token distribution was certain."""
+
+    name = "entropy"
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return np.exp(-confidence_features(answers)[:, 3])
 
 
 class EmbeddingHead:
@@ -115,7 +133,8 @@ class PromptRouter(EmbeddingHead):
 
 
 SCORERS: dict[str, type[Scorer]] = {
-    cls.name: cls for cls in (MeanProbabilityScorer, MinProbabilityScorer, LearnedScorer)}
+    cls.name: cls for cls in (MeanProbabilityScorer, MinProbabilityScorer, EntropyScorer,
+                              LearnedScorer)}
 
 
 def create_scorer(name: str, encoder: object | None = None) -> Scorer:

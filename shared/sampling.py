@@ -99,6 +99,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+def entropy(logits: np.ndarray) -> float:
+    """Entropy in nats of the raw (temperature 1) distribution of ``logits`` [V]."""
+    logprobs = log_softmax(logits.astype(np.float32))
+    return float(-(np.exp(logprobs) * logprobs).sum())
+
+
 class TokenSampler:
     """Chooses tokens for one request; seeded, so a seed reproduces the output.
 
@@ -107,8 +113,10 @@ class TokenSampler:
     prompt's tokens count for the repetition penalty once ``set_prompt`` is called.
     """
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, report_entropy: bool = False) -> None:
         self.params = params
+        # Whether backends should report each token's entropy (costs one pass over V).
+        self.report_entropy = report_entropy
         self._rng = np.random.default_rng(params.seed)
         self._prompt_ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self._output_counts: dict[int, int] = {}

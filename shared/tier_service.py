@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 class GeneratedToken:
     token: int
     logprob: float
+    entropy: float = 0.0  # of the raw distribution; reported when the sampler asks for it
 
 
 class TokenGenerator(Protocol):
@@ -75,7 +76,8 @@ class TierGenerateHandler:
         stops = StopStringMatcher(sampling.stop)
         finish = common_pb2.FINISH_REASON_LENGTH
         produced, first_token_ns = 0, 0
-        tokens = self.backend.generate(prompt_ids, TokenSampler(sampling), request.session_id)
+        sampler = TokenSampler(sampling, report_entropy=request.logprobs)
+        tokens = self.backend.generate(prompt_ids, sampler, request.session_id)
         try:
             async for item in tokens:
                 if item.token in self.eos_token_ids:
@@ -87,6 +89,7 @@ class TierGenerateHandler:
                 chunk = common_pb2.TierGenerateChunk(token_ids=[item.token], text=text)
                 if request.logprobs:
                     chunk.logprobs.append(item.logprob)
+                    chunk.entropies.append(item.entropy)
                 if stops.stopped:
                     finish = common_pb2.FINISH_REASON_STOP
                     yield chunk
@@ -112,6 +115,7 @@ class TierGenerateHandler:
             parts.append(chunk.text)
             response.token_ids.extend(chunk.token_ids)
             response.logprobs.extend(chunk.logprobs)
+            response.entropies.extend(chunk.entropies)
             if chunk.finish_reason:
                 response.finish_reason = chunk.finish_reason
                 response.prompt_tokens = chunk.prompt_tokens

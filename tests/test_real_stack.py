@@ -190,3 +190,21 @@ def test_ask_cli_json_and_error_exit(real_stack):
                          timeout=120)
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "top_p" in bad.stderr
+
+
+def test_edge_reports_token_entropies_with_logprobs(real_stack):
+    from tandem.v1 import edge_pb2_grpc
+
+    with grpc.insecure_channel(real_stack["edge"].address) as channel:
+        edge = edge_pb2_grpc.EdgeStub(channel)
+
+        def generate(logprobs):
+            return edge.Generate(common_pb2.TierGenerateRequest(
+                prompt="Name a primary colour.", logprobs=logprobs,
+                sampling=common_pb2.SamplingParams(max_tokens=8)), timeout=120)
+
+        scored, plain = generate(True), generate(False)
+    assert len(scored.entropies) == len(scored.logprobs) == len(scored.token_ids) > 0
+    # Nats over a 49,152-token vocabulary: between certain (0) and uniform (ln V).
+    assert all(0.0 <= h <= 10.81 for h in scored.entropies)
+    assert list(plain.token_ids) == list(scored.token_ids) and not plain.entropies

@@ -60,3 +60,12 @@ def test_top_p_keeps_the_smallest_nucleus():
     probs = TokenSampler(params(temperature=1.0, top_p=0.7)).distribution(logits)
     assert probs[2] == 0 and probs[3] == 0
     assert probs[0] == pytest.approx(0.5 / 0.8)
+
+
+def test_entropy_of_uniform_and_certain_distributions():
+    from tandem.shared.sampling import entropy
+
+    assert abs(entropy(np.zeros(1000, dtype=np.float32)) - math.log(1000)) < 1e-4
+    certain = np.full(1000, -1e4, dtype=np.float32)
+    certain[3] = 0.0
+    assert entropy(certain) < 1e-6

@@ -32,6 +32,7 @@ def label(row: dict[str, Any], edge: common_pb2.TierGenerateResponse,
           cloud: common_pb2.TierGenerateResponse) -> dict[str, Any]:
     return {**row, "edge_text": edge.text, "edge_tokens": len(edge.token_ids),
             "edge_logprobs": [round(x, 5) for x in edge.logprobs],
+            "edge_entropies": [round(x, 5) for x in edge.entropies],
             "cloud_text": cloud.text, "cloud_tokens": len(cloud.token_ids),
             "f1": round(token_f1(edge.text, cloud.text), 4),
             "rouge_l": round(rouge_l(edge.text, cloud.text), 4)}

@@ -14,7 +14,8 @@ from tandem.router.scorers import EdgeAnswer, answer_features, prompt_features
 
 
 def answers_of(rows: list[dict[str, Any]]) -> list[EdgeAnswer]:
-    return [EdgeAnswer(r["prompt"], r["edge_text"], r["edge_logprobs"]) for r in rows]
+    return [EdgeAnswer(r["prompt"], r["edge_text"], r["edge_logprobs"],
+                       r.get("edge_entropies", ())) for r in rows]
 
 
 def acceptable(rows: list[dict[str, Any]], metric: str, bar: float) -> np.ndarray:

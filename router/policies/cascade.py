@@ -46,7 +46,8 @@ class CascadePolicy(Policy):
         outcome.usage.edge_generated_tokens += len(edge.token_ids)
         timings = outcome.timings
         with spent(timings, scorer_part(self.scorer)):
-            score = self.scorer.score(EdgeAnswer(request.prompt_text, edge.text, edge.logprobs))
+            answer = EdgeAnswer(request.prompt_text, edge.text, edge.logprobs, edge.entropies)
+            score = self.scorer.score(answer)
         with spent(timings, STATE):
             threshold = await self.controller.current()
         with spent(timings, DECISION):
