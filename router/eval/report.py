@@ -14,9 +14,14 @@ from tandem.router.eval.train import answers_of
 from tandem.router.scorers import SCORERS, LearnedScorer, PromptRouter
 
 
-def cascade_report(labels: Path, quality: str, edge: str, plot_path: str | None) -> dict[str, Any]:
+def cascade_report(labels: Path, quality: str, bar: float, edge: str,
+                   plot_path: str | None) -> dict[str, Any]:
+    """Quality of an edge answer: 1 when its agreement with the cloud answer reaches
+    ``bar`` (acceptable, as FrugalGPT and RouteLLM label answers), else 0; with bar 0,
+    the agreement itself. Both curves are reported; the headline uses ``bar``."""
     rows = read_jsonl(labels)
-    edge_quality = np.asarray([r[quality] for r in rows], dtype=float)
+    agreement = np.asarray([r[quality] for r in rows], dtype=float)
+    edge_quality = (agreement >= bar).astype(float) if bar > 0 else agreement
     cloud_tokens = np.maximum(np.asarray([r["cloud_tokens"] for r in rows]), 1)
     answers = answers_of(rows)
     encoder = SentenceEncoder()
@@ -26,11 +31,17 @@ def cascade_report(labels: Path, quality: str, edge: str, plot_path: str | None)
     # The prompt router scores before generation (what `route` uses).
     scores["route"] = PromptRouter.load(encoder=encoder).predict_many([r["prompt"] for r in rows])
     report: dict[str, Any] = {
-        "prompts": len(rows), "quality": quality, "edge": edge,
+        "prompts": len(rows), "quality": quality, "bar": bar, "edge": edge,
         "edge_only_quality": round(float(edge_quality.mean()), 4),
+        "edge_only_agreement": round(float(agreement.mean()), 4),
         "scorers": {name: summarise(s, edge_quality, cloud_tokens) for name, s in scores.items()},
         "random": random_baseline(edge_quality, cloud_tokens),
+        "oracle": summarise(edge_quality, edge_quality, cloud_tokens),
     }
+    if bar > 0:  # the same routers judged by raw agreement, for comparison
+        report["by_agreement"] = {
+            name: {k: v for k, v in summarise(s, agreement, cloud_tokens).items() if k != "curve"}
+            for name, s in scores.items()} | {"random": random_baseline(agreement, cloud_tokens)}
     best = report["scorers"][LearnedScorer.name]
     report["apgr"] = best["apgr"]
     report["cost_reduction_at_95"] = best["cost_reduction_at_95"]

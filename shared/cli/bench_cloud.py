@@ -48,6 +48,23 @@ def measure_bandwidth_gbps(repeats: int = 5) -> float:
     return data.numel() * 4 / best / 1e9
 
 
+def matmul_only_tok_s(forward: Any, steps: int = 10) -> float:
+    """The weight matmuls of one batch-1 decode step and nothing else (same weights,
+    same F.linear calls as the engine): the engine's ceiling on this CPU's kernels."""
+    import torch
+    import torch.nn.functional as F
+
+    weights = [w for layer in forward.layers for w in (layer.qkv, layer.o, layer.gate_up,
+                                                        layer.down)] + [forward.lm_head]
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for _ in range(steps):
+            for w in weights:
+                F.linear(inputs[w.shape[1]], w)  # [1, out]
+        return steps / (time.perf_counter() - started)
+
+
 def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
     """HF `generate` decode rate: (n - 1) tokens over the time n tokens take beyond 1."""
     import torch
@@ -123,15 +140,21 @@ async def run_b1_side_by_side(args: argparse.Namespace, engine: Any, model: Any,
                               prompt: list[int], report: dict[str, Any]) -> None:
     """Bandwidth, engine and HF batch-1 decode, interleaved so that load from other
     processes hits all three alike; each keeps its best run (least disturbed)."""
-    bandwidth, ours, theirs = [], [], []
+    bandwidth, matmuls, ours, theirs = [], [], [], []
     for _ in range(args.repeats):
         bandwidth.append(measure_bandwidth_gbps())
+        if hasattr(engine.runner, "model"):  # the fast runner's LlamaForward
+            matmuls.append(matmul_only_tok_s(engine.runner.model))
         ours.append(await engine_decode_tok_s(engine, prompt, args.decode_tokens))
         theirs.append(hf_decode_tok_s(model, prompt, args.decode_tokens))
     report["bandwidth_gbps"] = round(max(bandwidth), 2)
     report["bandwidth_gbps_runs"] = [round(b, 2) for b in bandwidth]
     report["bound_tok_s"] = round(report["bandwidth_gbps"] * 1e9
                                   / report["weight_bytes_per_token"], 2)
+    if matmuls:
+        report["matmul_only_tok_s_b1"] = round(max(matmuls), 2)
+        report["matmul_only_gbps"] = round(max(matmuls) * report["weight_bytes_per_token"]
+                                           / 1e9, 2)
     report["decode_tok_s_b1"] = round(max(ours), 2)
     report["decode_tok_s_b1_runs"] = [round(r, 2) for r in ours]
     report["hf_decode_tok_s_b1"] = round(max(theirs), 2)

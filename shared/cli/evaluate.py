@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--edge-quant", default="Q2_K")
     e.add_argument("--max-tokens", type=int, default=32)
     e.add_argument("--quality", default="rouge_l", choices=["rouge_l", "f1"])
+    e.add_argument("--bar", type=float, default=0.5,
+                   help="An edge answer is acceptable (quality 1) when its agreement reaches "
+                        "this; 0 = quality is the agreement itself.")
     e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
     e.add_argument("--json", action="store_true", help="Print only the JSON report.")
     e.set_defaults(run=run_cascade)
@@ -93,18 +96,24 @@ def run_cascade(args: argparse.Namespace) -> int:
                                           cloud=None, edge_quant=args.edge_quant,
                                           max_tokens=args.max_tokens)
         run_collect(collect_args)
-    report = cascade_report(labels, args.quality, args.edge_quant, args.plot)
+    report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot)
     if not args.json:
         print(format_cascade(report), file=sys.stderr)
-    print(json.dumps({k: v for k, v in report.items() if k != "scorers"} | {
-        "scorers": {n: {k: v for k, v in r.items() if k != "curve"}
-                    for n, r in report["scorers"].items()}}))
+    def no_curve(result: dict) -> dict:
+        return {k: v for k, v in result.items() if k != "curve"}
+
+    print(json.dumps(report | {"scorers": {n: no_curve(r) for n, r in report["scorers"].items()},
+                               "oracle": no_curve(report["oracle"])}))
     return 0
 
 
 def format_cascade(report: dict) -> str:
     lines = [f"{report['prompts']} prompts, edge-only quality {report['edge_only_quality']:.3f} "
-             f"({report['quality']} vs cloud)", f"{'router':<12} {'APGR':>6} {'saved@95%':>10}"]
-    for name, r in list(report["scorers"].items()) + [("random", report["random"])]:
+             f"(share of edge answers with {report['quality']} >= {report['bar']} vs cloud; "
+             f"mean {report['quality']} {report['edge_only_agreement']:.3f})",
+             f"{'router':<12} {'APGR':>6} {'saved@95%':>10}"]
+    rows = list(report["scorers"].items()) + [("random", report["random"]),
+                                              ("oracle", report["oracle"])]
+    for name, r in rows:
         lines.append(f"{name:<12} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f}")
     return "\n".join(lines)
