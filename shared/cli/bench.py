@@ -14,7 +14,8 @@ from types import SimpleNamespace
 # subparsers; imported lazily so `tandem --help` stays fast).
 BENCH_MODULES: dict[str, str] = {"cloud": "tandem.shared.cli.bench_cloud:add_parser",
                                  "edge": "tandem.shared.cli.bench_edge:add_parser",
-                                 "sdk": "tandem.edge.sdk_bench:add_parser"}
+                                 "sdk": "tandem.edge.sdk_bench:add_parser",
+                                 "router": "tandem.router.latency_bench:add_parser"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
