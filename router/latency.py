@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
+from tandem.router.scorers import EmbeddingHead
 from tandem.v1 import common_pb2
 
 STATE: Final = "state_ns"
@@ -40,8 +41,6 @@ def spent(timings: common_pb2.Timings, part: str) -> Iterator[None]:
 
 def scorer_part(scorer: object) -> str:
     """SCORING for scorers that run the MiniLM encoder, DECISION for arithmetic ones."""
-    from tandem.router.scorers import EmbeddingHead
-
     return SCORING if isinstance(scorer, EmbeddingHead) else DECISION
 
 

@@ -57,6 +57,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=6)
     p.add_argument("--state-rounds", type=int, default=300,
                    help="Session turns in the in-process state-path profile.")
+    p.add_argument("--router-defaults", action="store_true",
+                   help="Routers with default settings: no rate limit, token budget, response "
+                        "cache or budget controller (sessions and statistics only).")
     p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
     p.set_defaults(run=run)
 
@@ -183,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
                 own.mkdir()
                 routers[store] = ServiceProcess("router", [
                     "--port", "0", "--metrics-port", "-1", "--cloud-address", cloud.address,
-                    "--edge-address", edge.address, "--state", url, *ROUTER_ARGS], own)
+                    "--edge-address", edge.address, "--state", url,
+                    *([] if args.router_defaults else ROUTER_ARGS)], own)
                 services.append(routers[store])
                 routers[store].wait_ready(600)
             channels = {s: grpc.insecure_channel(r.address) for s, r in routers.items()}
@@ -201,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             for store in STORES for policy in policies]
     redis_rows = [r for r in rows if r["store"] == "redis"]
     report = {"max_tokens": args.max_tokens, "requests_per_policy": args.requests,
+              "router_args": [] if args.router_defaults else ROUTER_ARGS,
               "target_p50_ms": TARGET_P50_MS,
               "target_met": all(r["added_ms"]["p50"] <= TARGET_P50_MS for r in redis_rows),
               "results": rows, "state_path_us": state_paths}
