@@ -20,3 +20,25 @@ def test_confidence_features_without_signals_count_as_unsure():
     np.testing.assert_allclose(features[0], [-10.0, -10.0, 0.0, 5.0, 5.0])
     assert SCORERS["entropy"]().score(EdgeAnswer("q", "", [])) < \
         SCORERS["entropy"]().score(SURE)
+
+
+def test_cascade_report_judges_acceptability_at_the_bar(tmp_path):
+    import json
+
+    from tandem.router.eval.report import cascade_report
+
+    rows = [{"prompt": f"Question {i}?", "edge_text": f"Answer {i}.", "cloud_tokens": 10,
+             "edge_logprobs": [-0.1 * (i + 1)] * 4, "edge_entropies": [0.2 * (i + 1)] * 4,
+             "rouge_l": agreement} for i, agreement in enumerate([0.9, 0.7, 0.45, 0.2, 0.1])]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = cascade_report(labels, "rouge_l", 0.5, "test", str(tmp_path / "plot.png"))
+    assert report["edge_only_quality"] == 0.4  # two of five reach the bar
+    assert abs(report["edge_only_agreement"] - 0.47) < 1e-9
+    # Confidence falls as agreement falls here, so these rank exactly like the oracle.
+    for name in ("mean_prob", "min_prob", "entropy"):
+        assert report["scorers"][name]["apgr"] == report["oracle"]["apgr"] > 0.5
+    assert report["apgr"] == report["scorers"]["mean_prob"]["apgr"]
+    assert all(r["apgr"] <= report["oracle"]["apgr"] for r in report["scorers"].values())
+    assert set(report["by_agreement"]) >= {"mean_prob", "random"}
+    assert (tmp_path / "plot.png").stat().st_size > 0

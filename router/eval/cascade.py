@@ -77,6 +77,10 @@ def plot(report: dict[str, Any], path: str) -> None:
     for name, result in report["scorers"].items():
         points = np.asarray(result["curve"])
         ax.plot(points[:, 0], points[:, 1], label=f"{name} (APGR {result['apgr']:.2f})")
+    if "oracle" in report:
+        points = np.asarray(report["oracle"]["curve"])
+        ax.plot(points[:, 0], points[:, 1], color="grey", lw=1,
+                label=f"oracle (APGR {report['oracle']['apgr']:.2f})")
     q_edge = report["edge_only_quality"]
     ax.plot([0, 1], [q_edge, 1.0], "k--", label=f"random (APGR {report['random']['apgr']:.2f})")
     ax.axhline(0.95, color="grey", lw=0.8, ls=":")

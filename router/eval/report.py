@@ -14,8 +14,8 @@ from tandem.router.eval.train import answers_of
 from tandem.router.scorers import SCORERS, LearnedScorer, PromptRouter
 
 
-def cascade_report(labels: Path, quality: str, bar: float, edge: str,
-                   plot_path: str | None) -> dict[str, Any]:
+def cascade_report(labels: Path, quality: str, bar: float, edge: str, plot_path: str | None,
+                   headline: str = "mean_prob") -> dict[str, Any]:
     """Quality of an edge answer: 1 when its agreement with the cloud answer reaches
     ``bar`` (acceptable, as FrugalGPT and RouteLLM label answers), else 0; with bar 0,
     the agreement itself. Both curves are reported; the headline uses ``bar``."""
@@ -42,9 +42,9 @@ def cascade_report(labels: Path, quality: str, bar: float, edge: str,
         report["by_agreement"] = {
             name: {k: v for k, v in summarise(s, agreement, cloud_tokens).items() if k != "curve"}
             for name, s in scores.items()} | {"random": random_baseline(agreement, cloud_tokens)}
-    best = report["scorers"][LearnedScorer.name]
-    report["apgr"] = best["apgr"]
-    report["cost_reduction_at_95"] = best["cost_reduction_at_95"]
+    report["headline_scorer"] = headline
+    report["apgr"] = report["scorers"][headline]["apgr"]
+    report["cost_reduction_at_95"] = report["scorers"][headline]["cost_reduction_at_95"]
     report["random_apgr"] = report["random"]["apgr"]
     report["random_cost_reduction_at_95"] = report["random"]["cost_reduction_at_95"]
     if plot_path:

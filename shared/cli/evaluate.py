@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="JSONL to write (resumed if it exists).")
     c.add_argument("--edge", help="Edge address; default: start one (see --edge-quant).")
     c.add_argument("--cloud", help="Cloud address; default: start one.")
-    c.add_argument("--edge-quant", default="Q2_K",
+    c.add_argument("--edge-quant", default="Q3_K_M",
                    help="Re-quantize the default GGUF to this for the started edge "
                         "(Q8_0, Q4_0, Q4_K_M, Q3_K_M, Q2_K) or 'none'.")
     c.add_argument("--max-tokens", type=int, default=48)
@@ -37,12 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = kinds.add_parser("cascade", help="Cost/quality curve, APGR and cost reduction.")
     e.add_argument("--prompts", required=True, help="JSONL prompts (need not be seen before).")
     e.add_argument("--labels", help="Labels for those prompts (collected when missing).")
-    e.add_argument("--edge-quant", default="Q2_K")
+    e.add_argument("--edge-quant", default="Q3_K_M")
     e.add_argument("--max-tokens", type=int, default=32)
     e.add_argument("--quality", default="rouge_l", choices=["rouge_l", "f1"])
     e.add_argument("--bar", type=float, default=0.5,
                    help="An edge answer is acceptable (quality 1) when its agreement reaches "
                         "this; 0 = quality is the agreement itself.")
+    e.add_argument("--scorer", default="mean_prob",
+                   choices=["mean_prob", "min_prob", "entropy", "learned", "route"],
+                   help="Whose APGR and cost reduction head the report (all are listed).")
     e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
     e.add_argument("--json", action="store_true", help="Print only the JSON report.")
     e.set_defaults(run=run_cascade)
@@ -96,7 +99,8 @@ def run_cascade(args: argparse.Namespace) -> int:
                                           cloud=None, edge_quant=args.edge_quant,
                                           max_tokens=args.max_tokens)
         run_collect(collect_args)
-    report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot)
+    report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot,
+                            args.scorer)
     if not args.json:
         print(format_cascade(report), file=sys.stderr)
     def no_curve(result: dict) -> dict:
