@@ -29,6 +29,8 @@ TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("flash-naive", "flash-naive", {}),
     ("flash-naive-fp16", "flash-naive-fp16", {}),
     ("flash-int8sel-b60", "flash-int8sel", {"budget_fraction": 0.6}),
+    ("flash-int8sel-b55", "flash-int8sel", {"budget_fraction": 0.55}),
+    ("flash-int8sel-b50", "flash-int8sel", {"budget_fraction": 0.5}),
     ("flash-int8sel-fp16-b60", "flash-int8sel-fp16", {"budget_fraction": 0.6}),
     ("flash-int8sel-fp16-b60-k0", "flash-int8sel-fp16", {"budget_fraction": 0.6, "window": 0}),
     ("flash-int8sel-fp16-b60-k2", "flash-int8sel-fp16", {"budget_fraction": 0.6, "window": 2}),
