@@ -48,21 +48,22 @@ def measure_bandwidth_gbps(repeats: int = 5) -> float:
     return data.numel() * 4 / best / 1e9
 
 
-def matmul_only_tok_s(forward: Any, steps: int = 10) -> float:
-    """The weight matmuls of one batch-1 decode step and nothing else (same weights,
-    same F.linear calls as the engine): the engine's ceiling on this CPU's kernels."""
+def matmul_only_tok_s(forward: Any, batch: int = 1, steps: int = 10) -> float:
+    """Tokens/s of the weight matmuls of a decode step of ``batch`` sequences and nothing
+    else (same weights, same F.linear calls as the engine): the engine's ceiling on this
+    CPU's kernels."""
     import torch
     import torch.nn.functional as F
 
     weights = [w for layer in forward.layers for w in (layer.qkv, layer.o, layer.gate_up,
                                                         layer.down)] + [forward.lm_head]
-    inputs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
     with torch.inference_mode():
         started = time.perf_counter()
         for _ in range(steps):
             for w in weights:
-                F.linear(inputs[w.shape[1]], w)  # [1, out]
-        return steps / (time.perf_counter() - started)
+                F.linear(inputs[w.shape[1]], w)  # [batch, out]
+        return batch * steps / (time.perf_counter() - started)
 
 
 def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
@@ -165,7 +166,11 @@ async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, to
                            prompt: list[int], report: dict[str, Any]) -> None:
     await run_b1_side_by_side(args, engine, model, prompt, report)
     report["throughput_tok_s"] = {}
-    for c in [int(x) for x in args.concurrency.split(",")]:
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
+    if hasattr(engine.runner, "model"):
+        top = max(concurrencies)
+        report[f"matmul_only_tok_s_b{top}"] = round(matmul_only_tok_s(engine.runner.model, top), 2)
+    for c in concurrencies:
         prompts = [text_tokens(tokenizer, 24, seed=100 + i) for i in range(c)]
         rate, waste = await throughput(engine, prompts, args.stream_tokens)
         report["throughput_tok_s"][str(c)] = round(rate, 2)
@@ -218,6 +223,9 @@ def add_ratios(report: dict[str, Any]) -> None:
     report["b1_vs_hf"] = round(b1 / report["hf_decode_tok_s_b1"], 2)
     top = max(report["throughput_tok_s"], key=int)
     report["max_concurrency_vs_b1"] = round(report["throughput_tok_s"][top] / b1, 2)
+    if f"matmul_only_tok_s_b{top}" in report:  # what the kernels allow for that ratio
+        report["matmul_only_max_concurrency_vs_b1"] = round(
+            report[f"matmul_only_tok_s_b{top}"] / report["matmul_only_tok_s_b1"], 2)
     report["ttft_cached_speedup"] = round(report["ttft_cold_ms"]
                                           / max(report["ttft_cached_ms"], 1e-3), 1)
 
