@@ -35,6 +35,7 @@ def feature_router(real_stack, own_redis, tmp_path_factory):
         "--edge-address", real_stack["edge"].address, "--state", own_redis.url,
         "--rate-limit-rps", "0.01", "--rate-limit-burst", "3", "--token-budget", "300",
         "--response-cache-seconds", "600", "--cascade-threshold", "1.0",
+        "--scorer", "mean_prob",  # no embedding model in cascade (the latency test relies on it)
         # auto always tries the edge first and speculation never backs off, so what the
         # tests check does not depend on the prompt router or the machine's load.
         "--auto-skip-edge-below", "0", "--no-adaptive-draft"])])[0]
