@@ -28,6 +28,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     server.stop()
 
 
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest, redis_server: RedisProcess):  # type: ignore[no-untyped-def]
+    """A state-store constructor, for each backend (a Redis client belongs to the event
+    loop that uses it, so each test builds its own)."""
+    from tandem.router.state.memory import MemoryStateStore
+    from tandem.router.state.redis_store import RedisStateStore
+
+    if request.param == "memory":
+        return MemoryStateStore
+    # Generous timeouts: CI machines are busy; production uses the 0.25 s default.
+    return lambda: RedisStateStore(redis_server.url, timeout_s=2.0)
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():  # type: ignore[no-untyped-def]
     return load_tokenizer(resolve_model(DEFAULT_MODEL))

@@ -150,17 +150,6 @@ def test_only_embedding_scorers_count_as_scoring():
     assert scorer_part(LearnedScorer.__new__(LearnedScorer)) == SCORING
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_store(request, redis_server):
-    """A store constructor (Redis clients belong to the event loop that uses them)."""
-    from tandem.router.state.memory import MemoryStateStore
-    from tandem.router.state.redis_store import RedisStateStore
-
-    if request.param == "memory":
-        return MemoryStateStore
-    return lambda: RedisStateStore(redis_server.url, timeout_s=2.0)
-
-
 def test_admission_is_all_or_nothing(make_store):
     """A request refused by the token budget does not spend the rate-limit token."""
     import asyncio

@@ -8,7 +8,6 @@ import pytest
 
 from tandem.router.controller import ThresholdController
 from tandem.router.state import create_state_store
-from tandem.router.state.memory import MemoryStateStore
 from tandem.router.state.redis_store import RedisStateStore
 from tandem.router.state.resilient import ResilientStateStore
 from tandem.shared.errors import Unavailable
@@ -21,14 +20,6 @@ def run(coro):
 
 def unique(name):
     return f"{name}-{time.monotonic_ns()}"
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_store(request, redis_server):
-    if request.param == "memory":
-        return MemoryStateStore
-    # Generous timeouts: CI machines are busy; production uses the 0.25 s default.
-    return lambda: RedisStateStore(redis_server.url, timeout_s=2.0)
 
 
 def test_sessions_append_in_order_and_are_scoped_by_tenant(make_store):
