@@ -10,7 +10,8 @@ Attention reads each sequence's KV through its block table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,20 @@ def supports_fast_path(config: object, context_window: int) -> str | None:
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
     return None
+
+
+@cache
+def _two_thread_linear() -> Any:
+    """F.linear of one row, its output rows split between this thread and one of torch's
+    inter-op threads. MKL runs a one-row product (GEMV) on one core, which reads weights at
+    ~15 GB/s where two cores read ~35; the halves are the same dot products, so the result
+    is bit-identical. Scripted so the fork does not need the GIL (compiled on first use)."""
+
+    def split(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        future = torch.jit.fork(F.linear, x, second)
+        return torch.cat([F.linear(x, first), torch.jit.wait(future)], dim=-1)
+
+    return torch.jit.script(split)
 
 
 @dataclass
@@ -90,6 +105,8 @@ class LlamaForward:
         rot[torch.arange(half) + half, torch.arange(half)] = -1
         rot[torch.arange(half), torch.arange(half) + half] = 1
         self.rotate_half = rot
+        # One-token steps (batch-1 decode) split each matmul over two cores when there are.
+        self.split_gemv = torch.get_num_threads() > 1 and torch.get_num_interop_threads() > 1
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> LayerWeights:
@@ -114,6 +131,13 @@ class LlamaForward:
                 tensors.append(w.qkv_bias)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def _linear(self, x: torch.Tensor, w: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.split_gemv and bias is None and x.shape[0] == 1:
+            half = w.shape[0] // 2
+            return _two_thread_linear()(x, w[:half], w[half:])  # [1, out]
+        return F.linear(x, w, bias)
+
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused op, same result as the composite below
             return F.rms_norm(x, weight.shape, weight, self.eps)
@@ -136,17 +160,17 @@ class LlamaForward:
             x = x + self._attention(i, self._rms_norm(x, w.input_norm), w, cos, sin, step,
                                     k_cache[i], v_cache[i])
             h = self._rms_norm(x, w.post_norm)
-            gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)  # [T, F] each
-            x = x + F.linear(F.silu(gate) * up, w.down)
+            gate, up = self._linear(h, w.gate_up).chunk(2, dim=-1)  # [T, F] each
+            x = x + self._linear(F.silu(gate) * up, w.down)
         x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
-        return F.linear(x, self.lm_head).float()  # [N, V]
+        return self._linear(x, self.lm_head).float()  # [N, V]
 
     def _attention(self, layer: int, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
                    sin: torch.Tensor, step: StepInput, k_cache: torch.Tensor,
                    v_cache: torch.Tensor) -> torch.Tensor:
         T = h.shape[0]
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = F.linear(h, w.qkv, w.qkv_bias).view(T, H + 2 * Hkv, hd)
+        qkv = self._linear(h, w.qkv, w.qkv_bias).view(T, H + 2 * Hkv, hd)
         qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
         qk = qk * cos + (qk @ self.rotate_half) * sin
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
@@ -154,12 +178,12 @@ class LlamaForward:
         v_cache.index_copy_(0, step.slots, v)
         if len(step.groups) == 1 and step.groups[0].covers_step:
             og = self._group_attention(q, step.groups[0], k_cache, v_cache)
-            return F.linear(og.reshape(T, H * hd), w.o)  # [T, D]
+            return self._linear(og.reshape(T, H * hd), w.o)  # [T, D]
         out = torch.empty(T, H, hd, dtype=h.dtype)
         for g in step.groups:
             og = self._group_attention(q, g, k_cache, v_cache)
             out[g.query_rows[g.query_valid]] = og[g.query_valid]
-        return F.linear(out.view(T, H * hd), w.o)  # [T, D]
+        return self._linear(out.view(T, H * hd), w.o)  # [T, D]
 
     def _group_attention(self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor:

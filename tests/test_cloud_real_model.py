@@ -54,14 +54,16 @@ def test_batched_greedy_equals_hf_and_verify_accepts_it(model, smollm2_tokenizer
             tokens = list(prompt) + output[:accepted]
 
     async def run_all():
+        alone = await generate(prompts[0])  # batch-1 steps (the split-GEMV path)
         outputs = await asyncio.gather(*(generate(p) for p in prompts))
         await asyncio.gather(*(verify_in_rounds(p, o) for p, o in zip(prompts, outputs)))
-        return outputs
+        return alone, outputs
 
     try:
-        outputs = asyncio.run(run_all())
+        alone, outputs = asyncio.run(run_all())
     finally:
         engine.close()
+    assert alone == outputs[0]
     eos = eos_token_ids(smollm2_tokenizer)
     for prompt, output in zip(prompts, outputs):
         with torch.inference_mode():
