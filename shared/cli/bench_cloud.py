@@ -50,8 +50,8 @@ def measure_bandwidth_gbps(repeats: int = 5) -> float:
 
 def matmul_only_tok_s(forward: Any, batch: int = 1, steps: int = 10) -> float:
     """Tokens/s of the weight matmuls of a decode step of ``batch`` sequences and nothing
-    else (same weights, same F.linear calls as the engine): the engine's ceiling on this
-    CPU's kernels."""
+    else, as plain F.linear calls on the engine's weights: what the CPU's BLAS kernels
+    give (the engine splits one-row matmuls over two cores, so at b1 it can beat this)."""
     import torch
     import torch.nn.functional as F
 
