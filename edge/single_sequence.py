@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tandem.edge.backend import DraftResult, EdgeBackend
-from tandem.shared.sampling import TokenSampler, entropy
+from tandem.shared.sampling import TokenSampler
 from tandem.shared.tier_service import GeneratedToken
 
 
@@ -50,10 +50,9 @@ class SingleSequenceBackend(EdgeBackend):
         async with self._lock:
             _, logits = await self._run(self._eval_after_prefix, prompt_ids)
             while True:
-                token, logprob, _ = sampler.sample(logits)
-                yield GeneratedToken(token, logprob,
-                                     entropy(logits) if sampler.report_entropy else 0.0)
-                logits = await self._run(self._eval_one, token)
+                generated = GeneratedToken(*sampler.sample_with_entropy(logits))
+                yield generated
+                logits = await self._run(self._eval_one, generated.token)
 
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
                     stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:

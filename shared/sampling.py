@@ -99,9 +99,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-def entropy(logits: np.ndarray) -> float:
-    """Entropy in nats of the raw (temperature 1) distribution of ``logits`` [V]."""
-    logprobs = log_softmax(logits.astype(np.float32))
+def entropy(logprobs: np.ndarray) -> float:
+    """Entropy in nats of a distribution given as log-probabilities [V]."""
     return float(-(np.exp(logprobs) * logprobs).sum())
 
 
@@ -169,19 +168,31 @@ class TokenSampler:
 
     def sample(self, logits: np.ndarray) -> tuple[int, float, float]:
         """Returns (token, raw log-probability, probability under the sampling distribution)."""
-        token, logprob, prob, _ = self.sample_with_distribution(logits)
-        return token, logprob, prob
+        token, raw, prob, _ = self._choose(logits)
+        return token, float(raw[token]), prob
 
     def sample_with_distribution(self, logits: np.ndarray
                                  ) -> tuple[int, float, float, np.ndarray | None]:
         """As ``sample``, plus the distribution sampled from (None when greedy)."""
+        token, raw, prob, probs = self._choose(logits)
+        return token, float(raw[token]), prob, probs
+
+    def sample_with_entropy(self, logits: np.ndarray) -> tuple[int, float, float]:
+        """(token, raw log-probability, entropy of the raw distribution); the entropy is
+        0.0 unless the request asked for it (``report_entropy``)."""
+        token, raw, _, _ = self._choose(logits)
+        return token, float(raw[token]), entropy(raw) if self.report_entropy else 0.0
+
+    def _choose(self, logits: np.ndarray) -> tuple[int, np.ndarray, float, np.ndarray | None]:
+        """(token, raw log-probabilities [V], its probability under the sampling
+        distribution, that distribution or None when greedy)."""
         raw = log_softmax(logits.astype(np.float32))
         logits = self.apply_penalties(logits)
         if self.params.greedy:
             token = int(np.argmax(logits))
             self._record(token)
-            return token, float(raw[token]), float(math.exp(raw[token])), None
+            return token, raw, float(math.exp(raw[token])), None
         probs = self.distribution(logits)
         token = int(self._rng.choice(probs.shape[-1], p=probs))
         self._record(token)
-        return token, float(raw[token]), float(probs[token]), probs
+        return token, raw, float(probs[token]), probs

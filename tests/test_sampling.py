@@ -63,9 +63,11 @@ def test_top_p_keeps_the_smallest_nucleus():
 
 
 def test_entropy_of_uniform_and_certain_distributions():
-    from tandem.shared.sampling import entropy
+    def entropy_of(logits):
+        return TokenSampler(params(), report_entropy=True).sample_with_entropy(logits)[2]
 
-    assert abs(entropy(np.zeros(1000, dtype=np.float32)) - math.log(1000)) < 1e-4
+    assert abs(entropy_of(np.zeros(1000, dtype=np.float32)) - math.log(1000)) < 1e-4
     certain = np.full(1000, -1e4, dtype=np.float32)
     certain[3] = 0.0
-    assert entropy(certain) < 1e-6
+    assert entropy_of(certain) < 1e-6
+    assert TokenSampler(params()).sample_with_entropy(certain) == (3, 0.0, 0.0)
