@@ -3,18 +3,19 @@ paged KV cache: every sequence of a step in one flattened batch.
 
 Weights come from the transformers model (which also supplies the rotary embedding, so
 every RoPE scaling variant it knows works here); projections are fused (q|k|v and
-gate|up) so a step is one matmul per projection for all tokens of all sequences.
-Attention reads each sequence's KV through its block table.
+gate|up) so a step is one matmul per projection for all tokens of all sequences, each
+through a pre-packed oneDNN kernel (linear.py). Attention reads each sequence's KV through its block table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from tandem.cloud.linear import Linear
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -38,29 +39,17 @@ def supports_fast_path(config: object, context_window: int) -> str | None:
     return None
 
 
-@cache
-def _two_thread_linear() -> Any:
-    """F.linear of one row, its output rows split between this thread and one of torch's
-    inter-op threads. MKL runs a one-row product (GEMV) on one core, which reads weights at
-    ~15 GB/s where two cores read ~35; the halves are the same dot products, so the result
-    is bit-identical. Scripted so the fork does not need the GIL (compiled on first use)."""
-
-    def split(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        future = torch.jit.fork(F.linear, x, second)
-        return torch.cat([F.linear(x, first), torch.jit.wait(future)], dim=-1)
-
-    return torch.jit.script(split)
-
-
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor  # [D]
-    qkv: torch.Tensor  # [(H + 2*Hkv) * hd, D]
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor  # [D, H * hd]
+    qkv: Linear  # D -> (H + 2*Hkv) * hd, bias included where the model has one
+    o: Linear  # H * hd -> D
     post_norm: torch.Tensor  # [D]
-    gate_up: torch.Tensor  # [2 * F, D]
-    down: torch.Tensor  # [D, F]
+    gate_up: Linear  # D -> 2 * F
+    down: Linear  # F -> D
+
+    def matmuls(self) -> list[Linear]:
+        return [self.qkv, self.o, self.gate_up, self.down]
 
 
 @dataclass(frozen=True)
@@ -96,7 +85,7 @@ class LlamaForward:
         inner = hf_model.model
         self.embed = inner.embed_tokens.weight  # [V, D]
         self.final_norm = inner.norm.weight
-        self.lm_head = hf_model.lm_head.weight  # [V, D] (tied: the same tensor as embed)
+        self.lm_head = Linear(hf_model.lm_head.weight)  # [V, D] (often tied to embed)
         self.rotary = inner.rotary_emb
         self.layers = [self._fuse(layer) for layer in inner.layers]
         # x @ rotate_half == cat(-x2, x1), in one op and exactly (entries are 0 and ±1).
@@ -105,8 +94,6 @@ class LlamaForward:
         rot[torch.arange(half) + half, torch.arange(half)] = -1
         rot[torch.arange(half), torch.arange(half) + half] = 1
         self.rotate_half = rot
-        # One-token steps (batch-1 decode) split each matmul over two cores when there are.
-        self.split_gemv = torch.get_num_threads() > 1 and torch.get_num_interop_threads() > 1
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> LayerWeights:
@@ -114,29 +101,27 @@ class LlamaForward:
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
         return LayerWeights(
             input_norm=layer.input_layernorm.weight,
-            qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-            qkv_bias=None if biases[0] is None else torch.cat(biases),
-            o=attn.o_proj.weight,
+            qkv=Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                       None if biases[0] is None else torch.cat(biases)),
+            o=Linear(attn.o_proj.weight),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-            down=mlp.down_proj.weight)
+            gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+            down=Linear(mlp.down_proj.weight))
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads (the embedding row aside; the LM head
         reads the whole vocabulary matrix)."""
-        tensors = [self.final_norm, self.lm_head]
+        tensors = [self.final_norm]
         for w in self.layers:
-            tensors += [w.input_norm, w.qkv, w.o, w.post_norm, w.gate_up, w.down]
-            if w.qkv_bias is not None:
-                tensors.append(w.qkv_bias)
-        return sum(t.numel() * t.element_size() for t in tensors)
+            tensors += [w.input_norm, w.post_norm]
+            if w.qkv.bias is not None:
+                tensors.append(w.qkv.bias)
+        return (sum(t.numel() * t.element_size() for t in tensors)
+                + sum(m.nbytes for m in self.matmuls()))
 
-    def _linear(self, x: torch.Tensor, w: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.split_gemv and bias is None and x.shape[0] == 1:
-            half = w.shape[0] // 2
-            return _two_thread_linear()(x, w[:half], w[half:])  # [1, out]
-        return F.linear(x, w, bias)
+    def matmuls(self) -> list[Linear]:
+        """Every weight matmul of a decode step, in order."""
+        return [m for w in self.layers for m in w.matmuls()] + [self.lm_head]
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused op, same result as the composite below
@@ -160,17 +145,17 @@ class LlamaForward:
             x = x + self._attention(i, self._rms_norm(x, w.input_norm), w, cos, sin, step,
                                     k_cache[i], v_cache[i])
             h = self._rms_norm(x, w.post_norm)
-            gate, up = self._linear(h, w.gate_up).chunk(2, dim=-1)  # [T, F] each
-            x = x + self._linear(F.silu(gate) * up, w.down)
+            gate, up = w.gate_up(h).chunk(2, dim=-1)  # [T, F] each
+            x = x + w.down(F.silu(gate) * up)
         x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
-        return self._linear(x, self.lm_head).float()  # [N, V]
+        return self.lm_head(x).float()  # [N, V]
 
     def _attention(self, layer: int, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
                    sin: torch.Tensor, step: StepInput, k_cache: torch.Tensor,
                    v_cache: torch.Tensor) -> torch.Tensor:
         T = h.shape[0]
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self._linear(h, w.qkv, w.qkv_bias).view(T, H + 2 * Hkv, hd)
+        qkv = w.qkv(h).view(T, H + 2 * Hkv, hd)
         qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
         qk = qk * cos + (qk @ self.rotate_half) * sin
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
@@ -178,12 +163,12 @@ class LlamaForward:
         v_cache.index_copy_(0, step.slots, v)
         if len(step.groups) == 1 and step.groups[0].covers_step:
             og = self._group_attention(q, step.groups[0], k_cache, v_cache)
-            return self._linear(og.reshape(T, H * hd), w.o)  # [T, D]
+            return w.o(og.reshape(T, H * hd))  # [T, D]
         out = torch.empty(T, H, hd, dtype=h.dtype)
         for g in step.groups:
             og = self._group_attention(q, g, k_cache, v_cache)
             out[g.query_rows[g.query_valid]] = og[g.query_valid]
-        return self._linear(out.view(T, H * hd), w.o)  # [T, D]
+        return w.o(out.view(T, H * hd))  # [T, D]
 
     def _group_attention(self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor:

@@ -35,34 +35,43 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def measure_bandwidth_gbps(repeats: int = 5) -> float:
-    """Read bandwidth: torch sum over 256 MiB of fp32 (best of ``repeats``)."""
+    """Machine read bandwidth: the best of two ways to stream 512 MiB of fp32 through every
+    core (a torch sum, and a one-row product with a [2^17, 1024] matrix through the packed
+    kernel the engine uses), best of ``repeats`` each. The bound is what the machine can
+    read, whichever kernel reads it fastest."""
     import torch
 
-    data = torch.ones(64 * 2**20, dtype=torch.float32)
-    data.sum()
+    from tandem.cloud.linear import Linear
+
+    data = torch.ones(2**17, 2**10, dtype=torch.float32)
+    row = torch.ones(1, 2**10, dtype=torch.float32)
+    product = Linear(data)
+    readers = [data.sum, lambda: product(row)]
     best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - started)
+    with torch.inference_mode():
+        for read in readers:
+            read()
+            for _ in range(repeats):
+                started = time.perf_counter()
+                read()
+                best = min(best, time.perf_counter() - started)
     return data.numel() * 4 / best / 1e9
 
 
 def matmul_only_tok_s(forward: Any, batch: int = 1, steps: int = 10) -> float:
     """Tokens/s of the weight matmuls of a decode step of ``batch`` sequences and nothing
-    else, as plain F.linear calls on the engine's weights: what the CPU's BLAS kernels
-    give (the engine splits one-row matmuls over two cores, so at b1 it can beat this)."""
+    else (the engine's own matmul kernels on its weights): what the rest of the step
+    (attention, norms, sampling, scheduling) costs is the gap to the engine's rate."""
     import torch
-    import torch.nn.functional as F
 
-    weights = [w for layer in forward.layers for w in (layer.qkv, layer.o, layer.gate_up,
-                                                        layer.down)] + [forward.lm_head]
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
+    matmuls = forward.matmuls()
+    inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=forward.dtype)
+              for m in matmuls}
     with torch.inference_mode():
         started = time.perf_counter()
         for _ in range(steps):
-            for w in weights:
-                F.linear(inputs[w.shape[1]], w)  # [batch, out]
+            for m in matmuls:
+                m(inputs[m.in_features])  # [batch, out]
         return batch * steps / (time.perf_counter() - started)
 
 
