@@ -88,12 +88,6 @@ class LlamaForward:
         self.lm_head = Linear(hf_model.lm_head.weight)  # [V, D] (often tied to embed)
         self.rotary = inner.rotary_emb
         self.layers = [self._fuse(layer) for layer in inner.layers]
-        # x @ rotate_half == cat(-x2, x1), in one op and exactly (entries are 0 and ±1).
-        half = self.head_dim // 2
-        rot = torch.zeros(self.head_dim, self.head_dim, dtype=self.dtype)
-        rot[torch.arange(half) + half, torch.arange(half)] = -1
-        rot[torch.arange(half), torch.arange(half) + half] = 1
-        self.rotate_half = rot
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> LayerWeights:
@@ -157,7 +151,8 @@ class LlamaForward:
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = w.qkv(h).view(T, H + 2 * Hkv, hd)
         qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
-        qk = qk * cos + (qk @ self.rotate_half) * sin
+        half = hd // 2  # rotate_half(x) = cat(-x2, x1), as in transformers
+        qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
         k_cache.index_copy_(0, step.slots, k)
         v_cache.index_copy_(0, step.slots, v)

@@ -30,6 +30,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix-tokens", type=int, default=1024, help="Long prompt for TTFT.")
     p.add_argument("--repeats", type=int, default=3, help="Repeats of the b1 measurements.")
     p.add_argument("--block-size", type=int, default=8, help="KV cache block size.")
+    p.add_argument("--openmp-spin-count", type=int, default=None,
+                   help="As the cloud service's option (default: the service's default).")
     p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
     p.set_defaults(run=run_cloud_bench)
 
@@ -193,9 +195,14 @@ async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, to
 
 
 def run_cloud_bench(args: argparse.Namespace) -> int:
+    from tandem.cloud.config import CloudConfig
+    from tandem.shared.openmp import set_openmp_wait
+
+    spin = (CloudConfig.openmp_spin_count if args.openmp_spin_count is None
+            else args.openmp_spin_count)
+    set_openmp_wait(spin)  # before torch loads, as `tandem serve cloud` does
     import torch
 
-    from tandem.cloud.config import CloudConfig
     from tandem.cloud.model_loader import load_causal_lm
     from tandem.cloud.server import build_engine
     from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
@@ -212,6 +219,8 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"model": source.name, "dtype": args.dtype,
                               "block_size": args.block_size,
                               "threads": torch.get_num_threads(),
+                              "openmp": {k: os.environ.get(k, "") for k in
+                                         ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
                               "runner": type(engine.runner).__name__}
     report["weight_bytes_per_token"] = engine.runner.weight_bytes_per_token()
     report["load_average_before"] = round(os.getloadavg()[0], 2)

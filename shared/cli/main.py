@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -48,9 +47,9 @@ def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Na
             print(f"tandem serve {name}: invalid configuration: {exc}", file=sys.stderr)
             return 2
         if name == "cloud":
-            # torch's OpenMP threads spin at every barrier by default; on a small shared
-            # machine that costs ~10x per step under load (measured). Set before torch loads.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from tandem.shared.openmp import set_openmp_wait
+
+            set_openmp_wait(config.openmp_spin_count)
         try:
             _load(main_path)(config)
         except ModelNotFound as exc:
