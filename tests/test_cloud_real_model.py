@@ -54,7 +54,7 @@ def test_batched_greedy_equals_hf_and_verify_accepts_it(model, smollm2_tokenizer
             tokens = list(prompt) + output[:accepted]
 
     async def run_all():
-        alone = await generate(prompts[0])  # batch-1 steps (the split-GEMV path)
+        alone = await generate(prompts[0])  # batch-1 steps (one-row matmuls)
         outputs = await asyncio.gather(*(generate(p) for p in prompts))
         await asyncio.gather(*(verify_in_rounds(p, o) for p, o in zip(prompts, outputs)))
         return alone, outputs
