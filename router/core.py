@@ -10,6 +10,7 @@ service or on the device.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -105,15 +106,18 @@ class RouterCore:
         timings = common_pb2.Timings()  # the router's own parts accumulate here (latency.py)
         try:
             prepared = await self.prepare(request, deadline, timings)
-            with spent(timings, STATE):
-                reservation = await self.admission.admit(request.tenant,
-                                                         prepared.routed.sampling.max_tokens)
             with spent(timings, DECISION):
                 key = (cache_key(prepared.routed, prepared.policy.name,
                                  bool(prepared.session_id))
                        if self.config.response_cache_seconds > 0 else None)
-            with spent(timings, STATE):
-                cached = await self.state.cache_get(request.tenant, key) if key else None
+            with spent(timings, STATE):  # the cache lookup (a read) overlaps admission
+                lookup = (asyncio.ensure_future(self.state.cache_get(request.tenant, key))
+                          if key else None)
+                try:
+                    reservation = await self.admission.admit(
+                        request.tenant, prepared.routed.sampling.max_tokens)
+                finally:
+                    cached = await lookup if lookup else None
             if cached is not None:
                 for chunk in await self._replay(cached, reservation, timings, started):
                     yield chunk
@@ -163,11 +167,12 @@ class RouterCore:
                            chunks: list[router_pb2.GenerateChunk],
                            final: router_pb2.GenerateChunk, key: str | None) -> None:
         """Session turn, budget refund, cache entry and statistics, all done before the
-        final chunk acknowledges the answer (one state-store call: one Redis round trip)."""
+        final chunk acknowledges the answer (one state-store call: one Redis round trip),
+        together with the writes the policy started (they overlap it)."""
         usage = outcome.usage
         c = self.config
         answer = {"role": "assistant", "content": "".join(ch.text for ch in chunks)}
-        await self.state.complete(Completion(
+        complete = self.state.complete(Completion(
             tenant=request.tenant, policy=outcome.policy, stats={
                 "requests": 1, "escalations": int(outcome.decision.escalated),
                 "edge_tokens": usage.edge_tokens, "cloud_tokens": usage.cloud_tokens,
@@ -181,6 +186,7 @@ class RouterCore:
             budget_window_s=c.token_budget_window_seconds, cache_key=key,
             cache_value=snapshot(chunks, final) if key else b"",
             cache_ttl_s=c.response_cache_seconds))
+        await asyncio.gather(complete, *outcome.state_writes)  # all stored before the ack
 
     def _observe(self, prepared: PreparedRequest, outcome: Outcome,
                  timings: common_pb2.Timings) -> None:

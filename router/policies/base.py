@@ -8,10 +8,11 @@ and in-process in the edge SDK alike.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tandem.shared.deadlines import Deadline
 from tandem.shared.sampling import SamplingParams
@@ -68,9 +69,15 @@ class Outcome:
     usage: common_pb2.Usage = field(default_factory=common_pb2.Usage)
     timings: common_pb2.Timings = field(default_factory=common_pb2.Timings)
     decision: router_pb2.RoutingDecision = field(default_factory=router_pb2.RoutingDecision)
+    # State writes a policy started without waiting for them; the router awaits them with
+    # its own completion write, before the final chunk (so none is lost once acknowledged).
+    state_writes: list[asyncio.Future[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.decision.policy = self.policy
+
+    def start_state_write(self, write: Awaitable[Any]) -> None:
+        self.state_writes.append(asyncio.ensure_future(write))
 
 
 @dataclass

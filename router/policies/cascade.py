@@ -9,6 +9,7 @@ The threshold is fixed or steered online by the budget controller (router/contro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -40,23 +41,31 @@ class CascadePolicy(Policy):
 
     async def edge_answer(self, request: RoutedRequest, tiers: Tiers,
                           outcome: Outcome) -> tuple[common_pb2.TierGenerateResponse, bool]:
-        """The edge's answer, scored; returns (answer, accepted) and records the decision."""
-        edge = await tiers.edge_generate(request.tier_request(logprobs=True), request.deadline,
-                                         outcome.timings)
-        outcome.usage.edge_generated_tokens += len(edge.token_ids)
+        """The edge's answer, scored; returns (answer, accepted) and records the decision.
+        The shared threshold is read while the edge generates, and the controller's update
+        is written alongside the router's completion write: neither waits on its own."""
         timings = outcome.timings
+        with spent(timings, STATE):
+            threshold_read = asyncio.ensure_future(self.controller.current())
+        try:
+            edge = await tiers.edge_generate(request.tier_request(logprobs=True),
+                                             request.deadline, timings)
+        except BaseException:
+            threshold_read.cancel()
+            raise
+        outcome.usage.edge_generated_tokens += len(edge.token_ids)
         with spent(timings, scorer_part(self.scorer)):
             answer = EdgeAnswer(request.prompt_text, edge.text, edge.logprobs, edge.entropies)
             score = self.scorer.score(answer)
         with spent(timings, STATE):
-            threshold = await self.controller.current()
+            threshold = await threshold_read
         with spent(timings, DECISION):
             accepted = score >= threshold
             outcome.decision.score = score
             outcome.decision.threshold = threshold
             outcome.decision.escalated = not accepted
-        with spent(timings, STATE):
-            await self.controller.observe(not accepted)
+        if self.controller.adaptive:
+            outcome.start_state_write(self.controller.observe(not accepted))
         if accepted:
             outcome.usage.edge_tokens += len(edge.token_ids)
             outcome.finish_reason = edge.finish_reason
