@@ -16,7 +16,9 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 from tandem.router.admission import Admission, Reservation
 from tandem.router.config import RouterConfig
@@ -59,6 +61,7 @@ class RouterCore:
         self.policies = policies
         self.metrics = metrics
         self.admission = Admission(config, state)
+        self._after_reply: set[asyncio.Task[Any]] = set()
 
     async def prepare(self, request: router_pb2.GenerateRequest, deadline: Deadline,
                       timings: common_pb2.Timings | None = None) -> PreparedRequest:
@@ -104,6 +107,7 @@ class RouterCore:
         started = time.perf_counter_ns()
         policy_label = request.policy or self.config.default_policy
         timings = common_pb2.Timings()  # the router's own parts accumulate here (latency.py)
+        outcome: Outcome | None = None
         try:
             prepared = await self.prepare(request, deadline, timings)
             with spent(timings, DECISION):
@@ -124,12 +128,16 @@ class RouterCore:
                 return
             chunks: list[router_pb2.GenerateChunk] = []
             outcome = Outcome(prepared.policy.name, timings=timings)
-            async for piece in prepared.policy.run(prepared.routed, self.tiers, outcome):
-                chunk = router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
-                                                 token_ids=piece.token_ids)
-                timings.first_token_ns = timings.first_token_ns or time.perf_counter_ns() - started
-                chunks.append(chunk)
-                yield chunk
+            # aclosing: a cancelled reply closes the policy at once (its tier calls stop and
+            # its cleanups are registered before ours run), not whenever it is collected.
+            async with aclosing(prepared.policy.run(prepared.routed, self.tiers, outcome)) as run:
+                async for piece in run:
+                    chunk = router_pb2.GenerateChunk(tier=piece.tier, text=piece.text,  # type: ignore[arg-type]
+                                                     token_ids=piece.token_ids)
+                    timings.first_token_ns = (timings.first_token_ns
+                                              or time.perf_counter_ns() - started)
+                    chunks.append(chunk)
+                    yield chunk
             final = self._final_chunk(prepared, outcome)
             with spent(timings, STATE):
                 await self._write_state(request, prepared, reservation, outcome, chunks, final,
@@ -141,7 +149,19 @@ class RouterCore:
             label = policy_label if policy_label in self.policies else "unknown"
             self.metrics.requests.labels(label, status_for(exc)[0].name).inc()
             raise
+        finally:
+            if outcome is not None and outcome.after_reply:
+                self._start_after_reply(outcome)
         yield final
+
+    def _start_after_reply(self, outcome: Outcome) -> None:
+        """Start the policy's cleanups once the reply is complete (or abandoned)."""
+        loop = asyncio.get_running_loop()
+        for call in outcome.after_reply:
+            task = loop.create_task(call())
+            self._after_reply.add(task)
+            task.add_done_callback(self._after_reply.discard)
+        outcome.after_reply.clear()
 
     async def _replay(self, cached: bytes, reservation: Reservation, timings: common_pb2.Timings,
                       started: int) -> list[router_pb2.GenerateChunk]:

@@ -12,6 +12,7 @@ speculatively.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
@@ -52,13 +53,17 @@ class AutoPolicy(Policy):
         if self.route is not None and not self.route.predict(request, outcome,
                                                              self.skip_edge_below):
             outcome.decision.escalated = True
-            async for chunk in self.speculative.decode(request, tiers, outcome):
-                yield chunk
+            async with aclosing(self.speculative.decode(request, tiers, outcome)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             return
         edge, accepted = await self.cascade.edge_answer(request, tiers, outcome)
         if accepted:
             yield Chunk(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
             return
         first_draft = list(edge.token_ids)[:self.max_first_draft] or None
-        async for chunk in self.speculative.decode(request, tiers, outcome, first_draft):
-            yield chunk
+        # aclosing: closing this reply closes the speculative rounds at once (see core.py)
+        async with aclosing(self.speculative.decode(request, tiers, outcome,
+                                                    first_draft)) as chunks:
+            async for chunk in chunks:
+                yield chunk

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -72,6 +72,9 @@ class Outcome:
     # State writes a policy started without waiting for them; the router awaits them with
     # its own completion write, before the final chunk (so none is lost once acknowledged).
     state_writes: list[asyncio.Future[Any]] = field(default_factory=list)
+    # Cleanup calls (e.g. ending a speculative session on the tiers) that the router starts
+    # once the reply is complete, so that they do not compete with its final state write.
+    after_reply: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.decision.policy = self.policy

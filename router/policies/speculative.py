@@ -13,9 +13,9 @@ rest of the answer is streamed by the cloud directly.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tandem.router.latency import DECISION, spent
@@ -41,7 +41,6 @@ class SpeculativePolicy(Policy):
         self.tokenizer = tokenizer
         self.eos = frozenset(eos_token_ids(tokenizer))
         self.draft_length = draft_length
-        self._cleanup: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> SpeculativePolicy:
@@ -89,10 +88,8 @@ class SpeculativePolicy(Policy):
             tail = emitter.flush()
             if tail:
                 yield tail
-        finally:
-            task = asyncio.get_running_loop().create_task(tiers.end_session(request.tenant, session))
-            self._cleanup.add(task)
-            task.add_done_callback(self._cleanup.discard)
+        finally:  # free the session's KV on both tiers, after the reply
+            outcome.after_reply.append(partial(tiers.end_session, request.tenant, session))
 
     async def _draft(self, tiers: Tiers, request: RoutedRequest, session: str,
                      tokens: list[int], room: int, outcome: Outcome
