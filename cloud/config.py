@@ -22,9 +22,6 @@ class CloudConfig(TierConfig):
     max_waiting: int = option(64, "Most queued requests; beyond it RESOURCE_EXHAUSTED.")
     max_batched_tokens: int = option(2048, "Token budget of one step (prefills are chunked).")
     prefix_caching: bool = option(True, "Reuse cached KV blocks of identical prefixes.")
-    openmp_spin_count: int = option(
-        1_000_000, "Iterations torch's OpenMP workers spin before sleeping between "
-                   "matmuls (0: sleep at once; shared/openmp.py says why).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,5 +30,5 @@ class CloudConfig(TierConfig):
         for name in ("kv_cache_mb", "block_size", "max_num_seqs", "max_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.max_waiting < 0 or self.openmp_spin_count < 0:
-            raise ValueError("max_waiting and openmp_spin_count must be >= 0")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0")

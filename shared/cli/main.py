@@ -46,7 +46,7 @@ def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Na
         except ValueError as exc:
             print(f"tandem serve {name}: invalid configuration: {exc}", file=sys.stderr)
             return 2
-        if name == "cloud":
+        if name in ("cloud", "edge"):  # both compute with OpenMP threads (torch, llama.cpp)
             from tandem.shared.openmp import set_openmp_wait
 
             set_openmp_wait(config.openmp_spin_count)
