@@ -44,6 +44,40 @@ def test_draft_length_grows_with_rtt_and_acceptance():
     assert not no_rtt.should_abandon()
 
 
+def simulate(controller, rounds, alpha, draft_s, verify_s, seed=0):
+    """Rounds as the speculative policy runs them: the controller picks k, the answer's
+    remaining room sometimes cuts it (so the verified counts vary)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        k = min(controller.choose(), int(rng.integers(1, 20)))
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        controller.observe_draft(draft_s(k), k)
+        controller.observe_verify(verify_s(k + 1), verify_s(k + 1), k, accepted)
+
+
+def true_speedup(alpha, gamma, draft_s, verify_s):
+    return expected_tokens(alpha, gamma) * verify_s(1) / (draft_s(gamma) + verify_s(gamma + 1))
+
+
+@pytest.mark.parametrize("name, verify_s", [
+    ("cpu", lambda n: 0.0195 + 0.0006 * n),  # the CPU cloud engine: ~3% of a step per token
+    ("flat", lambda n: 0.020)])  # a pass costs the same for any length (a GPU)
+def test_draft_length_follows_the_measured_verify_cost(name, verify_s):
+    alpha = 0.93
+    draft_s = lambda k: 0.004 + 0.0054 * k  # fixed call cost + per drafted token
+    controller = DraftLengthController(6)
+    simulate(controller, 300, alpha, draft_s, verify_s)
+    best = max(true_speedup(alpha, g, draft_s, verify_s) for g in range(1, 17))
+    chosen = controller.choose()
+    assert true_speedup(alpha, chosen, draft_s, verify_s) >= 0.95 * best
+    if name == "cpu":  # taking a pass as flat would have drafted longer than pays
+        flat_choice = max(range(1, 17), key=lambda g: predicted_speedup(
+            alpha, g, 0.0054 / verify_s(1), 0.004 / verify_s(1)))
+        assert chosen < flat_choice
+
+
 def test_speculation_is_abandoned_when_it_cannot_pay():
     controller = DraftLengthController(6)
     feed(controller, 200, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05)

@@ -2,15 +2,23 @@
 
 With per-token acceptance α, draft length γ, draft/target step-cost ratio c and round
 trip ρ (in target-step units), a round yields E = (1 − α^(γ+1)) / (1 − α) tokens and
-costs 1 + γc + ρ target steps, so the speed-up over the cloud alone is
-E / (1 + γc + ρ). We keep running estimates of α, c and ρ (shared by all requests of
-this router), pick the γ that maximises it, and abandon speculation for the rest of a
-request when even the best γ is predicted slower than the cloud alone.
+costs V(γ) + γc + ρ target steps, where V(γ) is the verify pass over γ + 1 tokens, so the
+speed-up over the cloud alone is E / (V(γ) + γc + ρ). The brief's form takes V = 1, true
+where a pass costs the same for any γ (a GPU reading its weights once); on a CPU each
+verified token adds compute (here ~3% of a one-token step: 20.5 ms for one token, 27.3 ms
+for 13), which makes long drafts dearer than they look. V comes from a line fitted to the
+measured verify times against the tokens verified (γ varies: answers end, first drafts
+are longer); until they vary enough, from a prior slope.
+
+We keep running estimates of α, c, ρ and that line (shared by all requests of this
+router), pick the γ that maximises the speed-up, and abandon speculation for the rest of
+a request when even the best γ is predicted slower than the cloud alone.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 MAX_DRAFT = 16
 # Exponential moving average weight of a new observation.
@@ -20,6 +28,14 @@ ABANDON_BELOW = 0.9
 # Abandoning stops the measurements that justified it; after this long without a round,
 # speculate again to re-measure (load and links change).
 REPROBE_AFTER_S = 5.0
+# Before the verify-cost line can be fitted: each verified token beyond the first costs
+# this fraction of a one-token step (measured on the CPU cloud engine: ~0.028).
+PRIOR_VERIFY_SLOPE = 0.03
+# A round counts as steady (its cost models the next rounds) when a tier ran at most this
+# many tokens beyond the draft (the catch-up on the other tier's last token).
+STEADY_EXTRA = 2
+# Tokens² of spread in the verified counts needed before trusting the fitted slope.
+MIN_SPREAD = 1.0
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -28,8 +44,52 @@ def expected_tokens(alpha: float, gamma: int) -> float:
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
-def predicted_speedup(alpha: float, gamma: int, cost_ratio: float, rtt_steps: float) -> float:
-    return expected_tokens(alpha, gamma) / (1.0 + gamma * cost_ratio + rtt_steps)
+def predicted_speedup(alpha: float, gamma: int, cost_ratio: float, rtt_steps: float,
+                      verify_slope: float = 0.0) -> float:
+    """E / (V(γ) + γc + ρ) with V(γ) = 1 + slope·γ target steps (slope 0: the brief's form)."""
+    verify_steps = 1.0 + verify_slope * gamma
+    return expected_tokens(alpha, gamma) / (verify_steps + gamma * cost_ratio + rtt_steps)
+
+
+class CostLine:
+    """Seconds as a line a + b·count, fitted by exponentially weighted least squares
+    (recent rounds count most: load changes). Until the counts vary enough, ``prior``
+    maps (mean count, mean seconds) to the line."""
+
+    def __init__(self, prior: Callable[[float, float], tuple[float, float]]) -> None:
+        self.prior = prior
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def observe(self, count: int, seconds: float) -> None:
+        keep = 1.0 - EMA
+        self.n = keep * self.n + 1.0
+        self.sx = keep * self.sx + count
+        self.sy = keep * self.sy + seconds
+        self.sxx = keep * self.sxx + count * count
+        self.sxy = keep * self.sxy + count * seconds
+
+    def line(self) -> tuple[float, float] | None:
+        """(a, b), or None before any observation."""
+        if not self.n:
+            return None
+        mean_x, mean_y = self.sx / self.n, self.sy / self.n
+        spread = self.sxx / self.n - mean_x ** 2
+        if spread < MIN_SPREAD:
+            return self.prior(mean_x, mean_y)
+        slope = (self.sxy / self.n - mean_x * mean_y) / spread
+        slope = min(max(slope, 0.0), mean_y / mean_x)  # no negative costs at either end
+        return mean_y - slope * mean_x, slope
+
+
+def verify_prior(mean_tokens: float, mean_s: float) -> tuple[float, float]:
+    """Each verified token beyond the first costs PRIOR_VERIFY_SLOPE of a one-token pass."""
+    step = mean_s / (1.0 + PRIOR_VERIFY_SLOPE * (mean_tokens - 1.0))
+    return step * (1.0 - PRIOR_VERIFY_SLOPE), step * PRIOR_VERIFY_SLOPE
+
+
+def draft_prior(mean_tokens: float, mean_s: float) -> tuple[float, float]:
+    """All of a draft's time is per drafted token."""
+    return 0.0, mean_s / max(mean_tokens, 1.0)
 
 
 class DraftLengthController:
@@ -38,42 +98,52 @@ class DraftLengthController:
         self.adaptive = adaptive
         # Optimistic priors until measured: high acceptance, cheap drafts, no RTT.
         self.alpha = 0.8
-        self.draft_s_per_token: float | None = None
-        self.target_step_s: float | None = None
+        self.draft_cost = CostLine(draft_prior)  # seconds vs tokens drafted
+        self.verify_cost = CostLine(verify_prior)  # seconds vs tokens verified (γ + 1)
         self.rtt_s = 0.0
         self._accepted: float | None = None  # EMA of accepted drafts per round
         self._trials: float | None = None  # EMA of accepted + rejected drafts per round
         self._observations = 0
         self._last_round = 0.0
 
-    def _ratios(self) -> tuple[float, float]:
-        if not self.draft_s_per_token or not self.target_step_s:
-            return 0.1, 0.0
-        return self.draft_s_per_token / self.target_step_s, self.rtt_s / self.target_step_s
+    def _ratios(self) -> tuple[float, float, float]:
+        """c, ρ and the verify slope, in units of a one-token cloud pass. A draft's fixed
+        cost per round (the call, catching up on the cloud's token) counts into ρ."""
+        draft, verify = self.draft_cost.line(), self.verify_cost.line()
+        if draft is None or verify is None or sum(verify) <= 0:
+            return 0.1, 0.0, PRIOR_VERIFY_SLOPE
+        step = sum(verify)  # a + b·1
+        return draft[1] / step, (self.rtt_s + draft[0]) / step, verify[1] / step
+
+    def _best(self) -> tuple[int, float]:
+        c, rho, slope = self._ratios()
+        return max(((g, predicted_speedup(self.alpha, g, c, rho, slope))
+                    for g in range(1, MAX_DRAFT + 1)), key=lambda pair: pair[1])
 
     def choose(self) -> int:
         if not self.adaptive or self._observations < 3:
             return self.initial
-        c, rho = self._ratios()
-        return max(range(1, MAX_DRAFT + 1),
-                   key=lambda g: predicted_speedup(self.alpha, g, c, rho))
+        return self._best()[0]
 
     def should_abandon(self) -> bool:
         if not self.adaptive or self._observations < 3:
             return False
         if time.monotonic() - self._last_round > REPROBE_AFTER_S:
             return False
-        c, rho = self._ratios()
-        gamma = self.choose()
-        return predicted_speedup(self.alpha, gamma, c, rho) < ABANDON_BELOW
+        return self._best()[1] < ABANDON_BELOW
 
-    def observe_draft(self, seconds: float, drafted: int) -> None:
-        if drafted:
-            self.draft_s_per_token = _ema(self.draft_s_per_token, seconds / drafted)
+    def observe_draft(self, seconds: float, drafted: int, computed: int | None = None) -> None:
+        """One draft: its wall time, tokens drafted and tokens the edge ran (a round that
+        also processes a prompt is not a steady round's cost and is left out)."""
+        if drafted and (computed is None or computed <= drafted + STEADY_EXTRA):
+            self.draft_cost.observe(drafted, seconds)
 
-    def observe_verify(self, wall_s: float, cloud_s: float, drafted: int, accepted: int) -> None:
-        """One verify round: its wall time, the cloud's own compute time, and the outcome."""
-        self.target_step_s = _ema(self.target_step_s, cloud_s)
+    def observe_verify(self, wall_s: float, cloud_s: float, drafted: int, accepted: int,
+                       computed: int | None = None) -> None:
+        """One verify round: its wall time, the cloud's own compute time, the outcome and
+        the tokens the cloud ran (rounds that also process a prompt: as in observe_draft)."""
+        if computed is None or computed <= drafted + 1 + STEADY_EXTRA:
+            self.verify_cost.observe(drafted + 1, cloud_s)
         self.rtt_s = _ema(self.rtt_s, max(wall_s - cloud_s, 0.0)) or 0.0
         if drafted:
             # Each round is a geometric trial censored at `drafted`: successes until the

@@ -106,7 +106,8 @@ class SpeculativePolicy(Policy):
             tenant=request.tenant, return_distributions=not request.sampling.greedy),
             request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
-            self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens))
+            self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens),
+                                            reply.computed_tokens)
         outcome.usage.draft_tokens += len(reply.tokens)
         outcome.usage.edge_generated_tokens += len(reply.tokens)
         return list(reply.tokens), list(reply.distributions)
@@ -124,7 +125,7 @@ class SpeculativePolicy(Policy):
         with spent(outcome.timings, DECISION):
             self.draft_length.observe_verify(time.perf_counter() - started,
                                              verdict.timings.total_ns / 1e9, len(draft),
-                                             verdict.accepted)
+                                             verdict.accepted, verdict.computed_tokens)
         outcome.usage.cloud_forward_passes += 1
         outcome.usage.accepted_draft_tokens += verdict.accepted
         return draft[:verdict.accepted], verdict.next_token
