@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ from tandem.shared.errors import ResourceExhausted
 class Reservation:
     tenant: str
     tokens: int  # output tokens reserved from the budget (0 when budgets are off)
+    limits: Limits | None = None  # what was admitted (None: admission is off)
 
 
 class Admission:
@@ -27,11 +28,11 @@ class Admission:
         c = self.config
         if c.rate_limit_rps <= 0 and c.token_budget <= 0:
             return Reservation(tenant, 0)
-        allowance = await self.state.admit(Limits(
-            tenant, c.rate_limit_rps, c.rate_limit_burst, max_tokens, c.token_budget,
-            c.token_budget_window_seconds))
+        limits = Limits(tenant, c.rate_limit_rps, c.rate_limit_burst, max_tokens,
+                        c.token_budget, c.token_budget_window_seconds)
+        allowance = await self.state.admit(limits)
         if allowance.allowed:
-            return Reservation(tenant, max_tokens if c.token_budget > 0 else 0)
+            return Reservation(tenant, max_tokens if c.token_budget > 0 else 0, limits)
         retry_s = allowance.retry_after_s
         if allowance.limit == RATE_LIMIT:
             raise ResourceExhausted(
@@ -42,6 +43,12 @@ class Admission:
             f"{c.token_budget_window_seconds:g} s exhausted for tenant {tenant or '-'!r} "
             f"(this request reserves max_tokens={max_tokens}); retry after "
             f"{retry_s:.1f} s", retry_s)
+
+    async def withdraw(self, reservation: Reservation) -> None:
+        """Undo an admission whose request was then refused, so that the refusal changes
+        no state (the rate-limit token and the reserved tokens go back)."""
+        if reservation.limits is not None:
+            await self.state.unadmit(reservation.limits)
 
     @staticmethod
     def unused(reservation: Reservation, used_tokens: int) -> int:

@@ -29,7 +29,7 @@ from tandem.router.response_cache import cache_key, replay, snapshot
 from tandem.router.state import Completion, StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
-from tandem.shared.errors import InvalidArgument, status_for
+from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
 from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, render
 from tandem.shared.sampling import SamplingParams
@@ -63,24 +63,65 @@ class RouterCore:
         self.admission = Admission(config, state)
         self._after_reply: set[asyncio.Task[Any]] = set()
 
-    async def prepare(self, request: router_pb2.GenerateRequest, deadline: Deadline,
-                      timings: common_pb2.Timings | None = None) -> PreparedRequest:
-        """Validate everything and render the prompt; no state changes, no model work.
-        Validation and rendering count as decision time, the history read as state time."""
-        timings = timings if timings is not None else common_pb2.Timings()
+    async def admit(self, request: router_pb2.GenerateRequest, deadline: Deadline,
+                    timings: common_pb2.Timings
+                    ) -> tuple[PreparedRequest, Reservation, str | None, bytes | None]:
+        """Validate, render and admit the request; returns it with its reservation and
+        response-cache key and entry. Validation and rendering count as decision time,
+        state calls as state time, and the state round trips overlap: a session's history
+        is read beside admission (a request the history then puts over the context window
+        withdraws its admission, so the refusal changes no state), a request without a
+        session looks up the response cache beside admission."""
         with spent(timings, DECISION):
             policy, sampling, prompt = self._validate(request)
+        if not request.session_id:
+            with spent(timings, DECISION):
+                prepared = self._render(request, policy, sampling, prompt, [], deadline)
+                key = (cache_key(prepared.routed, policy.name, False)
+                       if self.config.response_cache_seconds > 0 else None)
+            with spent(timings, STATE):
+                lookup = (asyncio.ensure_future(self.state.cache_get(request.tenant, key))
+                          if key else None)
+                try:
+                    reservation = await self.admission.admit(request.tenant,
+                                                             sampling.max_tokens)
+                finally:
+                    cached = await lookup if lookup else None
+            return prepared, reservation, key, cached
         with spent(timings, STATE):
-            history = (await self.state.history(request.tenant, request.session_id)
-                       if request.session_id else [])
-        with spent(timings, DECISION):
-            prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
-            check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
-            turns = prompt.conversation()
-            routed = RoutedRequest(
-                request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
-                deadline=deadline, tenant=request.tenant,
-                prompt_text=turns[-1]["content"] if turns else "")
+            history_read = asyncio.ensure_future(
+                self.state.history(request.tenant, request.session_id))
+            try:
+                reservation = await self.admission.admit(request.tenant, sampling.max_tokens)
+            except ResourceExhausted:
+                # A client mistake outranks a limit: the caller must fix it, not retry.
+                self._render(request, policy, sampling, prompt, await history_read, deadline)
+                raise
+            except BaseException:
+                history_read.cancel()
+                raise
+        try:
+            with spent(timings, STATE):
+                history = await history_read
+            with spent(timings, DECISION):
+                prepared = self._render(request, policy, sampling, prompt, history, deadline)
+        except BaseException:
+            with spent(timings, STATE):
+                await self.admission.withdraw(reservation)
+            raise
+        return prepared, reservation, None, None  # no response cache for sessions
+
+    def _render(self, request: router_pb2.GenerateRequest, policy: Policy,
+                sampling: SamplingParams, prompt: PromptInput, history: list[Turn],
+                deadline: Deadline) -> PreparedRequest:
+        """Prompt token ids (history first), checked against the context window."""
+        prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
+        check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
+        turns = prompt.conversation()
+        routed = RoutedRequest(
+            request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, sampling=sampling,
+            deadline=deadline, tenant=request.tenant,
+            prompt_text=turns[-1]["content"] if turns else "")
         return PreparedRequest(routed, policy, request.session_id, turns)
 
     def _validate(self, request: router_pb2.GenerateRequest
@@ -109,19 +150,7 @@ class RouterCore:
         timings = common_pb2.Timings()  # the router's own parts accumulate here (latency.py)
         outcome: Outcome | None = None
         try:
-            prepared = await self.prepare(request, deadline, timings)
-            with spent(timings, DECISION):
-                key = (cache_key(prepared.routed, prepared.policy.name,
-                                 bool(prepared.session_id))
-                       if self.config.response_cache_seconds > 0 else None)
-            with spent(timings, STATE):  # the cache lookup (a read) overlaps admission
-                lookup = (asyncio.ensure_future(self.state.cache_get(request.tenant, key))
-                          if key else None)
-                try:
-                    reservation = await self.admission.admit(
-                        request.tenant, prepared.routed.sampling.max_tokens)
-                finally:
-                    cached = await lookup if lookup else None
+            prepared, reservation, key, cached = await self.admit(request, deadline, timings)
             if cached is not None:
                 for chunk in await self._replay(cached, reservation, timings, started):
                     yield chunk

@@ -62,6 +62,29 @@ def test_rate_limit_rejects_with_retry_after(feature_router):
     assert int(trailers["retry-after-ms"]) > 1000
 
 
+def test_a_session_turn_refused_after_admission_gives_its_admission_back(feature_router):
+    """A session's history is read beside admission; a turn that then proves too long for
+    the context window is refused and withdraws its admission (no state changes)."""
+    _, stub = feature_router
+    tenant = f"wd{time.monotonic_ns()}"
+    too_long = "word " * 9000  # over the 8192-token context window
+    with pytest.raises(grpc.RpcError) as err:
+        ask(stub, too_long, policy="edge", max_tokens=200, tenant=tenant, session="s1")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("prompt")
+    for _ in range(2):
+        ask(stub, "Say hi.", policy="edge", max_tokens=2, tenant=tenant)
+    # Only with the burst's third request and the 200 reserved tokens given back:
+    ask(stub, "Say hi.", policy="edge", max_tokens=290, tenant=tenant)
+    with pytest.raises(grpc.RpcError) as err:
+        ask(stub, "Say hi.", policy="edge", max_tokens=2, tenant=tenant)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Over a limit and too long at once: the client's mistake is what it hears.
+    with pytest.raises(grpc.RpcError) as err:
+        ask(stub, too_long, policy="edge", max_tokens=200, tenant=tenant, session="s1")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_token_budget_reserves_max_tokens_and_refunds_the_rest(feature_router):
     _, stub = feature_router
     tenant = f"tb{time.monotonic_ns()}"

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tandem.router.controller import ThresholdController
-from tandem.router.state import create_state_store
+from tandem.router.state import Limits, create_state_store
 from tandem.router.state.redis_store import RedisStateStore
 from tandem.router.state.resilient import ResilientStateStore
 from tandem.shared.errors import Unavailable
@@ -88,6 +88,21 @@ def test_token_budget_reserves_all_or_nothing_and_refunds(make_store):
     first, second, third = run(scenario())
     assert first.allowed and not second.allowed and third.allowed
     assert 0 < second.retry_after_s <= 60
+
+
+def test_withdrawn_admission_gives_back_its_request_and_tokens(make_store):
+    async def scenario():
+        store, tenant = make_store(), unique("w")
+        limits = Limits(tenant, rate_per_s=0.001, burst=1, tokens=80, budget=100, window_s=60)
+        first = await store.admit(limits)
+        await store.unadmit(limits)  # e.g. the session's history put it over the context
+        again = await store.admit(limits)  # the burst of 1 and the budget are whole again
+        refused = await store.admit(limits)
+        await store.close()
+        return first, again, refused
+
+    first, again, refused = run(scenario())
+    assert first.allowed and again.allowed and not refused.allowed
 
 
 def test_response_cache_is_per_tenant(make_store):

@@ -117,6 +117,11 @@ class StateStore(ABC):
                 return Allowance(False, allowance.retry_after_s, TOKEN_BUDGET)
         return Allowance(True)
 
+    @abstractmethod
+    async def unadmit(self, limits: Limits) -> None:
+        """Undo a granted ``admit(limits)`` (the request was refused after it): give back
+        its rate-limit token, up to the burst, and its reserved budget tokens."""
+
     async def complete(self, done: Completion) -> None:
         """Apply a completed request's writes (this default: one after another)."""
         if done.session_id:

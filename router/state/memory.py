@@ -64,6 +64,13 @@ class MemoryStateStore(StateStore):
                 return Allowance(False, left_s, TOKEN_BUDGET)
         return await super().admit(limits)
 
+    async def unadmit(self, limits: Limits) -> None:
+        if limits.rate_per_s > 0 and limits.tenant in self._buckets:
+            tokens, at = self._buckets[limits.tenant]
+            self._buckets[limits.tenant] = (min(float(limits.burst), tokens + 1.0), at)
+        if limits.budget > 0:
+            await self.refund_tokens(limits.tenant, limits.tokens, limits.window_s)
+
     async def refund_tokens(self, tenant: str, tokens: int, window_s: float) -> None:
         index, _ = self._window(window_s)
         key = (tenant, index)

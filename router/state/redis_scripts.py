@@ -93,6 +93,25 @@ end
 return {0, 0}
 """
 
+# Undo a granted ADMIT: KEYS as ADMIT; ARGV: rate/s (0 = off), burst, tokens, budget
+# (0 = off), window_s. The bucket gets its token back (up to the burst), the budget its
+# reservation (in the current window, never below 0).
+UNADMIT = """
+if tonumber(ARGV[1]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens')) or 0
+  redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[2]), tokens + 1)))
+end
+if tonumber(ARGV[4]) > 0 then
+  local t = redis.call('TIME')
+  local key = KEYS[2] .. ':' .. math.floor(t[1] / tonumber(ARGV[5]))
+  if redis.call('EXISTS', key) == 1 then
+    local left = redis.call('DECRBY', key, tonumber(ARGV[3]))
+    if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+  end
+end
+return 0
+"""
+
 # A completed request's writes in one step: session turns, budget refund, response-cache
 # entry, statistics. KEYS[1]=session, KEYS[2]=budget prefix, KEYS[3]=cache entry,
 # KEYS[4]=statistics hash. ARGV: number of turns, session ttl_ms, refund tokens, window_s,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from tandem.router.state.base import (RATE_LIMIT, TOKEN_BUDGET, Allowance, Completion, Limits,
                                       StateStore, Turn)
 from tandem.router.state.redis_scripts import (ADMIT, COMPLETE, NUDGE_THRESHOLD, REFUND_TOKENS,
-                                               RESERVE_TOKENS, TAKE_REQUEST)
+                                               RESERVE_TOKENS, TAKE_REQUEST, UNADMIT)
 from tandem.shared.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class RedisStateStore(StateStore):
         self._refund = self._redis.register_script(REFUND_TOKENS)
         self._nudge = self._redis.register_script(NUDGE_THRESHOLD)
         self._admit = self._redis.register_script(ADMIT)
+        self._unadmit = self._redis.register_script(UNADMIT)
         self._complete = self._redis.register_script(COMPLETE)
         self._threshold_seen: tuple[float, float] | None = None  # (value, monotonic time)
 
@@ -123,6 +124,12 @@ class RedisStateStore(StateStore):
         if refused:
             return Allowance(False, int(retry_ms) / 1000, ADMIT_REFUSALS[int(refused)])
         return Allowance(True)
+
+    async def unadmit(self, limits: Limits) -> None:
+        await self._call("unadmit", lambda: self._unadmit(
+            keys=[self._key("bucket", limits.tenant), self._key("budget", limits.tenant)],
+            args=[limits.rate_per_s, limits.burst, limits.tokens, limits.budget,
+                  int(limits.window_s)]))
 
     async def complete(self, done: Completion) -> None:
         """All of a completed request's writes in one atomic script (one round trip)."""

@@ -124,6 +124,10 @@ class ResilientStateStore(StateStore):
         return await self._use("admit", lambda: self.primary.admit(limits),
                                lambda: self.local.admit(limits))
 
+    async def unadmit(self, limits: Limits) -> None:
+        await self._use("unadmit", lambda: self.primary.unadmit(limits),
+                        lambda: self.local.unadmit(limits))
+
     async def complete(self, done: Completion) -> None:
         async def locally() -> None:
             await self.local.complete(done)
