@@ -78,6 +78,21 @@ def test_draft_length_follows_the_measured_verify_cost(name, verify_s):
         assert chosen < flat_choice
 
 
+def test_acceptance_curve_follows_a_mixture_of_easy_and_hard_requests():
+    """Half the rounds from predictable requests (α = 0.99), half from hard ones (0.3),
+    drafting 8: the per-position curve predicts what a 3-token draft would yield; one
+    pooled α (right on average at 8) overestimates it."""
+    controller, rng = DraftLengthController(8, adaptive=False), np.random.default_rng(1)
+    for r in range(400):
+        alpha, accepted = (0.99 if r % 2 else 0.3), 0
+        while accepted < 8 and rng.random() < alpha:
+            accepted += 1
+        controller.observe_verify(0.02, 0.02, 8, accepted)
+    truth = 0.5 * expected_tokens(0.99, 3) + 0.5 * expected_tokens(0.3, 3)
+    assert controller.curve.expected_tokens(3, controller.alpha) == pytest.approx(truth, rel=0.05)
+    assert expected_tokens(controller.alpha, 3) > 1.1 * truth
+
+
 def test_speculation_is_abandoned_when_it_cannot_pay():
     controller = DraftLengthController(6)
     feed(controller, 200, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05)

@@ -11,8 +11,11 @@ measured verify times against the tokens verified (γ varies: answers end, first
 are longer); until they vary enough, from a prior slope.
 
 We keep running estimates of α, c, ρ and that line (shared by all requests of this
-router), pick the γ that maximises the speed-up, and abandon speculation for the rest of
-a request when even the best γ is predicted slower than the cloud alone.
+router) and pick the γ that maximises the speed-up, with E taken from the measured
+acceptance of each draft position (the geometric form assumes one α for all requests). Speculation is abandoned for the rest
+of a request only when even the best γ is predicted slower than the cloud alone and the
+recent rounds, measured, were slower too: acceptance varies between requests more than a
+running α follows, and the prediction alone abandoned rounds that were paying.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ PRIOR_VERIFY_SLOPE = 0.03
 # A round counts as steady (its cost models the next rounds) when a tier ran at most this
 # many tokens beyond the draft (the catch-up on the other tier's last token).
 STEADY_EXTRA = 2
+# Weight, in rounds, of the running α in each position's acceptance estimate.
+CURVE_PRIOR = 2.0
 # Tokens² of spread in the verified counts needed before trusting the fitted slope.
 MIN_SPREAD = 1.0
 
@@ -45,10 +50,39 @@ def expected_tokens(alpha: float, gamma: int) -> float:
 
 
 def predicted_speedup(alpha: float, gamma: int, cost_ratio: float, rtt_steps: float,
-                      verify_slope: float = 0.0) -> float:
-    """E / (V(γ) + γc + ρ) with V(γ) = 1 + slope·γ target steps (slope 0: the brief's form)."""
+                      verify_slope: float = 0.0, tokens: float | None = None) -> float:
+    """E / (V(γ) + γc + ρ) with V(γ) = 1 + slope·γ target steps (slope 0: the brief's form);
+    ``tokens`` replaces the geometric E when measured."""
     verify_steps = 1.0 + verify_slope * gamma
-    return expected_tokens(alpha, gamma) / (verify_steps + gamma * cost_ratio + rtt_steps)
+    expected = expected_tokens(alpha, gamma) if tokens is None else tokens
+    return expected / (verify_steps + gamma * cost_ratio + rtt_steps)
+
+
+class AcceptanceCurve:
+    """P(draft i is accepted | drafts 1..i-1 were), per position, from decayed counts.
+    Requests differ in how predictable they are, and a mixture of them is not geometric:
+    late positions are reached mostly by easy requests, so one α misjudges long drafts."""
+
+    def __init__(self) -> None:
+        self.reached = [0.0] * (MAX_DRAFT + 1)  # index i: rounds that judged position i
+        self.passed = [0.0] * (MAX_DRAFT + 1)  # ... and accepted it
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        keep = 1.0 - EMA / 4  # positions are seen less often than rounds: a longer memory
+        for i in range(1, MAX_DRAFT + 1):
+            self.reached[i] *= keep
+            self.passed[i] *= keep
+            if i <= min(drafted, accepted + 1):  # judged: every draft before it accepted
+                self.reached[i] += 1.0
+                self.passed[i] += float(i <= accepted)
+
+    def expected_tokens(self, gamma: int, alpha: float) -> float:
+        """1 + Σ_{i≤γ} P(drafts 1..i accepted); positions with few rounds lean on ``alpha``."""
+        total, survive = 1.0, 1.0
+        for i in range(1, gamma + 1):
+            survive *= (self.passed[i] + CURVE_PRIOR * alpha) / (self.reached[i] + CURVE_PRIOR)
+            total += survive
+        return total
 
 
 class CostLine:
@@ -100,11 +134,15 @@ class DraftLengthController:
         self.alpha = 0.8
         self.draft_cost = CostLine(draft_prior)  # seconds vs tokens drafted
         self.verify_cost = CostLine(verify_prior)  # seconds vs tokens verified (γ + 1)
+        self.curve = AcceptanceCurve()
         self.rtt_s = 0.0
         self._accepted: float | None = None  # EMA of accepted drafts per round
         self._trials: float | None = None  # EMA of accepted + rejected drafts per round
         self._observations = 0
         self._last_round = 0.0
+        self._draft_s = 0.0  # the current round's draft time, until its verify
+        self._round_tokens: float | None = None  # EMA of tokens a round delivers
+        self._round_s: float | None = None  # EMA of a round's draft + verify time
 
     def _ratios(self) -> tuple[float, float, float]:
         """c, ρ and the verify slope, in units of a one-token cloud pass. A draft's fixed
@@ -117,7 +155,8 @@ class DraftLengthController:
 
     def _best(self) -> tuple[int, float]:
         c, rho, slope = self._ratios()
-        return max(((g, predicted_speedup(self.alpha, g, c, rho, slope))
+        return max(((g, predicted_speedup(self.alpha, g, c, rho, slope,
+                                          self.curve.expected_tokens(g, self.alpha)))
                     for g in range(1, MAX_DRAFT + 1)), key=lambda pair: pair[1])
 
     def choose(self) -> int:
@@ -125,16 +164,28 @@ class DraftLengthController:
             return self.initial
         return self._best()[0]
 
+    def measured_speedup(self) -> float | None:
+        """What recent rounds delivered: their tokens per second times a cloud pass."""
+        verify = self.verify_cost.line()
+        if not self._round_s or verify is None:
+            return None
+        return (self._round_tokens or 0.0) / self._round_s * sum(verify)
+
     def should_abandon(self) -> bool:
+        """Only when the model predicts a loss and the rounds measured agree (the model
+        misjudges when acceptance varies a lot between requests)."""
         if not self.adaptive or self._observations < 3:
             return False
         if time.monotonic() - self._last_round > REPROBE_AFTER_S:
             return False
-        return self._best()[1] < ABANDON_BELOW
+        measured = self.measured_speedup()
+        return (self._best()[1] < ABANDON_BELOW
+                and measured is not None and measured < ABANDON_BELOW)
 
     def observe_draft(self, seconds: float, drafted: int, computed: int | None = None) -> None:
         """One draft: its wall time, tokens drafted and tokens the edge ran (a round that
         also processes a prompt is not a steady round's cost and is left out)."""
+        self._draft_s = seconds
         if drafted and (computed is None or computed <= drafted + STEADY_EXTRA):
             self.draft_cost.observe(drafted, seconds)
 
@@ -144,6 +195,11 @@ class DraftLengthController:
         the tokens the cloud ran (rounds that also process a prompt: as in observe_draft)."""
         if computed is None or computed <= drafted + 1 + STEADY_EXTRA:
             self.verify_cost.observe(drafted + 1, cloud_s)
+        if drafted:
+            self.curve.observe(drafted, accepted)
+        self._round_tokens = _ema(self._round_tokens, accepted + 1)
+        self._round_s = _ema(self._round_s, self._draft_s + wall_s)
+        self._draft_s = 0.0
         self.rtt_s = _ema(self.rtt_s, max(wall_s - cloud_s, 0.0)) or 0.0
         if drafted:
             # Each round is a geometric trial censored at `drafted`: successes until the
