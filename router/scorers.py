@@ -74,27 +74,41 @@ class Scorer(ABC):
         return float(self.score_many([answer])[0])
 
 
-class MeanProbabilityScorer(Scorer):
+class ConfidenceScorer(Scorer):
+    """A statistic of the edge's own token signals, computed per answer in plain Python:
+    the request path scores one short answer, where numpy's per-call cost (and a cold
+    cache after the tiers ran) was most of the router's decision time."""
+
+    @abstractmethod
+    def score(self, answer: EdgeAnswer) -> float: ...
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return np.array([self.score(a) for a in answers], dtype=np.float64)
+
+
+class MeanProbabilityScorer(ConfidenceScorer):
     name = "mean_prob"
 
-    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-        return np.exp(confidence_features(answers)[:, 0])
+    def score(self, answer: EdgeAnswer) -> float:
+        lp = answer.logprobs
+        return math.exp(math.fsum(lp) / len(lp) if lp else NO_LOGPROB)
 
 
-class MinProbabilityScorer(Scorer):
+class MinProbabilityScorer(ConfidenceScorer):
     name = "min_prob"
 
-    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-        return np.exp(confidence_features(answers)[:, 1])
+    def score(self, answer: EdgeAnswer) -> float:
+        return math.exp(min(answer.logprobs) if answer.logprobs else NO_LOGPROB)
 
 
-class EntropyScorer(Scorer):
+class EntropyScorer(ConfidenceScorer):
     """exp(−mean entropy): 1 when every next-token distribution was certain."""
 
     name = "entropy"
 
-    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
-        return np.exp(-confidence_features(answers)[:, 3])
+    def score(self, answer: EdgeAnswer) -> float:
+        ent = answer.entropies
+        return math.exp(-(math.fsum(ent) / len(ent) if ent else NO_ENTROPY))
 
 
 class EmbeddingHead:
