@@ -28,12 +28,14 @@ def own_redis(tmp_path_factory):
 @pytest.fixture(scope="module")
 def feature_router(real_stack, own_redis, tmp_path_factory):
     """Rate limit 0.01 req/s with burst 3 (refills too slowly to matter mid-test), a
-    300-token budget per minute, response cache on, cascade threshold 1.0 (auto always
-    escalates), and its own Redis (killed by the last test)."""
+    300-token budget per hour (a fixed window: a per-minute one restarted mid-test now and
+    then, and a test expecting the budget spent found it whole), response cache on, cascade
+    threshold 1.0 (auto always escalates), and its own Redis (killed by the last test)."""
     router = start_services(tmp_path_factory.mktemp("router2"), [("router", [
         "--cloud-address", real_stack["cloud"].address,
         "--edge-address", real_stack["edge"].address, "--state", own_redis.url,
         "--rate-limit-rps", "0.01", "--rate-limit-burst", "3", "--token-budget", "300",
+        "--token-budget-window-seconds", "3600",
         "--response-cache-seconds", "600", "--cascade-threshold", "1.0",
         "--scorer", "mean_prob",  # no embedding model in cascade (the latency test relies on it)
         # auto always tries the edge first and speculation never backs off, so what the
