@@ -41,15 +41,22 @@ redis.call('EXPIRE', key, window * 2)
 return {1, 0}
 """
 
-REFUND_TOKENS = """
+
+def _give_back(prefix: str, tokens: str, window_s: str) -> str:
+    """Lua that returns ``tokens`` to the budget window now current (never below 0; a
+    window that has already ended is left alone). Arguments are Lua expressions."""
+    return f"""
 local t = redis.call('TIME')
-local key = KEYS[1] .. ':' .. math.floor(t[1] / tonumber(ARGV[2]))
+local key = {prefix} .. ':' .. math.floor(t[1] / tonumber({window_s}))
 if redis.call('EXISTS', key) == 1 then
-  local left = redis.call('DECRBY', key, tonumber(ARGV[1]))
+  local left = redis.call('DECRBY', key, {tokens})
   if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
 end
-return 0
 """
+
+
+# KEYS[1]=budget prefix; ARGV: tokens, window_s.
+REFUND_TOKENS = _give_back("KEYS[1]", "tonumber(ARGV[1])", "ARGV[2]") + "return 0\n"
 
 # Threshold nudge, clamped to [0, 1]: KEYS[1]=threshold; ARGV: delta, default.
 NUDGE_THRESHOLD = """
@@ -101,14 +108,7 @@ if tonumber(ARGV[1]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens')) or 0
   redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[2]), tokens + 1)))
 end
-if tonumber(ARGV[4]) > 0 then
-  local t = redis.call('TIME')
-  local key = KEYS[2] .. ':' .. math.floor(t[1] / tonumber(ARGV[5]))
-  if redis.call('EXISTS', key) == 1 then
-    local left = redis.call('DECRBY', key, tonumber(ARGV[3]))
-    if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
-  end
-end
+if tonumber(ARGV[4]) > 0 then""" + _give_back("KEYS[2]", "tonumber(ARGV[3])", "ARGV[5]") + """end
 return 0
 """
 
@@ -125,14 +125,7 @@ if turns > 0 then
   i = i + turns
 end
 local refund = tonumber(ARGV[3])
-if refund > 0 then
-  local t = redis.call('TIME')
-  local key = KEYS[2] .. ':' .. math.floor(t[1] / tonumber(ARGV[4]))
-  if redis.call('EXISTS', key) == 1 then
-    local left = redis.call('DECRBY', key, refund)
-    if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
-  end
-end
+if refund > 0 then""" + _give_back("KEYS[2]", "refund", "ARGV[4]") + """end
 if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[5]) end
 while i < #ARGV do
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
