@@ -29,12 +29,11 @@ def onednn_available() -> bool:
 class Linear:
     """y = x W^T (+ b) for a [out, in] weight, through oneDNN where it can."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 pack: bool = True) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.out_features, self.in_features = weight.shape
         self.nbytes = weight.numel() * weight.element_size()
         self.bias = bias
-        self.packed = pack and weight.dtype in PACKABLE_DTYPES and onednn_available()
+        self.packed = weight.dtype in PACKABLE_DTYPES and onednn_available()
         self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight) if self.packed
                        else weight)
         self.pad_single_row = self.packed and not self._single_row_invariant(weight.dtype)

@@ -4,7 +4,8 @@ paged KV cache: every sequence of a step in one flattened batch.
 Weights come from the transformers model (which also supplies the rotary embedding, so
 every RoPE scaling variant it knows works here); projections are fused (q|k|v and
 gate|up) so a step is one matmul per projection for all tokens of all sequences, each
-through a pre-packed oneDNN kernel (linear.py). Attention reads each sequence's KV through its block table.
+through a pre-packed oneDNN kernel (linear.py). Attention reads each sequence's KV
+through its block table.
 """
 
 from __future__ import annotations
