@@ -91,10 +91,8 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
     """The runtime stored in ``folder``. Flash models: ``budget_fraction`` sets another
     DRAM budget (and so the buffer size), ``window`` another k (default: the largest k
     the budget fits, from the calibration statistics), ``io_engine`` another reader."""
-    from safetensors.torch import load_file
-
     manifest = json.loads((folder / MANIFEST).read_text())
-    t = load_file(str(folder / WEIGHTS))
+    t = read_safetensors(folder / WEIGHTS)
     shape = LlamaShape(**manifest["shape"])
     recipe = Recipe(**manifest["recipe"])
     if manifest["embedding"] == "int8":
@@ -124,6 +122,30 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
     runtime = LlamaRuntime(shape, embedding, layers, t["final_norm"])
     return Built(runtime, manifest["model_bytes"], window=k, capacity=capacity, store=store,
                  ffn_file_bytes=manifest["ffn_file_bytes"])
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, each read into memory of its own. Not
+    safetensors' loader: its tensors sit at arbitrary offsets of one mapping of the file
+    (the INT8 kernel needs aligned rows, and a copy would keep both resident)."""
+    tensors = {}
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        header.pop("__metadata__", None)
+        for name, spec in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            start, end = spec["data_offsets"]
+            tensor = torch.empty(spec["shape"], dtype=SAFETENSORS_DTYPES[spec["dtype"]])
+            fh.seek(8 + size + start)
+            if end > start and fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - start:
+                raise ValueError(f"{path}: tensor {name} is truncated")
+            tensors[name] = tensor
+    return tensors
 
 
 def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str) -> Any:

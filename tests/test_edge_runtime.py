@@ -69,6 +69,22 @@ def test_int8_and_int4_quantization_errors_are_small() -> None:
         Int4Linear.from_dense(weight, group=24)
 
 
+def test_int8_linear_accepts_weights_at_any_address() -> None:
+    """Tensors inside a loaded safetensors file sit at arbitrary offsets; the INT8 kernel
+    needs aligned rows, so such weights are copied (the kernel crashed on them)."""
+    torch.manual_seed(0)
+    q, scale = torch.randint(-127, 128, (96, 64), dtype=torch.int8), torch.rand(96)
+    storage = torch.zeros(q.numel() + 24, dtype=torch.int8)
+    storage[24:] = q.flatten()
+    shifted = storage[24:].view(96, 64)
+    assert shifted.data_ptr() % 64
+    x = torch.randn(5, 3, 64)
+    out = Int8Linear(shifted, scale)(x)
+    assert out.shape == (5, 3, 96) and out.dtype == torch.float32
+    assert torch.equal(out, Int8Linear(q, scale)(x))
+    exact = x @ (q.float() * scale[:, None]).T
+    assert ((out - exact).norm() / exact.norm()).item() < 0.01  # bf16 activations
+
 def test_awq_scaling_reduces_error_on_outlier_channels() -> None:
     torch.manual_seed(0)
     weight = torch.randn(64, 64)
