@@ -232,10 +232,12 @@ def in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 def ensure_artifacts(source: Any, out: Path, recipes: list[str], rebuild: bool) -> None:
-    """Build the recipes' artifacts once (reused by later runs unless ``rebuild``)."""
+    """Build the recipes' artifacts once (reused by later runs unless ``rebuild``, or
+    written by a Tandem whose artifact format differs)."""
+    from tandem.edge.artifacts import is_current
     from tandem.edge.pipeline import compress
 
-    missing = [r for r in recipes if rebuild or not (out / r.replace(":", "-") / "manifest.json").is_file()]
+    missing = [r for r in recipes if rebuild or not is_current(out / r.replace(":", "-"))]
     if missing:
         compress(source, missing, out, evaluate=False)
 

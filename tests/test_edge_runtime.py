@@ -14,7 +14,7 @@ import torch
 from tandem.edge import artifacts
 from tandem.edge.compress import RECIPES, Recipe, build, with_overrides
 from tandem.edge.flash import fill_gaps, runs_of
-from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale
+from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale, quantize_int4
 from tandem.edge.sparsity import calibrate, wanda_mask
 from tandem.edge.torch_backend import TorchBackend
 from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
@@ -62,11 +62,28 @@ def test_int8_and_int4_quantization_errors_are_small() -> None:
     exact = x @ weight.T
     rel = lambda y: ((y - exact).norm() / exact.norm()).item()  # noqa: E731
     assert rel(Int8Linear.from_dense(weight)(x)) < 0.02
-    int4 = Int4Linear.from_dense(weight, group=16)
+    int4 = Int4Linear.from_dense(weight, group=32)
     assert rel(int4(x)) < 0.15
-    assert int4.nbytes == weight.numel() // 2 + 2 * 2 * weight.numel() // 16  # nibbles + fp16
+    assert int4.nbytes == weight.numel() // 2 + 2 * 2 * weight.numel() // 32  # nibbles + bf16
     with pytest.raises(ValueError, match="group size"):
         Int4Linear.from_dense(weight, group=24)
+
+
+def test_int4_weights_round_trip_through_the_kernel_layout() -> None:
+    """Only the INT4 kernel's layout stays resident; saving recovers the exact nibbles."""
+    torch.manual_seed(0)
+    weight, x = torch.randn(96, 64), torch.randn(2, 3, 64)
+    packed, scale, zero = quantize_int4(weight, 32)
+    int4 = Int4Linear(packed, scale, zero, input_scale=torch.rand(64) + 0.5)
+    saved = int4.tensors()
+    assert torch.equal(saved["packed"], packed)
+    assert torch.equal(saved["scale"], scale) and torch.equal(saved["zero"], zero)
+    reloaded = Int4Linear.from_tensors(saved, {})
+    assert torch.equal(reloaded(x), int4(x))
+    exact = x @ int4.effective_weight().T
+    assert ((int4(x) - exact).norm() / exact.norm()).item() < 0.01  # bf16 activations
+    with pytest.raises(ValueError, match="rebuild"):
+        Int4Linear.from_tensors({"packed": packed, "scale": scale, "minimum": zero}, {})
 
 
 def test_int8_linear_accepts_weights_at_any_address() -> None:
@@ -85,13 +102,14 @@ def test_int8_linear_accepts_weights_at_any_address() -> None:
     exact = x @ (q.float() * scale[:, None]).T
     assert ((out - exact).norm() / exact.norm()).item() < 0.01  # bf16 activations
 
+
 def test_awq_scaling_reduces_error_on_outlier_channels() -> None:
     torch.manual_seed(0)
     weight = torch.randn(64, 64)
     inputs = torch.randn(256, 64) * (1 + 20 * (torch.arange(64) % 16 == 0))  # salient channels
     exact = inputs @ weight.T
-    plain = Int4Linear.from_dense(weight, 16)(inputs)
-    aware = Int4Linear.from_dense(weight, 16, awq_input_scale(weight, inputs, 16))(inputs)
+    plain = Int4Linear.from_dense(weight, 32)(inputs)
+    aware = Int4Linear.from_dense(weight, 32, awq_input_scale(weight, inputs, 32))(inputs)
     assert (aware - exact).norm() <= (plain - exact).norm()
 
 
@@ -185,7 +203,7 @@ def test_naive_flash_reads_everything_and_matches_dense(tiny, tmp_path: Path, dt
 @pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "int8-act-sparse50", "flash", "flash-int8sel-fp16"])
 def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     shape, state, calib = tiny
-    recipe = with_overrides(RECIPES[name], group_size=16, predictor_rank=8, budget_fraction=0.985)
+    recipe = with_overrides(RECIPES[name], group_size=32, predictor_rank=8, budget_fraction=0.985)
     built = build(shape, state, calib, recipe, str(tmp_path))
     expected = built.runtime.forward(IDS, last_only=False)
     artifacts.save(built, recipe, tmp_path, "tiny")
