@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from tandem.cloud.linear import Linear
+from tandem.shared.linear import Linear
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -20,7 +20,7 @@ from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
 from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
 from tandem.edge.sparsity import ActivationSparseFFN
 from tandem.edge.torch_model import (DenseEmbedding, DenseFFN, DenseLinear, LayerWeights,
-                                     LlamaRuntime, LlamaShape)
+                                     LlamaRuntime, LlamaShape, PackedLinear)
 
 MANIFEST = "manifest.json"
 # Bumped when saved tensors change meaning (2: INT4 as bf16 scale and zero, not fp16 minimum)
@@ -172,10 +172,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str) -> Any:
-    cls = LINEARS[kind]
+def _get_linear(t: dict[str, torch.Tensor], prefix: str, kind: str, pack: bool = True) -> Any:
+    """The linear at ``prefix``; dense weights are packed for oneDNN unless ``pack`` is
+    False (a caller that reads the dense weight itself)."""
     parts = {k[len(prefix) + 1:]: v for k, v in t.items() if k.startswith(prefix + ".")}
-    return cls.from_tensors(parts, {})
+    if kind == "dense" and pack:
+        return PackedLinear(parts["weight"])
+    return LINEARS[kind].from_tensors(parts, {})
 
 
 def _get_ffn(t: dict[str, torch.Tensor], prefix: str, spec: dict[str, Any], layer: int,
@@ -194,7 +197,10 @@ def _get_ffn(t: dict[str, torch.Tensor], prefix: str, spec: dict[str, Any], laye
             selector.threshold = spec["select_threshold"]
         return WindowedFlashFFN(layer, store, selector, spec["threshold"], capacity, window,  # type: ignore[arg-type]
                                 spec["max_gap"])
-    gate, up, down = (_get_linear(t, prefix + n, spec["linears"][n]) for n in ("gate", "up", "down"))
+    # act_sparse gathers the surviving neurons' columns of a dense down projection
+    gate, up, down = (_get_linear(t, prefix + n, spec["linears"][n],
+                                  pack=kind != "act_sparse" or n != "down")
+                      for n in ("gate", "up", "down"))
     if kind == "act_sparse":
         return ActivationSparseFFN(gate, up, down, spec["threshold"])
     return DenseFFN(gate, up, down)

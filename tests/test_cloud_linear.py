@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tandem.cloud.linear import Linear, onednn_available
+from tandem.shared.linear import Linear, onednn_available
 from tandem.shared.openmp import set_openmp_wait
 
 # SmolLM2-135M's projections: q|k|v, o, gate|up, down (K = 1536 takes a one-row path of

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tandem.edge import artifacts
 from tandem.edge.compress import RECIPES, Recipe, build, with_overrides
@@ -17,7 +18,7 @@ from tandem.edge.flash import fill_gaps, runs_of
 from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale, quantize_int4
 from tandem.edge.sparsity import calibrate, wanda_mask
 from tandem.edge.torch_backend import TorchBackend
-from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
+from tandem.edge.torch_model import LlamaShape, PackedLinear, dense_runtime, load_hf_state
 from tandem.shared.sampling import SamplingParams, TokenSampler
 
 IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16]
@@ -101,6 +102,19 @@ def test_int8_linear_accepts_weights_at_any_address() -> None:
     assert torch.equal(out, Int8Linear(q, scale)(x))
     exact = x @ (q.float() * scale[:, None]).T
     assert ((out - exact).norm() / exact.norm()).item() < 0.01  # bf16 activations
+
+
+def test_packed_linear_matches_f_linear_and_cannot_be_saved() -> None:
+    """Loaded dense layers run packed for oneDNN; same product, no dense weight kept."""
+    torch.manual_seed(0)
+    weight = torch.randn(1536, 576)
+    packed = PackedLinear(weight)
+    for rows in (1, 3):
+        x = torch.randn(rows, 576)
+        assert torch.allclose(packed(x), F.linear(x, weight), atol=1e-4)
+    assert packed.nbytes == weight.numel() * 4
+    with pytest.raises(TypeError, match="save the model"):
+        packed.tensors()
 
 
 def test_awq_scaling_reduces_error_on_outlier_channels() -> None:
@@ -200,7 +214,8 @@ def test_naive_flash_reads_everything_and_matches_dense(tiny, tmp_path: Path, dt
     built.close()
 
 
-@pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "int8-act-sparse50", "flash", "flash-int8sel-fp16"])
+@pytest.mark.parametrize("name", ["int8", "int4", "wanda-2:4", "act-sparse50", "int8-act-sparse50",
+                                  "flash", "flash-int8sel-fp16"])
 def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     shape, state, calib = tiny
     recipe = with_overrides(RECIPES[name], group_size=32, predictor_rank=8, budget_fraction=0.985)

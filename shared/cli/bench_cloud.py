@@ -43,7 +43,7 @@ def measure_bandwidth_gbps(repeats: int = 5) -> float:
     read, whichever kernel reads it fastest."""
     import torch
 
-    from tandem.cloud.linear import Linear
+    from tandem.shared.linear import Linear
 
     data = torch.ones(2**17, 2**10, dtype=torch.float32)
     row = torch.ones(1, 2**10, dtype=torch.float32)

@@ -1,4 +1,5 @@
-"""The engine's matmuls: weights pre-packed once for oneDNN, one kernel for every batch size.
+"""Matmuls with weights pre-packed once for oneDNN, one kernel for every batch size (the
+cloud engine's, and the edge torch runtime's dense layers).
 
 On CPU, MKL's fp32 GEMM (what F.linear calls) is slow at the small row counts of decoding:
 on this machine kind a step over all of SmolLM2's weights took 56 ms for 9 rows where
