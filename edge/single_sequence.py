@@ -5,6 +5,7 @@ request at a time, reusing the KV of the longest common prefix with the previous
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +57,21 @@ class SingleSequenceBackend(EdgeBackend):
 
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
                     stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
+        cancelled = threading.Event()
         async with self._lock:
-            return await self._run(self.draft_sync, tokens, num_tokens, sampler, stop_ids,
-                                   want_distributions)
+            try:
+                return await self._run(self.draft_sync, tokens, num_tokens, sampler, stop_ids,
+                                       want_distributions, cancelled)
+            except asyncio.CancelledError:
+                # The model thread finishes its current token, not the whole draft: the
+                # next call waits for that thread (e.g. after a pipelined draft the
+                # router no longer needs).
+                cancelled.set()
+                raise
 
     def draft_sync(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                   stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
+                   stop_ids: frozenset[int], want_distributions: bool = False,
+                   cancelled: threading.Event | None = None) -> DraftResult:
         reuse, logits = self._eval_after_prefix(tokens)
         computed = len(tokens) - reuse
         drafted: list[int] = []
@@ -73,7 +83,7 @@ class SingleSequenceBackend(EdgeBackend):
             probs.append(prob)
             if want_distributions and dist is not None:
                 distributions.append(dist.astype(np.float32))
-            if token in stop_ids or i == num_tokens - 1:
+            if token in stop_ids or i == num_tokens - 1 or (cancelled and cancelled.is_set()):
                 break
             logits = self._eval_one(token)
             computed += 1
