@@ -229,6 +229,40 @@ def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type:
     loaded.close()
 
 
+def test_cancelled_draft_stops_at_its_current_token(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A draft whose call is cancelled (a pipelined draft the router no longer needs)
+    stops after the token in progress; the next draft is still right."""
+    shape, state, calib = tiny
+    backend = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
+    greedy = TokenSampler(SamplingParams(max_tokens=64))
+    events = []
+    original = backend.draft_sync
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        events.append(args[-1])
+        return original(*args)
+
+    backend.draft_sync = spy  # type: ignore[method-assign]
+
+    async def cancel_one() -> None:
+        task = asyncio.ensure_future(backend.draft(IDS[:8], 60, greedy, frozenset()))
+        while not events:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_one())
+    assert events[0].is_set()
+    stopped = original(IDS[:8], 60, greedy, frozenset(), False, events[0])
+    assert len(stopped.tokens) == 1  # the flag ends the loop after the current token
+    after = asyncio.run(backend.draft(IDS[:8] + [5], 3, greedy, frozenset()))
+    fresh = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
+    assert asyncio.run(fresh.draft(IDS[:8] + [5], 3, greedy, frozenset())).tokens == after.tokens
+    backend.close()
+    fresh.close()
+
+
 def test_backend_drafts_reuse_prefix_and_roll_back(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     shape, state, calib = tiny
     backend = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
