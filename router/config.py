@@ -36,6 +36,9 @@ class RouterConfig(ServiceConfig):
     adaptive_draft: bool = option(
         True, "Speculative: choose the draft length from measured acceptance and round-trip "
               "time, and fall back to cloud-only decoding when speculation would be slower.")
+    pipelined_draft: bool = option(
+        True, "Speculative, greedy: the edge drafts on while a draft is verified, when the "
+              "measured round trip is worth two or more draft tokens (adaptive_draft only).")
     max_first_draft: int = option(
         32, "auto: how many tokens of an escalated edge answer the cloud verifies as a draft.")
     inject_cloud_rtt_ms: float = option(

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2
 
 from tandem.shared.cli.ask import build_request
 from tandem.shared.process import health_status
-from tandem.v1 import common_pb2, router_pb2
+from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
+from tests.conftest import start_services
 
 pytestmark = pytest.mark.real_model
 
@@ -60,6 +61,28 @@ def test_speculative_greedy_output_is_the_cloud_output(real_stack, prompt):
     produced = spec.usage.edge_tokens + spec.usage.cloud_tokens
     assert spec.usage.cloud_forward_passes < produced
     assert {s.tier for s in spec.segments} <= {common_pb2.TIER_EDGE, common_pb2.TIER_CLOUD}
+
+
+def test_pipelined_speculation_over_a_slow_link_is_the_cloud_output(real_stack, tmp_path):
+    """A router whose cloud link has a 40 ms round trip (adaptive drafting on): the edge
+    drafts during round trips, and the answers are still the cloud's, token for token."""
+    router = start_services(tmp_path, [("router", [
+        "--cloud-address", real_stack["cloud"].address,
+        "--edge-address", real_stack["edge"].address, "--inject-cloud-rtt-ms", "40"])])[0]
+    pipelined = 0
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            slow_link = router_pb2_grpc.RouterStub(channel)
+            for prompt in UNSEEN_PROMPTS:
+                spec = slow_link.Generate(build_request(
+                    prompt, policy="speculative", temperature=0.0, max_tokens=48), timeout=300)
+                cloud = ask(real_stack, prompt, policy="cloud", temperature=0.0, max_tokens=48)
+                assert [t for s in spec.segments for t in s.token_ids] == \
+                    [t for s in cloud.segments for t in s.token_ids]
+                pipelined += spec.decision.pipelined_rounds
+    finally:
+        router.stop()
+    assert pipelined > 0
 
 
 def test_edge_and_cloud_policies_label_their_tier(real_stack):

@@ -93,6 +93,22 @@ def test_acceptance_curve_follows_a_mixture_of_easy_and_hard_requests():
     assert expected_tokens(controller.alpha, 3) > 1.1 * truth
 
 
+def test_pipelined_drafting_fits_the_measured_round_trip():
+    """Draft tokens made during a verify's round trip: none without one (or when turned
+    off), about rtt / per-token draft time with one; the saving they promise counts."""
+    local, far, off = (DraftLengthController(6), DraftLengthController(6),
+                       DraftLengthController(6, pipelined=False))
+    feed(local, 50, alpha=0.9, draft_s=0.006, step_s=0.02, rtt_s=0.0)
+    feed(far, 50, alpha=0.9, draft_s=0.006, step_s=0.02, rtt_s=0.06)
+    feed(off, 50, alpha=0.9, draft_s=0.006, step_s=0.02, rtt_s=0.06)
+    assert local.ahead_tokens() == 0 and off.ahead_tokens() == 0
+    assert 9 <= far.ahead_tokens() <= 10  # 60 ms / 6 ms per drafted token
+    assert far._best()[1] > off._best()[1]
+    # overlapped drafts measure the draft cost but add nothing to a round's time
+    far.observe_draft(1.0, 6, overlapped=True)
+    assert far._draft_s == 0.0
+
+
 def test_speculation_is_abandoned_when_it_cannot_pay():
     controller = DraftLengthController(6)
     feed(controller, 200, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05)

@@ -16,6 +16,11 @@ acceptance of each draft position (the geometric form assumes one α for all req
 of a request only when even the best γ is predicted slower than the cloud alone and the
 recent rounds, measured, were slower too: acceptance varies between requests more than a
 running α follows, and the prediction alone abandoned rounds that were paying.
+
+Pipelined drafting (speculative.py) drafts a = ρ / c tokens past each draft during the
+round trip. With probability P(γ + 1) (the whole draft and the edge's next token accepted)
+they start the next round, which then spends min(a − 1, γ) fewer draft tokens; the
+speed-up counts that saving, which favours shorter drafts on long links.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ def expected_tokens(alpha: float, gamma: int) -> float:
 
 
 def predicted_speedup(alpha: float, gamma: int, cost_ratio: float, rtt_steps: float,
-                      verify_slope: float = 0.0, tokens: float | None = None) -> float:
-    """E / (V(γ) + γc + ρ) with V(γ) = 1 + slope·γ target steps (slope 0: the brief's form);
-    ``tokens`` replaces the geometric E when measured."""
+                      verify_slope: float = 0.0, tokens: float | None = None,
+                      saved_steps: float = 0.0) -> float:
+    """E / (V(γ) + γc + ρ − saved) with V(γ) = 1 + slope·γ target steps (slope 0: the
+    brief's form); ``tokens`` replaces the geometric E when measured; ``saved_steps`` is
+    the drafting a pipelined draft is expected to spare the next round."""
     verify_steps = 1.0 + verify_slope * gamma
     expected = expected_tokens(alpha, gamma) if tokens is None else tokens
-    return expected / (verify_steps + gamma * cost_ratio + rtt_steps)
+    return expected / (verify_steps + gamma * cost_ratio + rtt_steps - saved_steps)
 
 
 class AcceptanceCurve:
@@ -76,13 +83,19 @@ class AcceptanceCurve:
                 self.reached[i] += 1.0
                 self.passed[i] += float(i <= accepted)
 
+    def survival(self, count: int, alpha: float) -> list[float]:
+        """[P(drafts 1..i accepted) for i in 1..count]; positions with few rounds lean on
+        ``alpha`` (positions past MAX_DRAFT: ``alpha`` alone)."""
+        out, survive = [], 1.0
+        for i in range(1, count + 1):
+            seen = (self.passed[i], self.reached[i]) if i <= MAX_DRAFT else (0.0, 0.0)
+            survive *= (seen[0] + CURVE_PRIOR * alpha) / (seen[1] + CURVE_PRIOR)
+            out.append(survive)
+        return out
+
     def expected_tokens(self, gamma: int, alpha: float) -> float:
-        """1 + Σ_{i≤γ} P(drafts 1..i accepted); positions with few rounds lean on ``alpha``."""
-        total, survive = 1.0, 1.0
-        for i in range(1, gamma + 1):
-            survive *= (self.passed[i] + CURVE_PRIOR * alpha) / (self.reached[i] + CURVE_PRIOR)
-            total += survive
-        return total
+        """1 + Σ_{i≤γ} P(drafts 1..i accepted)."""
+        return 1.0 + sum(self.survival(gamma, alpha))
 
 
 class CostLine:
@@ -127,9 +140,10 @@ def draft_prior(mean_tokens: float, mean_s: float) -> tuple[float, float]:
 
 
 class DraftLengthController:
-    def __init__(self, initial: int, adaptive: bool = True) -> None:
+    def __init__(self, initial: int, adaptive: bool = True, pipelined: bool = True) -> None:
         self.initial = initial
         self.adaptive = adaptive
+        self.pipelined = pipelined  # whether the policy drafts ahead during round trips
         # Optimistic priors until measured: high acceptance, cheap drafts, no RTT.
         self.alpha = 0.8
         self.draft_cost = CostLine(draft_prior)  # seconds vs tokens drafted
@@ -141,6 +155,7 @@ class DraftLengthController:
         self._observations = 0
         self._last_round = 0.0
         self._draft_s = 0.0  # the current round's draft time, until its verify
+        self._draft_steady = True  # ... and whether that draft was a steady one
         self._round_tokens: float | None = None  # EMA of tokens a round delivers
         self._round_s: float | None = None  # EMA of a round's draft + verify time
 
@@ -155,9 +170,22 @@ class DraftLengthController:
 
     def _best(self) -> tuple[int, float]:
         c, rho, slope = self._ratios()
-        return max(((g, predicted_speedup(self.alpha, g, c, rho, slope,
-                                          self.curve.expected_tokens(g, self.alpha)))
-                    for g in range(1, MAX_DRAFT + 1)), key=lambda pair: pair[1])
+        ahead = self.ahead_tokens()
+        survive = self.curve.survival(MAX_DRAFT + 1, self.alpha)
+
+        def speedup(g: int) -> float:
+            saved = survive[g] * min(ahead - 1, g) * c if ahead >= 2 else 0.0
+            return predicted_speedup(self.alpha, g, c, rho, slope, 1.0 + sum(survive[:g]), saved)
+
+        return max(((g, speedup(g)) for g in range(1, MAX_DRAFT + 1)), key=lambda pair: pair[1])
+
+    def ahead_tokens(self) -> int:
+        """Draft tokens that fit in the measured round trip (what pipelined drafting makes
+        while a draft is verified); 0 until drafts were measured."""
+        draft = self.draft_cost.line()
+        if not (self.adaptive and self.pipelined) or draft is None or draft[1] <= 0:
+            return 0
+        return min(int(self.rtt_s / draft[1]), MAX_DRAFT)
 
     def choose(self) -> int:
         if not self.adaptive or self._observations < 3:
@@ -182,25 +210,33 @@ class DraftLengthController:
         return (self._best()[1] < ABANDON_BELOW
                 and measured is not None and measured < ABANDON_BELOW)
 
-    def observe_draft(self, seconds: float, drafted: int, computed: int | None = None) -> None:
+    def observe_draft(self, seconds: float, drafted: int, computed: int | None = None,
+                      overlapped: bool = False) -> None:
         """One draft: its wall time, tokens drafted and tokens the edge ran (a round that
-        also processes a prompt is not a steady round's cost and is left out)."""
-        self._draft_s = seconds
-        if drafted and (computed is None or computed <= drafted + STEADY_EXTRA):
+        also processes a prompt is not a steady round's cost and is left out). An
+        ``overlapped`` (pipelined) draft ran during a verify: it measures the draft cost
+        but adds nothing to the round's time."""
+        steady = computed is None or computed <= drafted + STEADY_EXTRA
+        if not overlapped:
+            self._draft_s, self._draft_steady = seconds, steady
+        if drafted and steady:
             self.draft_cost.observe(drafted, seconds)
 
     def observe_verify(self, wall_s: float, cloud_s: float, drafted: int, accepted: int,
                        computed: int | None = None) -> None:
         """One verify round: its wall time, the cloud's own compute time, the outcome and
         the tokens the cloud ran (rounds that also process a prompt: as in observe_draft)."""
-        if computed is None or computed <= drafted + 1 + STEADY_EXTRA:
+        steady = computed is None or computed <= drafted + 1 + STEADY_EXTRA
+        if steady:
             self.verify_cost.observe(drafted + 1, cloud_s)
         if drafted:
             self.curve.observe(drafted, accepted)
-        self._round_tokens = _ema(self._round_tokens, accepted + 1)
-        self._round_s = _ema(self._round_s, self._draft_s + wall_s)
-        self._draft_s = 0.0
-        self.rtt_s = _ema(self.rtt_s, max(wall_s - cloud_s, 0.0)) or 0.0
+        if steady and self._draft_steady:  # a prompt's first round says little of the next
+            self._round_tokens = _ema(self._round_tokens, accepted + 1)
+            self._round_s = _ema(self._round_s, self._draft_s + wall_s)
+        self._draft_s, self._draft_steady = 0.0, True
+        rtt_s = max(wall_s - cloud_s, 0.0)  # the first round starts the average
+        self.rtt_s = rtt_s if self._observations == 0 else _ema(self.rtt_s, rtt_s)
         if drafted:
             # Each round is a geometric trial censored at `drafted`: successes until the
             # first rejection. α = successes / (successes + failures), smoothed.

@@ -9,10 +9,18 @@ correction/bonus token TIER_CLOUD.
 The draft length adapts to the measured acceptance rate and round-trip time
 (draft_length.py); when speculation is predicted to be slower than the cloud alone, the
 rest of the answer is streamed by the cloud directly.
+
+Pipelined drafting (greedy requests, links whose round trip is worth at least two draft
+tokens): while a draft is being verified, the edge keeps drafting past it as if it were
+accepted whole. When it was, and the cloud's next token is the edge's first pipelined
+one, the rest is the next round's draft, made during the round trip instead of after it;
+otherwise the pipelined draft is cancelled (the edge stops at its current token) and
+nothing changes: every token is still verified by the cloud.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -23,6 +31,7 @@ from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources
                                          register_policy)
 from tandem.router.policies.draft_length import DraftLengthController
 from tandem.router.policies.emitter import Emitter
+from tandem.shared.errors import UpstreamError
 from tandem.shared.models import eos_token_ids
 from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
 
@@ -45,7 +54,8 @@ class SpeculativePolicy(Policy):
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> SpeculativePolicy:
         return cls(resources.tokenizer,
-                   DraftLengthController(config.draft_tokens, adaptive=config.adaptive_draft))
+                   DraftLengthController(config.draft_tokens, adaptive=config.adaptive_draft,
+                                        pipelined=config.pipelined_draft))
 
     def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
         return self.decode(request, tiers, outcome)
@@ -58,6 +68,8 @@ class SpeculativePolicy(Policy):
         tokens = list(request.prompt_ids)
         emitter = Emitter(self.tokenizer, request.sampling.stop, request.sampling.max_tokens,
                           self.eos, outcome)
+        ahead: asyncio.Task[edge_pb2.DraftResponse] | None = None
+        drafted_ahead: list[int] = []  # the edge's pipelined tokens that continue `tokens`
         try:
             while not emitter.done:
                 with spent(outcome.timings, DECISION):
@@ -74,9 +86,15 @@ class SpeculativePolicy(Policy):
                     first_draft = None
                 else:
                     draft, distributions = await self._draft(tiers, request, session, tokens,
-                                                             emitter.remaining - 1, outcome)
+                                                             emitter.remaining - 1, outcome,
+                                                             drafted_ahead)
+                ahead = self._draft_ahead(tiers, request, session, tokens, draft,
+                                          emitter.remaining - len(draft) - 1)
                 accepted, next_token = await self._verify(tiers, request, session, tokens,
                                                           draft, distributions, outcome)
+                drafted_ahead = await self._continuation(ahead, draft, accepted, next_token,
+                                                         outcome)
+                ahead = None
                 for tier, ids in ((common_pb2.TIER_EDGE, accepted),
                                   (common_pb2.TIER_CLOUD, [next_token])):
                     chunk = emitter.push(tier, ids)
@@ -89,28 +107,77 @@ class SpeculativePolicy(Policy):
             if tail:
                 yield tail
         finally:  # free the session's KV on both tiers, after the reply
+            if ahead is not None:
+                ahead.cancel()
             outcome.after_reply.append(partial(tiers.end_session, request.tenant, session))
 
     async def _draft(self, tiers: Tiers, request: RoutedRequest, session: str,
-                     tokens: list[int], room: int, outcome: Outcome
+                     tokens: list[int], room: int, outcome: Outcome, drafted_ahead: list[int]
                      ) -> tuple[list[int], list[common_pb2.TokenDistribution]]:
-        """The edge's draft (at most ``room`` tokens: the cloud adds one per round)."""
+        """The edge's draft (at most ``room`` tokens: the cloud adds one per round), after
+        the ``drafted_ahead`` tokens the edge already made during the last round trip."""
         with spent(outcome.timings, DECISION):
             k = min(self.draft_length.choose(), room)
         outcome.decision.draft_length = max(k, 0)
-        if k <= 0:
-            return [], []
+        ready = drafted_ahead[:max(k, 0)]
+        outcome.usage.draft_tokens += len(ready)
+        if len(ready) >= k or (ready and ready[-1] in self.eos):
+            return ready, []
         started = time.perf_counter()
         reply = await tiers.draft(edge_pb2.DraftRequest(
-            session_id=session, tokens=tokens, num_tokens=k, sampling=request.sampling.to_pb(),
-            tenant=request.tenant, return_distributions=not request.sampling.greedy),
-            request.deadline, outcome.timings)
+            session_id=session, tokens=tokens + ready, num_tokens=k - len(ready),
+            sampling=request.sampling.to_pb(), tenant=request.tenant,
+            return_distributions=not request.sampling.greedy), request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
             self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens),
                                             reply.computed_tokens)
         outcome.usage.draft_tokens += len(reply.tokens)
         outcome.usage.edge_generated_tokens += len(reply.tokens)
-        return list(reply.tokens), list(reply.distributions)
+        return ready + list(reply.tokens), list(reply.distributions)
+
+    def _draft_ahead(self, tiers: Tiers, request: RoutedRequest, session: str,
+                     tokens: list[int], draft: list[int], room: int
+                     ) -> asyncio.Task[edge_pb2.DraftResponse] | None:
+        """Start drafting past ``draft`` while it is verified (pipelined drafting), or None
+        where that cannot pay: sampling, a draft that ended the answer, no room, a round
+        trip shorter than two draft tokens."""
+        count = min(self.draft_length.ahead_tokens(), room)
+        if (count < 2 or not draft or not request.sampling.greedy or draft[-1] in self.eos):
+            return None
+        started = time.perf_counter()
+
+        async def run() -> edge_pb2.DraftResponse:
+            reply = await tiers.draft(edge_pb2.DraftRequest(
+                session_id=session, tokens=tokens + draft, num_tokens=count,
+                sampling=request.sampling.to_pb(), tenant=request.tenant),
+                request.deadline, common_pb2.Timings())  # overlapped: not a wait
+            self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens),
+                                            reply.computed_tokens, overlapped=True)
+            return reply
+
+        return asyncio.ensure_future(run())
+
+    async def _continuation(self, ahead: asyncio.Task[edge_pb2.DraftResponse] | None,
+                            draft: list[int], accepted: list[int], next_token: int,
+                            outcome: Outcome) -> list[int]:
+        """The pipelined tokens that continue the verified sequence: those after the
+        first when the whole draft was accepted and the cloud's next token is the edge's
+        first pipelined one; otherwise none (and the pipelined draft is cancelled)."""
+        if ahead is None:
+            return []
+        if len(accepted) < len(draft):
+            ahead.cancel()
+            ahead.add_done_callback(_ignore_outcome)
+            return []
+        try:
+            reply = await ahead
+        except UpstreamError:  # only an optimisation: the round goes on without it
+            return []
+        outcome.usage.edge_generated_tokens += len(reply.tokens)
+        if not reply.tokens or reply.tokens[0] != next_token:
+            return []
+        outcome.decision.pipelined_rounds += 1
+        return list(reply.tokens[1:])
 
     async def _verify(self, tiers: Tiers, request: RoutedRequest, session: str,
                       tokens: list[int], draft: list[int],
@@ -145,3 +212,9 @@ class SpeculativePolicy(Policy):
                 emitter.finish(chunk.finish_reason)
             if emitter.done:
                 return
+
+
+def _ignore_outcome(task: asyncio.Task[edge_pb2.DraftResponse]) -> None:
+    """A cancelled pipelined draft's result is not needed (read it so asyncio is quiet)."""
+    if not task.cancelled():
+        task.exception()
