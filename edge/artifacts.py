@@ -197,7 +197,7 @@ def _get_ffn(t: dict[str, torch.Tensor], prefix: str, spec: dict[str, Any], laye
             selector.threshold = spec["select_threshold"]
         return WindowedFlashFFN(layer, store, selector, spec["threshold"], capacity, window,  # type: ignore[arg-type]
                                 spec["max_gap"])
-    # act_sparse gathers the surviving neurons' columns of a dense down projection
+    # act_sparse gathers the surviving neurons' rows of a dense down projection
     gate, up, down = (_get_linear(t, prefix + n, spec["linears"][n],
                                   pack=kind != "act_sparse" or n != "down")
                       for n in ("gate", "up", "down"))

@@ -16,7 +16,7 @@ from tandem.edge import artifacts
 from tandem.edge.compress import RECIPES, Recipe, build, with_overrides
 from tandem.edge.flash import fill_gaps, runs_of
 from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale, quantize_int4
-from tandem.edge.sparsity import calibrate, wanda_mask
+from tandem.edge.sparsity import NeuronRows, calibrate, wanda_mask
 from tandem.edge.torch_backend import TorchBackend
 from tandem.edge.torch_model import LlamaShape, PackedLinear, dense_runtime, load_hf_state
 from tandem.shared.sampling import SamplingParams, TokenSampler
@@ -115,6 +115,20 @@ def test_packed_linear_matches_f_linear_and_cannot_be_saved() -> None:
     assert packed.nbytes == weight.numel() * 4
     with pytest.raises(TypeError, match="save the model"):
         packed.tensors()
+
+
+def test_neuron_rows_gather_is_the_masked_down_projection() -> None:
+    """Activation-sparse FFNs keep a dense down projection as one row per neuron: a
+    token's product over its surviving neurons equals the masked dense one, and it is
+    saved as the usual [H, F] weight."""
+    torch.manual_seed(0)
+    weight, h = torch.randn(64, 96), torch.randn(1, 96)  # [H, F], [1, F]
+    rows = NeuronRows(weight)
+    keep = h.abs()[0] >= 0.7
+    dense = F.linear(h * keep, weight)
+    assert torch.allclose(rows.gather(h, keep.nonzero().squeeze(1)), dense, atol=1e-5)
+    assert torch.allclose(rows(h * keep), dense, atol=1e-5)
+    assert torch.equal(rows.tensors()["weight"], weight)
 
 
 def test_awq_scaling_reduces_error_on_outlier_channels() -> None:
