@@ -31,6 +31,7 @@ class LlamaCppBackend(SingleSequenceBackend):
                          n_threads_batch=threads, logits_all=False, verbose=False)
         self.dtype = _file_type(self.llm)
         self._n_vocab = self.llm.n_vocab()
+        self.end_ids = frozenset({self.llm.token_eos()})
         super().__init__("edge-model")
 
     @classmethod

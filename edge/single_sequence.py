@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,17 @@ def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     return reuse
 
 
+# Tokens the model thread may evaluate beyond the one the consumer is handling.
+RUN_AHEAD = 1
+
+
 class SingleSequenceBackend(EdgeBackend):
     """Generation and drafting over two model steps the subclass provides; model calls run
     on one worker thread so the event loop stays responsive."""
+
+    #: Tokens after which generation ends (the model's end of sequence, where known): the
+    #: model thread does not evaluate them, as no consumer wants what follows.
+    end_ids: frozenset[int] = frozenset()
 
     def __init__(self, thread_name: str) -> None:
         self._lock = asyncio.Lock()
@@ -48,12 +57,53 @@ class SingleSequenceBackend(EdgeBackend):
 
     async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
                        session_id: str) -> AsyncIterator[GeneratedToken]:
+        """The model thread samples and evaluates back to back and hands each token to the
+        event loop, at most RUN_AHEAD token ahead of the consumer: a hop through the event
+        loop per token cost 4 % of llama.cpp's decode speed here (144 against 149 tok/s).
+        It stops after max_tokens, at an end token, or soon after the consumer stops."""
         async with self._lock:
-            _, logits = await self._run(self._eval_after_prefix, prompt_ids)
-            while True:
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Queue[GeneratedToken | BaseException | None] = asyncio.Queue()
+            credits, stop = threading.Semaphore(RUN_AHEAD), threading.Event()
+            loop.run_in_executor(self._executor, self._produce, prompt_ids, sampler,
+                                 partial(loop.call_soon_threadsafe, ready.put_nowait),
+                                 credits, stop)
+            try:
+                while (item := await ready.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    credits.release()  # the consumer is back for the next token
+            finally:
+                stop.set()
+                credits.release()  # wake a model thread waiting for the consumer
+
+    def _produce(self, prompt_ids: Sequence[int], sampler: TokenSampler,
+                 publish: Callable[[GeneratedToken | BaseException | None], Any],
+                 credits: threading.Semaphore, stop: threading.Event) -> None:
+        """generate's model-thread side; ``publish`` hands an item to the event loop."""
+
+        def send(item: GeneratedToken | BaseException | None) -> bool:
+            try:
+                publish(item)
+                return True
+            except RuntimeError:  # the consumer's event loop is closed: nobody to tell
+                return False
+
+        try:
+            _, logits = self._eval_after_prefix(prompt_ids)
+            for produced in range(1, sampler.params.max_tokens + 1):
                 generated = GeneratedToken(*sampler.sample_with_entropy(logits))
-                yield generated
-                logits = await self._run(self._eval_one, generated.token)
+                if not send(generated) or produced == sampler.params.max_tokens \
+                        or generated.token in self.end_ids:
+                    break
+                credits.acquire()
+                if stop.is_set():
+                    return
+                logits = self._eval_one(generated.token)
+            send(None)
+        except Exception as exc:  # raised in the consumer
+            send(exc)
 
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
                     stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:

@@ -243,6 +243,33 @@ def test_artifacts_round_trip(tiny, tmp_path: Path, name: str) -> None:  # type:
     loaded.close()
 
 
+def test_generate_runs_ahead_of_the_consumer_and_stops_where_asked(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The model thread generates without a hop through the event loop per token; it
+    stops after max_tokens, at an end token, or when the consumer stops, and what it
+    evaluated ahead never changes the next request's tokens."""
+    shape, state, calib = tiny
+    backend = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
+
+    async def tokens(limit: int, take: int | None = None) -> list[int]:
+        out = []
+        stream = backend.generate(IDS[:8], TokenSampler(SamplingParams(max_tokens=limit)), "s")
+        async for item in stream:
+            out.append(item.token)
+            if take is not None and len(out) == take:
+                break
+        await stream.aclose()
+        return out
+
+    expected = asyncio.run(backend.draft(IDS[:8], 6, TokenSampler(SamplingParams(max_tokens=8)),
+                                         frozenset())).tokens
+    assert asyncio.run(tokens(6)) == expected  # ends by itself after max_tokens
+    assert asyncio.run(tokens(50, take=2)) == expected[:2]  # the consumer stops early
+    assert asyncio.run(tokens(6)) == expected
+    backend.end_ids = frozenset({expected[1]})
+    assert asyncio.run(tokens(6)) == expected[:expected.index(expected[1]) + 1]  # an end token
+    backend.close()
+
+
 def test_cancelled_draft_stops_at_its_current_token(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A draft whose call is cancelled (a pipelined draft the router no longer needs)
     stops after the token in progress; the next draft is still right."""
