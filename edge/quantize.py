@@ -9,7 +9,6 @@ costs +0.3% perplexity on SmolLM2 (measured). INT4 runs in torch's INT4 kernel l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 ALIGN = 64  # the INT8 kernel loads weight rows with aligned vector loads
 INT4_GROUPS = (32, 64, 128, 256)  # group sizes the INT4 kernel supports

@@ -107,8 +107,8 @@ class SpeculativePolicy(Policy):
             if tail:
                 yield tail
         finally:  # free the session's KV on both tiers, after the reply
-            if ahead is not None:
-                ahead.cancel()
+            if ahead is not None:  # the request ended (or failed) while it ran
+                _cancel(ahead)
             outcome.after_reply.append(partial(tiers.end_session, request.tenant, session))
 
     async def _draft(self, tiers: Tiers, request: RoutedRequest, session: str,
@@ -142,7 +142,7 @@ class SpeculativePolicy(Policy):
         where that cannot pay: sampling, a draft that ended the answer, no room, a round
         trip shorter than two draft tokens."""
         count = min(self.draft_length.ahead_tokens(), room)
-        if (count < 2 or not draft or not request.sampling.greedy or draft[-1] in self.eos):
+        if count < 2 or not draft or not request.sampling.greedy or draft[-1] in self.eos:
             return None
         started = time.perf_counter()
 
@@ -166,8 +166,7 @@ class SpeculativePolicy(Policy):
         if ahead is None:
             return []
         if len(accepted) < len(draft):
-            ahead.cancel()
-            ahead.add_done_callback(_ignore_outcome)
+            _cancel(ahead)
             return []
         try:
             reply = await ahead
@@ -214,7 +213,7 @@ class SpeculativePolicy(Policy):
                 return
 
 
-def _ignore_outcome(task: asyncio.Task[edge_pb2.DraftResponse]) -> None:
-    """A cancelled pipelined draft's result is not needed (read it so asyncio is quiet)."""
-    if not task.cancelled():
-        task.exception()
+def _cancel(ahead: asyncio.Task[edge_pb2.DraftResponse]) -> None:
+    """Cancel a pipelined draft nobody needs; its outcome is read, so asyncio is quiet."""
+    ahead.cancel()
+    ahead.add_done_callback(lambda task: task.cancelled() or task.exception())
