@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, default=None,
                    help="Flash recipes: DRAM budget as a fraction of the model's bytes.")
     p.add_argument("--window", type=int, default=None, help="Flash recipes: fixed k (tokens).")
-    p.add_argument("--group-size", type=int, default=None, help="INT4 group size (32, 64, 128 or 256).")
+    p.add_argument("--group-size", type=int, default=None, choices=(32, 64, 128, 256),
+                   help="INT4 group size (the INT4 kernel's).")
     p.add_argument("--eval-tokens", type=int, default=512, help="Evaluation tokens for perplexity.")
     p.add_argument("--threads", type=int, default=0, help="Threads (0: every core).")
     p.add_argument("--json", action="store_true", help="Print only the JSON summary on stdout.")
