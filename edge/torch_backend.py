@@ -46,7 +46,11 @@ class TorchBackend(SingleSequenceBackend):
         else:
             built = resident_from_source(source)
             dtype = "torch:fp32"
-        return cls(built, dtype, threads)
+        from tandem.shared.models import eos_token_ids, load_tokenizer
+
+        backend = cls(built, dtype, threads)
+        backend.end_ids = frozenset(eos_token_ids(load_tokenizer(source)))
+        return backend
 
     @property
     def vocab_size(self) -> int:
