@@ -50,8 +50,8 @@ def save(built: Built, recipe: Recipe, folder: Path, source: str) -> None:
         for name, lin in layer.linears().items():
             kinds[name] = _put_linear(tensors, p + name, lin)
         layers.append({"linears": kinds, "ffn": _put_ffn(tensors, p + "ffn.", layer.ffn)})
-    manifest = {"format": FORMAT, "source": source, "shape": rt.shape.to_dict(), "recipe": asdict(recipe),
-                "embedding": emb_kind, "layers": layers, "model_bytes": built.model_bytes,
+    manifest = {"format": FORMAT, "source": source, "shape": rt.shape.to_dict(),
+                "recipe": asdict(recipe), "embedding": emb_kind, "layers": layers, "model_bytes": built.model_bytes,
                 "window": built.window, "capacity": built.capacity,
                 "ffn_file_bytes": built.ffn_file_bytes}
     if built.selections is not None:  # packed bits: [L, N, F/8]
@@ -77,8 +77,7 @@ def _put_ffn(tensors: dict[str, torch.Tensor], prefix: str, ffn: Any) -> dict[st
             selector = "lowrank"
         else:
             for part in ("gate", "up"):
-                lin = getattr(sel, part)
-                tensors[f"{prefix}sel.{part}.q"], tensors[f"{prefix}sel.{part}.scale"] = lin.q, lin.scale
+                _put_linear(tensors, f"{prefix}sel.{part}", getattr(sel, part))
             selector = "int8"
         return {"kind": "flash", "selector": selector, "select_threshold": sel.threshold,
                 "threshold": ffn.act_threshold, "max_gap": ffn.max_gap}
@@ -192,8 +191,8 @@ def _get_ffn(t: dict[str, torch.Tensor], prefix: str, spec: dict[str, Any], laye
             selector: Any = Predictor(t[prefix + "pred.a"], t[prefix + "pred.b"], spec["select_threshold"])
         else:
             selector = Int8Selector.__new__(Int8Selector)
-            selector.gate = Int8Linear(t[prefix + "sel.gate.q"], t[prefix + "sel.gate.scale"])
-            selector.up = Int8Linear(t[prefix + "sel.up.q"], t[prefix + "sel.up.scale"])
+            selector.gate, selector.up = (_get_linear(t, f"{prefix}sel.{part}", "int8")
+                                          for part in ("gate", "up"))
             selector.threshold = spec["select_threshold"]
         return WindowedFlashFFN(layer, store, selector, spec["threshold"], capacity, window,  # type: ignore[arg-type]
                                 spec["max_gap"])

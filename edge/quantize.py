@@ -66,8 +66,12 @@ def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch
     scale = ((hi - lo) / 15.0).clamp(min=1e-6).to(torch.bfloat16)
     zero = (lo + 8 * scale.float()).to(torch.bfloat16)
     q = torch.round((grouped - zero.float()[..., None]) / scale.float()[..., None] + 8)
-    q = q.clamp(0, 15).to(torch.uint8).view(out, inp)
-    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous(), scale, zero
+    return pack_int4(q.clamp(0, 15).to(torch.uint8).view(out, inp)), scale, zero
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] uint8 values in [0, 15] -> [out, in/2] nibbles, even channels low."""
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -115,8 +119,8 @@ class Int4Linear:
         groups = self.in_features // self.group
         unit = torch.stack([torch.ones(groups, self.out_features),
                             torch.full((groups, self.out_features), 8.0)], dim=-1).to(torch.bfloat16)
-        q = self._matmul(torch.eye(self.in_features, dtype=torch.bfloat16), unit).t().to(torch.uint8)
-        return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+        return pack_int4(self._matmul(torch.eye(self.in_features, dtype=torch.bfloat16), unit)
+                         .t().to(torch.uint8))
 
     def effective_weight(self) -> torch.Tensor:
         scale, zero = self.scale_zero[..., 0].t(), self.scale_zero[..., 1].t()
