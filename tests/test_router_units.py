@@ -10,8 +10,8 @@ from tandem.router.eval.cascade import apgr, cost_reduction_at, curve, random_ba
 from tandem.router.eval.train import threshold_for_budget, threshold_for_quality
 from tandem.router.head import LogisticHead
 from tandem.router.policies.base import Outcome, RoutedRequest
-from tandem.router.policies.draft_length import (DraftLengthController, expected_tokens,
-                                                 predicted_speedup)
+from tandem.router.policies.draft_length import (DraftLengthController, RequestRounds,
+                                                 expected_tokens, predicted_speedup)
 from tandem.router.policies.emitter import Emitter
 from tandem.router.response_cache import cache_key
 from tandem.shared.deadlines import Deadline
@@ -25,14 +25,14 @@ def test_expected_tokens_matches_the_geometric_formula():
     assert expected_tokens(1.0, 4) == 5.0
 
 
-def feed(controller, rounds, alpha, draft_s, step_s, rtt_s, k=6):
-    rng = np.random.default_rng(0)
+def feed(controller, rounds, alpha, draft_s, step_s, rtt_s, k=6, request=None):
+    rng, request = np.random.default_rng(0), request or RequestRounds()
     for _ in range(rounds):
         accepted = 0
         while accepted < k and rng.random() < alpha:
             accepted += 1
-        controller.observe_draft(draft_s * k, k)
-        controller.observe_verify(step_s + rtt_s, step_s, k, accepted)
+        controller.observe_draft(draft_s * k, k, request=request)
+        controller.observe_verify(request, step_s + rtt_s, step_s, k, accepted)
 
 
 def test_draft_length_grows_with_rtt_and_acceptance():
@@ -41,20 +41,20 @@ def test_draft_length_grows_with_rtt_and_acceptance():
     feed(with_rtt, 200, alpha=0.8, draft_s=0.005, step_s=0.05, rtt_s=0.1)
     assert no_rtt.alpha == pytest.approx(0.8, abs=0.08)
     assert with_rtt.choose() >= no_rtt.choose() >= 2
-    assert not no_rtt.should_abandon()
+    assert not no_rtt.should_abandon(RequestRounds())
 
 
 def simulate(controller, rounds, alpha, draft_s, verify_s, seed=0):
     """Rounds as the speculative policy runs them: the controller picks k, the answer's
     remaining room sometimes cuts it (so the verified counts vary)."""
-    rng = np.random.default_rng(seed)
+    rng, request = np.random.default_rng(seed), RequestRounds()
     for _ in range(rounds):
         k = min(controller.choose(), int(rng.integers(1, 20)))
         accepted = 0
         while accepted < k and rng.random() < alpha:
             accepted += 1
-        controller.observe_draft(draft_s(k), k)
-        controller.observe_verify(verify_s(k + 1), verify_s(k + 1), k, accepted)
+        controller.observe_draft(draft_s(k), k, request=request)
+        controller.observe_verify(request, verify_s(k + 1), verify_s(k + 1), k, accepted)
 
 
 def true_speedup(alpha, gamma, draft_s, verify_s):
@@ -87,7 +87,7 @@ def test_acceptance_curve_follows_a_mixture_of_easy_and_hard_requests():
         alpha, accepted = (0.99 if r % 2 else 0.3), 0
         while accepted < 8 and rng.random() < alpha:
             accepted += 1
-        controller.observe_verify(0.02, 0.02, 8, accepted)
+        controller.observe_verify(RequestRounds(), 0.02, 0.02, 8, accepted)
     truth = 0.5 * expected_tokens(0.99, 3) + 0.5 * expected_tokens(0.3, 3)
     assert controller.curve.expected_tokens(3, controller.alpha) == pytest.approx(truth, rel=0.05)
     assert expected_tokens(controller.alpha, 3) > 1.1 * truth
@@ -104,19 +104,35 @@ def test_pipelined_drafting_fits_the_measured_round_trip():
     assert local.ahead_tokens() == 0 and off.ahead_tokens() == 0
     assert 9 <= far.ahead_tokens() <= 10  # 60 ms / 6 ms per drafted token
     assert far._best()[1] > off._best()[1]
-    # overlapped drafts measure the draft cost but add nothing to a round's time
-    far.observe_draft(1.0, 6, overlapped=True)
-    assert far._draft_s == 0.0
+    # pipelined drafts measure the draft cost but add nothing to a round's time
+    request = RequestRounds()
+    far.observe_draft(1.0, 6)
+    far.observe_verify(request, 0.08, 0.02, 6, 6)
+    assert request.seconds == pytest.approx(0.08)
 
 
 def test_speculation_is_abandoned_when_it_cannot_pay():
     controller = DraftLengthController(6)
     feed(controller, 200, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05)
-    assert controller.should_abandon()
+    assert controller.should_abandon(RequestRounds())  # many slow rounds: not even started
     c, rho = 0.6, 1.0
     assert predicted_speedup(0.05, controller.choose(), c, rho) < 1.0
     controller._last_round -= 60  # a while without rounds: probe again
-    assert not controller.should_abandon()
+    assert not controller.should_abandon(RequestRounds())
+    slow = RequestRounds()  # ... until the request's own rounds say the same
+    feed(controller, 3, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05, request=slow)
+    assert controller.should_abandon(slow)
+
+
+def test_one_unpredictable_request_does_not_stop_speculation_for_the_next():
+    """A fresh router whose first request drafts badly abandons that request after a
+    few of its own rounds, but the next request speculates (and measures) again."""
+    controller, first = DraftLengthController(6), RequestRounds()
+    feed(controller, 2, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05, request=first)
+    assert not controller.should_abandon(first)  # two rounds are not evidence yet
+    feed(controller, 2, alpha=0.05, draft_s=0.03, step_s=0.05, rtt_s=0.05, request=first)
+    assert controller.should_abandon(first)
+    assert not controller.should_abandon(RequestRounds())
 
 
 class _Tok:

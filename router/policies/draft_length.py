@@ -12,10 +12,14 @@ are longer); until they vary enough, from a prior slope.
 
 We keep running estimates of α, c, ρ and that line (shared by all requests of this
 router) and pick the γ that maximises the speed-up, with E taken from the measured
-acceptance of each draft position (the geometric form assumes one α for all requests). Speculation is abandoned for the rest
-of a request only when even the best γ is predicted slower than the cloud alone and the
-recent rounds, measured, were slower too: acceptance varies between requests more than a
-running α follows, and the prediction alone abandoned rounds that were paying.
+acceptance of each draft position (the geometric form assumes one α for all requests).
+
+Speculation is abandoned for the rest of a request only when even the best γ is predicted
+slower than the cloud alone and measured rounds were slower too: acceptance varies
+between requests more than a running α follows, and the prediction alone abandoned rounds
+that were paying. The measured rounds are the request's own once it has had a few; before
+that (a request's start), the recent rounds of all requests, and only when there were
+enough of them: one unpredictable request must not stop speculation for the next ones.
 
 Pipelined drafting (speculative.py) drafts a = ρ / c tokens past each draft during the
 round trip. With probability P(γ + 1) (the whole draft and the edge's next token accepted)
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 MAX_DRAFT = 16
 # Exponential moving average weight of a new observation.
@@ -46,6 +51,13 @@ STEADY_EXTRA = 2
 CURVE_PRIOR = 2.0
 # Tokens² of spread in the verified counts needed before trusting the fitted slope.
 MIN_SPREAD = 1.0
+# Measured evidence for abandoning: steady rounds of the request itself, or at a
+# request's start, steady rounds of all requests (without it, speculation goes on).
+MIN_OWN_ROUNDS = 3
+MIN_SHARED_ROUNDS = 30
+# The shared evidence averages about the last 1 / SHARED_EMA steady rounds (a plain mean
+# before that many): a few rounds of one request barely move it.
+SHARED_EMA = 0.03
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -139,6 +151,18 @@ def draft_prior(mean_tokens: float, mean_s: float) -> tuple[float, float]:
     return 0.0, mean_s / max(mean_tokens, 1.0)
 
 
+@dataclass
+class RequestRounds:
+    """One request's rounds, apart from other requests' (concurrent requests share the
+    controller): the open round's draft time, and what its steady rounds delivered."""
+
+    draft_s: float = 0.0  # the open round's draft time, until its verify
+    draft_steady: bool = True  # ... and whether that draft was a steady one
+    rounds: int = 0  # steady rounds so far
+    tokens: int = 0  # ... the tokens they delivered
+    seconds: float = 0.0  # ... and their draft + verify time
+
+
 class DraftLengthController:
     def __init__(self, initial: int, adaptive: bool = True, pipelined: bool = True) -> None:
         self.initial = initial
@@ -154,10 +178,9 @@ class DraftLengthController:
         self._trials: float | None = None  # EMA of accepted + rejected drafts per round
         self._observations = 0
         self._last_round = 0.0
-        self._draft_s = 0.0  # the current round's draft time, until its verify
-        self._draft_steady = True  # ... and whether that draft was a steady one
-        self._round_tokens: float | None = None  # EMA of tokens a round delivers
-        self._round_s: float | None = None  # EMA of a round's draft + verify time
+        self._steady_rounds = 0  # of all requests
+        self._round_tokens: float | None = None  # average tokens a steady round delivers
+        self._round_s: float | None = None  # ... and its draft + verify time
 
     def _ratios(self) -> tuple[float, float, float]:
         """c, ρ and the verify slope, in units of a one-token cloud pass. A draft's fixed
@@ -192,49 +215,64 @@ class DraftLengthController:
             return self.initial
         return self._best()[0]
 
-    def measured_speedup(self) -> float | None:
-        """What recent rounds delivered: their tokens per second times a cloud pass."""
+    def measured_speedup(self, request: RequestRounds | None = None) -> float | None:
+        """What rounds delivered, as tokens per second times a cloud pass: ``request``'s
+        steady rounds, or the recent ones of all requests."""
         verify = self.verify_cost.line()
-        if not self._round_s or verify is None:
+        if request is not None:
+            tokens, seconds = request.tokens, request.seconds
+        else:
+            tokens, seconds = self._round_tokens or 0.0, self._round_s
+        if not seconds or verify is None:
             return None
-        return (self._round_tokens or 0.0) / self._round_s * sum(verify)
+        return tokens / seconds * sum(verify)
 
-    def should_abandon(self) -> bool:
-        """Only when the model predicts a loss and the rounds measured agree (the model
+    def should_abandon(self, request: RequestRounds) -> bool:
+        """Only when the model predicts a loss and enough measured rounds agree (the model
         misjudges when acceptance varies a lot between requests)."""
         if not self.adaptive or self._observations < 3:
             return False
-        if time.monotonic() - self._last_round > REPROBE_AFTER_S:
+        if request.rounds >= MIN_OWN_ROUNDS:
+            measured = self.measured_speedup(request)
+        elif (self._steady_rounds >= MIN_SHARED_ROUNDS
+              and time.monotonic() - self._last_round <= REPROBE_AFTER_S):
+            measured = self.measured_speedup()
+        else:  # too little evidence, or too old: speculate and measure
             return False
-        measured = self.measured_speedup()
-        return (self._best()[1] < ABANDON_BELOW
-                and measured is not None and measured < ABANDON_BELOW)
+        return measured is not None and measured < ABANDON_BELOW and self._best()[1] < ABANDON_BELOW
 
     def observe_draft(self, seconds: float, drafted: int, computed: int | None = None,
-                      overlapped: bool = False) -> None:
+                      request: RequestRounds | None = None) -> None:
         """One draft: its wall time, tokens drafted and tokens the edge ran (a round that
-        also processes a prompt is not a steady round's cost and is left out). An
-        ``overlapped`` (pipelined) draft ran during a verify: it measures the draft cost
-        but adds nothing to the round's time."""
+        also processes a prompt is not a steady round's cost and is left out). ``request``
+        is the request whose round waited for it; None for a pipelined draft, which ran
+        during a verify: it measures the draft cost but adds nothing to a round's time."""
         steady = computed is None or computed <= drafted + STEADY_EXTRA
-        if not overlapped:
-            self._draft_s, self._draft_steady = seconds, steady
+        if request is not None:
+            request.draft_s, request.draft_steady = seconds, steady
         if drafted and steady:
             self.draft_cost.observe(drafted, seconds)
 
-    def observe_verify(self, wall_s: float, cloud_s: float, drafted: int, accepted: int,
-                       computed: int | None = None) -> None:
-        """One verify round: its wall time, the cloud's own compute time, the outcome and
-        the tokens the cloud ran (rounds that also process a prompt: as in observe_draft)."""
+    def observe_verify(self, request: RequestRounds, wall_s: float, cloud_s: float,
+                       drafted: int, accepted: int, computed: int | None = None) -> None:
+        """One verify round of ``request``: its wall time, the cloud's own compute time, the
+        outcome and the tokens the cloud ran (rounds that also process a prompt: as in
+        observe_draft)."""
         steady = computed is None or computed <= drafted + 1 + STEADY_EXTRA
         if steady:
             self.verify_cost.observe(drafted + 1, cloud_s)
         if drafted:
             self.curve.observe(drafted, accepted)
-        if steady and self._draft_steady:  # a prompt's first round says little of the next
-            self._round_tokens = _ema(self._round_tokens, accepted + 1)
-            self._round_s = _ema(self._round_s, self._draft_s + wall_s)
-        self._draft_s, self._draft_steady = 0.0, True
+        if steady and request.draft_steady:  # a prompt's first round says little of the next
+            round_s = request.draft_s + wall_s
+            request.rounds += 1
+            request.tokens += accepted + 1
+            request.seconds += round_s
+            self._steady_rounds += 1
+            weight = max(SHARED_EMA, 1.0 / self._steady_rounds)
+            self._round_tokens = _ema(self._round_tokens, accepted + 1, weight)
+            self._round_s = _ema(self._round_s, round_s, weight)
+        request.draft_s, request.draft_steady = 0.0, True
         rtt_s = max(wall_s - cloud_s, 0.0)  # the first round starts the average
         self.rtt_s = rtt_s if self._observations == 0 else _ema(self.rtt_s, rtt_s)
         if drafted:
@@ -248,5 +286,5 @@ class DraftLengthController:
         self._last_round = time.monotonic()
 
 
-def _ema(previous: float | None, value: float) -> float:
-    return value if previous is None else (1 - EMA) * previous + EMA * value
+def _ema(previous: float | None, value: float, weight: float = EMA) -> float:
+    return value if previous is None else (1 - weight) * previous + weight * value

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from tandem.router.latency import DECISION, spent
 from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy)
-from tandem.router.policies.draft_length import DraftLengthController
+from tandem.router.policies.draft_length import DraftLengthController, RequestRounds
 from tandem.router.policies.emitter import Emitter
 from tandem.shared.errors import UpstreamError
 from tandem.shared.models import eos_token_ids
@@ -70,10 +70,11 @@ class SpeculativePolicy(Policy):
                           self.eos, outcome)
         ahead: asyncio.Task[edge_pb2.DraftResponse] | None = None
         drafted_ahead: list[int] = []  # the edge's pipelined tokens that continue `tokens`
+        rounds = RequestRounds()
         try:
             while not emitter.done:
                 with spent(outcome.timings, DECISION):
-                    abandon = first_draft is None and self.draft_length.should_abandon()
+                    abandon = first_draft is None and self.draft_length.should_abandon(rounds)
                 if abandon:
                     outcome.decision.speculation_abandoned = True
                     async for chunk in self._finish_on_cloud(request, tiers, outcome, tokens,
@@ -87,11 +88,12 @@ class SpeculativePolicy(Policy):
                 else:
                     draft, distributions = await self._draft(tiers, request, session, tokens,
                                                              emitter.remaining - 1, outcome,
-                                                             drafted_ahead)
+                                                             drafted_ahead, rounds)
                 ahead = self._draft_ahead(tiers, request, session, tokens, draft,
                                           emitter.remaining - len(draft) - 1)
                 accepted, next_token = await self._verify(tiers, request, session, tokens,
-                                                          draft, distributions, outcome)
+                                                          draft, distributions, outcome,
+                                                          rounds)
                 drafted_ahead = await self._continuation(ahead, draft, accepted, next_token,
                                                          outcome)
                 ahead = None
@@ -112,7 +114,8 @@ class SpeculativePolicy(Policy):
             outcome.after_reply.append(partial(tiers.end_session, request.tenant, session))
 
     async def _draft(self, tiers: Tiers, request: RoutedRequest, session: str,
-                     tokens: list[int], room: int, outcome: Outcome, drafted_ahead: list[int]
+                     tokens: list[int], room: int, outcome: Outcome, drafted_ahead: list[int],
+                     rounds: RequestRounds
                      ) -> tuple[list[int], list[common_pb2.TokenDistribution]]:
         """The edge's draft (at most ``room`` tokens: the cloud adds one per round), after
         the ``drafted_ahead`` tokens the edge already made during the last round trip."""
@@ -130,7 +133,7 @@ class SpeculativePolicy(Policy):
             return_distributions=not request.sampling.greedy), request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
             self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens),
-                                            reply.computed_tokens)
+                                            reply.computed_tokens, rounds)
         outcome.usage.draft_tokens += len(reply.tokens)
         outcome.usage.edge_generated_tokens += len(reply.tokens)
         return ready + list(reply.tokens), list(reply.distributions)
@@ -152,7 +155,7 @@ class SpeculativePolicy(Policy):
                 sampling=request.sampling.to_pb(), tenant=request.tenant),
                 request.deadline, common_pb2.Timings())  # overlapped: not a wait
             self.draft_length.observe_draft(time.perf_counter() - started, len(reply.tokens),
-                                            reply.computed_tokens, overlapped=True)
+                                            reply.computed_tokens)
             return reply
 
         return asyncio.ensure_future(run())
@@ -181,7 +184,7 @@ class SpeculativePolicy(Policy):
     async def _verify(self, tiers: Tiers, request: RoutedRequest, session: str,
                       tokens: list[int], draft: list[int],
                       distributions: list[common_pb2.TokenDistribution],
-                      outcome: Outcome) -> tuple[list[int], int]:
+                      outcome: Outcome, rounds: RequestRounds) -> tuple[list[int], int]:
         """One cloud pass over ``draft``; returns (accepted drafts, the cloud's next token)."""
         started = time.perf_counter()
         verdict = await tiers.verify(cloud_pb2.VerifyRequest(
@@ -189,7 +192,7 @@ class SpeculativePolicy(Policy):
             sampling=request.sampling.to_pb(), tenant=request.tenant,
             draft_distributions=distributions), request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
-            self.draft_length.observe_verify(time.perf_counter() - started,
+            self.draft_length.observe_verify(rounds, time.perf_counter() - started,
                                              verdict.timings.total_ns / 1e9, len(draft),
                                              verdict.accepted, verdict.computed_tokens)
         outcome.usage.cloud_forward_passes += 1
