@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 class LlamaCppBackend(SingleSequenceBackend):
     name = "llama.cpp"
 
-    def __init__(self, model_path: str, context_window: int, threads: int) -> None:
+    def __init__(self, model_path: str, context_window: int, threads: int,
+                 flash_attn: bool = False) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=model_path, n_ctx=context_window, n_threads=threads,
-                         n_threads_batch=threads, logits_all=False, verbose=False)
+                         n_threads_batch=threads, flash_attn=flash_attn, logits_all=False,
+                         verbose=False)
         self.dtype = _file_type(self.llm)
         self._n_vocab = self.llm.n_vocab()
         self.end_ids = frozenset({self.llm.token_eos()})
@@ -38,7 +40,8 @@ class LlamaCppBackend(SingleSequenceBackend):
     def from_config(cls, config: EdgeConfig, source: ModelSource) -> LlamaCppBackend:
         if not source.is_gguf:
             raise ValueError(f"the llama.cpp backend needs a .gguf model, got {source.path}")
-        return cls(str(source.path), config.context_window, config.threads or os.cpu_count() or 1)
+        return cls(str(source.path), config.context_window, config.threads or os.cpu_count() or 1,
+                   config.flash_attn)
 
     @property
     def vocab_size(self) -> int:

@@ -27,6 +27,8 @@ def test_unknown_file_keys_and_bad_values_are_errors(tmp_path):
         load_config(CloudConfig, "cloud", env={"TANDEM_CLOUD_DTYPE": "float8"})
     with pytest.raises(ValueError, match="backend"):
         EdgeConfig(backend="onnx")
+    with pytest.raises(ValueError, match="flash_attn"):
+        EdgeConfig(backend="torch", flash_attn=True)
 
 
 def test_cli_flags_are_generated_from_fields():

@@ -82,3 +82,20 @@ def test_gguf_requantize_to_q8_0(smollm2, tmp_path: Path) -> None:  # type: igno
     assert result.bytes > source.path.stat().st_size  # 8-bit is larger than the Q4_1 source
     base = gguf_perplexity(str(source.path), windows, 2)
     assert abs(gguf_perplexity(result.path, windows, 2) / base - 1) < 0.05
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_llama_cpp_drafts_continue_after_a_rollback(flash_attn: bool) -> None:
+    """With and without flash attention: a draft after rolling back to a prefix is what the
+    draft from that prefix was (the KV past it is dropped, not re-processed)."""
+    from tandem.edge.config import EdgeConfig
+    from tandem.edge.llama_cpp_backend import LlamaCppBackend
+
+    config = EdgeConfig(threads=2, flash_attn=flash_attn)
+    backend = LlamaCppBackend.from_config(config, resolve_model(config.model))
+    greedy = TokenSampler(SamplingParams(max_tokens=8))
+    prompt = list(range(1000, 1030))
+    first = asyncio.run(backend.draft(prompt, 8, greedy, frozenset()))
+    again = asyncio.run(backend.draft(prompt + first.tokens[:3], 4, greedy, frozenset()))
+    assert again.cached_tokens == len(prompt) + 2 and again.tokens == first.tokens[3:7]
+    backend.close()
