@@ -284,3 +284,17 @@ def test_complete_writes_turns_refund_cache_and_stats(make_store):
     history, cached, stats, fits = asyncio.run(scenario())
     assert history == turns and cached == b"answer" and fits.allowed
     assert stats == {"requests": 1, "edge_tokens": 10}
+
+
+def test_one_slow_verify_does_not_tilt_the_step_estimate():
+    """Seen in a bench run: passes of 7 tokens (~26 ms), then one slow pass of 11 tokens
+    (50 ms). Fitted freely, the line put a one-token pass at 4.5 ms, and the speed-up
+    measured in those steps abandoned a request that was paying."""
+    controller, request = DraftLengthController(6), RequestRounds()
+    rng = np.random.default_rng(0)
+    for count, seconds in [(7, 0.026 + 0.002 * rng.random()) for _ in range(8)] + [(11, 0.050), (7, 0.037)]:
+        controller.observe_draft(0.035, count - 1, request=request)
+        controller.observe_verify(request, seconds + 0.02, seconds, count - 1, count - 1)
+    a, b = controller.verify_cost.line()
+    assert 0.019 < a + b < 0.03  # a one-token pass: ~22 ms, not 4.5
+    assert not controller.should_abandon(request)

@@ -50,7 +50,12 @@ STEADY_EXTRA = 2
 # Weight, in rounds, of the running α in each position's acceptance estimate.
 CURVE_PRIOR = 2.0
 # Tokens² of spread in the verified counts needed before trusting the fitted slope.
-MIN_SPREAD = 1.0
+MIN_SPREAD = 4.0
+# A verified token costs at most this share of a one-token pass (measured ~0.03 on the CPU
+# engine, ~0 on a GPU). Without a cap, one slow pass at an unusual count tilted the line
+# (4 ms a token, a 4.5 ms "step" against a real 22 ms), and the speed-up measured in such
+# steps made a request abandon speculation that was paying.
+MAX_VERIFY_SLOPE = 0.06
 # Measured evidence for abandoning: steady rounds of the request itself, or at a
 # request's start, steady rounds of all requests (without it, speculation goes on).
 MIN_OWN_ROUNDS = 3
@@ -115,8 +120,10 @@ class CostLine:
     (recent rounds count most: load changes). Until the counts vary enough, ``prior``
     maps (mean count, mean seconds) to the line."""
 
-    def __init__(self, prior: Callable[[float, float], tuple[float, float]]) -> None:
+    def __init__(self, prior: Callable[[float, float], tuple[float, float]],
+                 max_slope_share: float | None = None) -> None:
         self.prior = prior
+        self.max_slope_share = max_slope_share  # cap on b / (a + b), the cost of one more
         self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
 
     def observe(self, count: int, seconds: float) -> None:
@@ -137,6 +144,9 @@ class CostLine:
             return self.prior(mean_x, mean_y)
         slope = (self.sxy / self.n - mean_x * mean_y) / spread
         slope = min(max(slope, 0.0), mean_y / mean_x)  # no negative costs at either end
+        if self.max_slope_share is not None:  # b <= m (a + b), with a = mean_y - b mean_x
+            share = self.max_slope_share
+            slope = min(slope, share * mean_y / (1.0 + share * (mean_x - 1.0)))
         return mean_y - slope * mean_x, slope
 
 
@@ -171,7 +181,7 @@ class DraftLengthController:
         # Optimistic priors until measured: high acceptance, cheap drafts, no RTT.
         self.alpha = 0.8
         self.draft_cost = CostLine(draft_prior)  # seconds vs tokens drafted
-        self.verify_cost = CostLine(verify_prior)  # seconds vs tokens verified (γ + 1)
+        self.verify_cost = CostLine(verify_prior, MAX_VERIFY_SLOPE)  # seconds vs tokens verified
         self.curve = AcceptanceCurve()
         self.rtt_s = 0.0
         self._accepted: float | None = None  # EMA of accepted drafts per round
