@@ -42,3 +42,29 @@ def test_cascade_report_judges_acceptability_at_the_bar(tmp_path):
     assert all(r["apgr"] <= report["oracle"]["apgr"] for r in report["scorers"].values())
     assert set(report["by_agreement"]) >= {"mean_prob", "random"}
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_eval_cascade_json_is_one_object_on_stdout(tmp_path, monkeypatch, capsys):
+    """`tandem eval cascade --json` after collecting labels itself: stdout is the report
+    alone (the collection's summary goes to stderr), so it pipes into a JSON reader."""
+    import json
+    import shutil
+    import sys
+
+    from tandem.router.scorers import DATA
+    from tandem.shared.cli import evaluate
+    from tandem.shared.cli.main import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "unused: the labels are copied in"}\n')
+
+    def collect(args):  # stands in for starting the edge and cloud
+        shutil.copy(DATA / "labels_q3km_heldout.jsonl", args.out)
+        print("a summary for people", file=sys.stderr)
+        return [], args.out
+
+    monkeypatch.setattr(evaluate, "collect_labels", collect)
+    assert main(["eval", "cascade", "--prompts", str(prompts), "--json",
+                 "--plot", str(tmp_path / "curve.png")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and json.loads(out[0])["prompts"] == 59

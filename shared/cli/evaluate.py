@@ -61,6 +61,14 @@ def edge_model_for(quant: str) -> str:
 
 
 def run_collect(args: argparse.Namespace) -> int:
+    rows, out = collect_labels(args)
+    agree = sum(r["rouge_l"] for r in rows) / max(len(rows), 1)
+    print(json.dumps({"rows": len(rows), "out": str(out), "mean_rouge_l": round(agree, 4)}))
+    return 0
+
+
+def collect_labels(args: argparse.Namespace) -> tuple[list[dict], Path]:
+    """Label the edge's answers against the cloud's (starting both unless given)."""
     from tandem.router.eval.collect import collect, edge_and_cloud, read_jsonl
 
     prompts = read_jsonl(args.prompts)
@@ -71,10 +79,8 @@ def run_collect(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp, \
                 edge_and_cloud(edge_model_for(args.edge_quant), Path(tmp)) as (edge, cloud):
             rows = collect(prompts, edge, cloud, out, args.max_tokens)
-    agree = sum(r["rouge_l"] for r in rows) / max(len(rows), 1)
-    print(json.dumps({"rows": len(rows), "out": str(out), "mean_rouge_l": round(agree, 4)}))
     print(f"{len(rows)} labelled answers in {out}", file=sys.stderr)
-    return 0
+    return rows, out
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -98,7 +104,7 @@ def run_cascade(args: argparse.Namespace) -> int:
         collect_args = argparse.Namespace(prompts=args.prompts, out=str(labels), edge=None,
                                           cloud=None, edge_quant=args.edge_quant,
                                           max_tokens=args.max_tokens)
-        run_collect(collect_args)
+        collect_labels(collect_args)  # stdout carries only the report
     report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot,
                             args.scorer)
     if not args.json:
