@@ -5,8 +5,9 @@ replayed against the edge: from every position of every answer the configured ed
 backend drafts up to 16 tokens through its real drafting path, and the run of tokens that
 match the cloud's is recorded. With those runs, the edge's measured time per drafted token
 and the cloud's step time, each fixed draft length k is costed round by round (the draft,
-the round trip, a verify pass over k + 1 tokens); the best k, chosen in hindsight, is the
-ceiling an adaptive controller can approach. Costs that are not measured here are flags.
+the round trip, a verify pass over k + 1 tokens). The best fixed k, chosen in hindsight,
+is what a controller should approach (adapting k per round, and drafting during round trips,
+can do a little better). Costs that are not measured here are flags.
 
     python scripts/speculative_ceiling.py --rtt-ms 0,20 [--prompts FILE] [--json]
 """
