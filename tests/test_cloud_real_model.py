@@ -1,6 +1,6 @@
-"""The cloud engine on the real SmolLM2-135M in fp32: batched greedy generation equals
-HF `generate` token for token, and verifying that output as drafts accepts all of it
-(decode and verify forwards agree, which lossless speculation needs)."""
+"""The cloud engine on the real SmolLM2-135M: batched greedy generation in fp32 equals HF
+`generate` token for token, and verifying that output as drafts accepts all of it (decode
+and verify forwards agree, which lossless speculation needs); bf16 equals HF's bf16."""
 
 import asyncio
 
@@ -72,3 +72,27 @@ def test_batched_greedy_equals_hf_and_verify_accepts_it(model, smollm2_tokenizer
         # HF stops at EOS; compare up to and including it.
         cut = next((i + 1 for i, t in enumerate(output) if t in eos), N)
         assert output[:cut] == ref[:cut]
+
+
+def test_bfloat16_greedy_equals_hf_in_bfloat16(smollm2_tokenizer):
+    """The fast path in bf16 (oneDNN-packed bf16 weights, norms in fp32 as transformers
+    does) gives HF `generate`'s bf16 tokens."""
+    model = load_causal_lm(resolve_model(DEFAULT_MODEL), "bfloat16")
+    engine = build_engine(CloudConfig(kv_cache_mb=64, dtype="bfloat16"), model, stop_token_ids=[])
+    assert type(engine.runner).__name__ == "PagedLlamaRunner"  # not the HF fallback
+    eos = eos_token_ids(smollm2_tokenizer)
+
+    async def generate(prompt):
+        gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=N)), "")
+        return [item.token async for item in gen]
+
+    try:
+        for question in QUESTIONS:
+            prompt = chat_ids(smollm2_tokenizer, question)
+            ours = asyncio.run(generate(prompt))
+            with torch.inference_mode():
+                ref = model.generate(torch.tensor([prompt]), max_new_tokens=N, do_sample=False)
+            cut = next((i + 1 for i, t in enumerate(ours) if t in eos), N)  # HF stops at EOS
+            assert ours[:cut] == ref[0, len(prompt):].tolist()[:cut]
+    finally:
+        engine.close()
