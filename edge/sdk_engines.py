@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -17,6 +17,9 @@ from tandem.shared.deadlines import Deadline
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.shared.models import DEFAULT_MODEL
 from tandem.v1 import router_pb2, router_pb2_grpc
+
+if TYPE_CHECKING:
+    from tandem.edge.config import EdgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,12 @@ class ClientConfig:
     model_sha256: str = option("", "on_device: refuse to load a model file with another sha256.")
     backend: str = option("llama.cpp", "on_device: edge backend (llama.cpp or torch).")
     threads: int = option(0, "on_device: compute threads for the edge model; 0 = all cores.")
+    flash_attn: bool = option(
+        False, "on_device, llama.cpp: flash attention (faster on the device; its drafts agree "
+               "a little less with the cloud's model).")
+    artifacts: str = option(
+        "", "on_device, torch backend: folder written by `tandem compress` (empty: the fp32 "
+            "weights, fully resident).")
     context_window: int = option(4096, "on_device: longest prompt + answer, in tokens.")
     max_tokens_cap: int = option(2048, "Largest max_tokens a call may ask for.")
     default_max_tokens: int = option(256, "max_tokens when a call sets none.")
@@ -90,12 +99,21 @@ class RemoteEngine:
         await self._channel.close()
 
 
+def edge_config_for(config: ClientConfig) -> EdgeConfig:
+    """The in-process edge's configuration (EdgeConfig checks the combination)."""
+    from tandem.edge.config import EdgeConfig
+
+    return EdgeConfig(model=config.model, backend=config.backend, threads=config.threads,
+                      flash_attn=config.flash_attn, artifacts=config.artifacts,
+                      context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
+                      default_max_tokens=config.default_max_tokens)
+
+
 class LocalEngine:
     """The router's core with an in-process edge; only the cloud is remote."""
 
     def __init__(self, config: ClientConfig) -> None:
         from tandem.edge.backend import create_backend
-        from tandem.edge.config import EdgeConfig
         from tandem.edge.local_tiers import LocalTiers
         from tandem.edge.provisioning import print_progress, provision
         from tandem.edge.service import EdgeServicer
@@ -110,8 +128,7 @@ class LocalEngine:
         source = provision(config.model, sha256=config.model_sha256, progress=print_progress)
         limits = dict(context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
                       default_max_tokens=config.default_max_tokens)
-        edge_config = EdgeConfig(model=config.model, backend=config.backend,
-                                 threads=config.threads, **limits)  # type: ignore[arg-type]
+        edge_config = edge_config_for(config)
         router_config = RouterConfig(model=config.model, default_policy=config.policy,
                                      default_timeout_seconds=config.deadline_s,
                                      **limits)  # type: ignore[arg-type]

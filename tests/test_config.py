@@ -36,3 +36,14 @@ def test_cli_flags_are_generated_from_fields():
         ["serve", "router", "--draft-tokens", "4", "--cascade-threshold", "0.1"])
     cfg = config_from_args(RouterConfig, "router", args)
     assert (cfg.draft_tokens, cfg.cascade_threshold) == (4, 0.1)
+
+
+def test_client_options_reach_the_in_process_edge():
+    from tandem.edge.sdk_engines import ClientConfig, edge_config_for
+
+    edge = edge_config_for(ClientConfig(flash_attn=True, threads=1, context_window=8192))
+    assert (edge.flash_attn, edge.threads, edge.backend, edge.context_window) == \
+        (True, 1, "llama.cpp", 8192)
+    assert edge_config_for(ClientConfig(backend="torch", artifacts="/a")).artifacts == "/a"
+    with pytest.raises(ValueError, match="flash_attn"):
+        edge_config_for(ClientConfig(backend="torch", flash_attn=True))
