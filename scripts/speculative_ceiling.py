@@ -105,7 +105,8 @@ def main() -> int:
     from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
     from tandem.shared.prompting import chat_token_ids
 
-    texts = [r["prompt"] for r in read_jsonl(Path(args.prompts))] if args.prompts else DEFAULT_PROMPTS
+    texts = ([r["prompt"] for r in read_jsonl(Path(args.prompts))] if args.prompts
+             else DEFAULT_PROMPTS)
     tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
     prompts = [chat_token_ids(tokenizer, [{"role": "user", "content": t}]) for t in texts]
     answers = cloud_answers(prompts, args.max_tokens)

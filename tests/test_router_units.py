@@ -292,7 +292,8 @@ def test_one_slow_verify_does_not_tilt_the_step_estimate():
     measured in those steps abandoned a request that was paying."""
     controller, request = DraftLengthController(6), RequestRounds()
     rng = np.random.default_rng(0)
-    for count, seconds in [(7, 0.026 + 0.002 * rng.random()) for _ in range(8)] + [(11, 0.050), (7, 0.037)]:
+    passes = [(7, 0.026 + 0.002 * rng.random()) for _ in range(8)] + [(11, 0.050), (7, 0.037)]
+    for count, seconds in passes:
         controller.observe_draft(0.035, count - 1, request=request)
         controller.observe_verify(request, seconds + 0.02, seconds, count - 1, count - 1)
     a, b = controller.verify_cost.line()
