@@ -99,14 +99,19 @@ class RemoteEngine:
         await self._channel.close()
 
 
+def tier_limits(config: ClientConfig) -> dict[str, int]:
+    """The request limits the in-process edge and router both enforce."""
+    return dict(context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
+                default_max_tokens=config.default_max_tokens)
+
+
 def edge_config_for(config: ClientConfig) -> EdgeConfig:
     """The in-process edge's configuration (EdgeConfig checks the combination)."""
     from tandem.edge.config import EdgeConfig
 
     return EdgeConfig(model=config.model, backend=config.backend, threads=config.threads,
                       flash_attn=config.flash_attn, artifacts=config.artifacts,
-                      context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
-                      default_max_tokens=config.default_max_tokens)
+                      **tier_limits(config))  # type: ignore[arg-type]
 
 
 class LocalEngine:
@@ -126,12 +131,10 @@ class LocalEngine:
         from tandem.shared.models import eos_token_ids
 
         source = provision(config.model, sha256=config.model_sha256, progress=print_progress)
-        limits = dict(context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
-                      default_max_tokens=config.default_max_tokens)
         edge_config = edge_config_for(config)
         router_config = RouterConfig(model=config.model, default_policy=config.policy,
                                      default_timeout_seconds=config.deadline_s,
-                                     **limits)  # type: ignore[arg-type]
+                                     **tier_limits(config))  # type: ignore[arg-type]
         state = MemoryStateStore()  # sessions live on the device
         resources = build_resources(router_config, state)
         self.backend = create_backend(edge_config, source)

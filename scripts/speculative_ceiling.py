@@ -69,7 +69,8 @@ def accepted_runs(prompts: list[list[int]], answers: list[list[int]]
         runs.append(matched)
     edge.close()
     per_token = steady_s / max(steady_tokens, 1)
-    return runs, per_token, prompt_s / len(prompts) - MAX_DRAFT * per_token
+    # the first call also evaluated MAX_DRAFT - 1 drafts after the prompt
+    return runs, per_token, prompt_s / len(prompts) - (MAX_DRAFT - 1) * per_token
 
 
 def speedup(runs: list[list[int]], k: int, rtt: float, draft: float, costs: argparse.Namespace,
