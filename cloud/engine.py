@@ -35,6 +35,8 @@ from tandem.shared.tier_service import GeneratedToken
 request_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
 
 _END = object()
+# Most draft tokens one Verify may carry.
+MAX_VERIFY_DRAFT = 64
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,9 @@ class CloudEngine:
                     self._deliver(self._requests[item.seq.seq_id], result)
 
     def _execute(self, scheduled: list[ScheduledSeq]) -> list[object]:
-        """Model thread: one forward for the whole batch, then sampling per request."""
+        """Model thread: one forward for the whole batch, then sampling per request. A
+        request whose sampling fails (its own values) gets its exception as its result;
+        the others in the batch go on."""
         logits = self.runner.execute(scheduled)  # [sum num_logits, V]
         greedy_tokens, greedy_logprobs = greedy_rows(logits)
         results: list[object] = []
@@ -232,17 +236,26 @@ class CloudEngine:
         for item in scheduled:
             request = self._requests[item.seq.seq_id]
             n = item.num_logits
-            if n == 0:
-                results.append(None)
-            elif request.future is not None:
-                results.append(self._accept(request, logits[row:row + n], greedy_tokens[row:row + n]))
-            elif request.sampler.params.greedy and not request.sampler.params.has_penalties:
-                results.append(GeneratedToken(greedy_tokens[row], greedy_logprobs[row]))
-            else:
-                token, logprob, _ = request.sampler.sample(logits[row].numpy())
-                results.append(GeneratedToken(token, logprob))
+            try:
+                results.append(self._result(request, logits[row:row + n],
+                                            greedy_tokens[row:row + n],
+                                            greedy_logprobs[row:row + n]))
+            except Exception as exc:  # noqa: BLE001 - this request's failure, delivered to it
+                results.append(exc)
             row += n
         return results
+
+    def _result(self, request: Request, logits: torch.Tensor, greedy_tokens: list[int],
+                greedy_logprobs: list[float]) -> object:
+        """One request's outcome of a step, from its rows of logits ([n, V])."""
+        if len(logits) == 0:
+            return None
+        if request.future is not None:
+            return self._accept(request, logits, greedy_tokens)
+        if request.sampler.params.greedy and not request.sampler.params.has_penalties:
+            return GeneratedToken(greedy_tokens[0], greedy_logprobs[0])
+        token, logprob, _ = request.sampler.sample(logits[0].numpy())
+        return GeneratedToken(token, logprob)
 
     def _accept(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> Acceptance:
         # logits: [k+1, V] at the last context token and each draft
@@ -256,7 +269,9 @@ class CloudEngine:
     def _deliver(self, request: Request, result: object) -> None:
         if request.seq.seq_id in self._aborted:
             return
-        if isinstance(result, Acceptance):
+        if isinstance(result, Exception):
+            self._finish(request, result)
+        elif isinstance(result, Acceptance):
             self._deliver_verify(request, result)
         else:
             assert isinstance(result, GeneratedToken)
@@ -352,7 +367,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def validate_verify(tokens: Sequence[int], draft: Sequence[int], draft_probs: Sequence[float],
                     num_distributions: int, session_id: str, vocab_size: int,
-                    context_window: int, sampling: SamplingParams, max_draft: int = 64) -> None:
+                    context_window: int, sampling: SamplingParams, max_draft: int = MAX_VERIFY_DRAFT) -> None:
     """Checks of a Verify request before any model work; raises InvalidArgument."""
     if not session_id:
         raise InvalidArgument("session_id: required for Verify")

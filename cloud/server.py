@@ -11,13 +11,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import CloudEngine, EngineLimits
+from tandem.cloud.engine import MAX_VERIFY_DRAFT, CloudEngine, EngineLimits
 from tandem.cloud.metrics import EngineMetrics
 from tandem.cloud.model_loader import load_causal_lm
 from tandem.cloud.model_runner import build_runner, num_blocks_for_budget
 from tandem.cloud.service import CloudServicer
 from tandem.cloud.sessions import SessionStore
-from tandem.shared.grpc_server import serve
+from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
 from tandem.v1 import cloud_pb2_grpc
@@ -51,7 +51,10 @@ async def run(config: CloudConfig) -> None:
     try:
         await serve("cloud", config,
                     lambda server: cloud_pb2_grpc.add_CloudServicer_to_server(servicer, server),
-                    registry)
+                    registry, request_limit_bytes(
+                        config.context_window, servicer.handler.bytes_per_token,
+                        # a sampled Verify's draft distributions: ids and probabilities
+                        distribution_bytes=MAX_VERIFY_DRAFT * model.config.vocab_size * 9))
     finally:
         engine.close()
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from tandem.edge.backend import create_backend
 from tandem.edge.config import EdgeConfig
 from tandem.edge.service import EdgeServicer
-from tandem.shared.grpc_server import serve
+from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
 from tandem.v1 import edge_pb2_grpc
@@ -24,7 +24,8 @@ async def run(config: EdgeConfig) -> None:
     try:
         await serve("edge", config,
                     lambda server: edge_pb2_grpc.add_EdgeServicer_to_server(servicer, server),
-                    registry)
+                    registry, request_limit_bytes(config.context_window,
+                                                  servicer.handler.bytes_per_token))
     finally:
         backend.close()
 

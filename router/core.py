@@ -31,7 +31,7 @@ from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
 from tandem.shared.log import log_event
-from tandem.shared.prompting import PromptInput, render
+from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_service import check_context
 from tandem.v1 import common_pb2, router_pb2
@@ -61,6 +61,7 @@ class RouterCore:
         self.policies = policies
         self.metrics = metrics
         self.admission = Admission(config, state)
+        self.bytes_per_token = max_token_bytes(tokenizer)  # type: ignore[arg-type]
         self._after_reply: set[asyncio.Task[Any]] = set()
 
     async def admit(self, request: router_pb2.GenerateRequest, deadline: Deadline,
@@ -76,7 +77,7 @@ class RouterCore:
             policy, sampling, prompt = self._validate(request)
         if not request.session_id:
             with spent(timings, DECISION):
-                prepared = self._render(request, policy, sampling, prompt, [], deadline)
+                prepared = await self._render(request, policy, sampling, prompt, [], deadline)
                 key = (cache_key(prepared.routed, policy.name, False)
                        if self.config.response_cache_seconds > 0 else None)
             with spent(timings, STATE):
@@ -95,7 +96,8 @@ class RouterCore:
                 reservation = await self.admission.admit(request.tenant, sampling.max_tokens)
             except ResourceExhausted:
                 # A client mistake outranks a limit: the caller must fix it, not retry.
-                self._render(request, policy, sampling, prompt, await history_read, deadline)
+                await self._render(request, policy, sampling, prompt, await history_read,
+                                   deadline)
                 raise
             except BaseException:
                 history_read.cancel()
@@ -104,18 +106,19 @@ class RouterCore:
             with spent(timings, STATE):
                 history = await history_read
             with spent(timings, DECISION):
-                prepared = self._render(request, policy, sampling, prompt, history, deadline)
+                prepared = await self._render(request, policy, sampling, prompt, history,
+                                              deadline)
         except BaseException:
             with spent(timings, STATE):
                 await self.admission.withdraw(reservation)
             raise
         return prepared, reservation, None, None  # no response cache for sessions
 
-    def _render(self, request: router_pb2.GenerateRequest, policy: Policy,
-                sampling: SamplingParams, prompt: PromptInput, history: list[Turn],
-                deadline: Deadline) -> PreparedRequest:
+    async def _render(self, request: router_pb2.GenerateRequest, policy: Policy,
+                      sampling: SamplingParams, prompt: PromptInput, history: list[Turn],
+                      deadline: Deadline) -> PreparedRequest:
         """Prompt token ids (history first), checked against the context window."""
-        prompt_ids = render(self.tokenizer, prompt, history)  # type: ignore[arg-type]
+        prompt_ids = await render_off_loop(self.tokenizer, prompt, history)  # type: ignore[arg-type]
         check_context(len(prompt_ids), sampling.max_tokens, self.config.context_window)
         turns = prompt.conversation()
         routed = RoutedRequest(
@@ -135,6 +138,7 @@ class RouterCore:
                                           default_max_tokens=self.config.default_max_tokens,
                                           max_tokens_cap=self.config.max_tokens_cap)
         prompt = PromptInput.from_pb(request)
+        prompt.check_size(self.config.context_window, self.bytes_per_token)
         for field, value in (("session_id", request.session_id), ("tenant", request.tenant)):
             if value and not NAME_PATTERN.match(value):
                 raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9._:-]")

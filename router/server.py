@@ -14,7 +14,7 @@ from tandem.router.scorers import DEFAULT_ROUTE_HEAD, PromptRouter, create_score
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
 from tandem.router.tiers import Tiers
-from tandem.shared.grpc_server import serve
+from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.shared.models import load_tokenizer, resolve_model
 from tandem.v1 import router_pb2_grpc
@@ -44,12 +44,12 @@ async def run(config: RouterConfig) -> None:
     policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")
-    servicer = RouterServicer(
-        RouterCore(config, resources.tokenizer, tiers, state, policies, metrics))
+    core = RouterCore(config, resources.tokenizer, tiers, state, policies, metrics)
+    servicer = RouterServicer(core)
     try:
         await serve("router", config,
                     lambda server: router_pb2_grpc.add_RouterServicer_to_server(servicer, server),
-                    registry)
+                    registry, request_limit_bytes(config.context_window, core.bytes_per_token))
     finally:
         await tiers.close()
         await state.close()

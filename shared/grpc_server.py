@@ -22,11 +22,26 @@ from tandem.shared.service_config import ServiceConfig
 
 logger = logging.getLogger(__name__)
 
-# Generous message limits: Verify/Draft carry whole token sequences.
+# Client channels between Tandem's own services: Verify/Draft carry whole token
+# sequences and, for sampled drafts, full distributions. What a server accepts is bounded
+# by its own limit (request_limit_bytes).
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+# Room for the fields of a request besides its prompt or token sequence.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# A token id as a protobuf varint: at most 5 bytes.
+TOKEN_ID_BYTES = 5
+
+
+def request_limit_bytes(context_window: int, bytes_per_token: int,
+                        distribution_bytes: int = 0) -> int:
+    """The largest request message a service needs to accept: a prompt that can fit the
+    context window (as text or token ids), plus the draft distributions a Verify may carry.
+    Anything larger is refused by gRPC before it is parsed (RESOURCE_EXHAUSTED)."""
+    sequence = context_window * max(bytes_per_token, TOKEN_ID_BYTES)
+    return sequence + distribution_bytes + MESSAGE_OVERHEAD_BYTES
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -43,13 +58,17 @@ async def serve(
     config: ServiceConfig,
     register: Registrar,
     registry: CollectorRegistry,
+    max_request_bytes: int,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight RPCs and stop.
 
     ``register`` adds the service's servicers; models must already be loaded, so the
-    service reports SERVING as soon as it listens.
+    service reports SERVING as soon as it listens. Requests over ``max_request_bytes``
+    are refused before they are parsed.
     """
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=CHANNEL_OPTIONS)
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
+               ("grpc.max_receive_message_length", max_request_bytes)]
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

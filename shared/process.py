@@ -46,12 +46,21 @@ class ServiceProcess:
         self.log_path = workdir / f"{name}.log"
         self.ready_file.unlink(missing_ok=True)
         self._log: IO[bytes] = open(self.log_path, "wb")
-        command = [sys.executable, "-m", "tandem.shared.cli.main", "serve", name,
-                   "--ready-file", str(self.ready_file), *args]
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self._command = [sys.executable, "-m", "tandem.shared.cli.main", "serve", name,
+                         "--ready-file", str(self.ready_file), *args]
+        self._env = {**os.environ, **(env or {})}
+        self.proc = self._spawn()
         self.address = ""
         self.metrics_port: int | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
+                                env=self._env)
+
+    def restart(self) -> None:
+        """Start the service again with the same arguments (after it died)."""
+        self.ready_file.unlink(missing_ok=True)
+        self.proc = self._spawn()
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the service is SERVING; raise ServiceFailed (with its log) if not."""
@@ -90,19 +99,30 @@ class ServiceProcess:
 
 
 class RedisProcess:
-    """A throw-away redis-server on loopback (no persistence)."""
+    """A redis-server on loopback. With ``durable``, every write goes to an append-only file
+    in ``workdir`` (fsynced every second), so a restarted server keeps the sessions written
+    up to about a second before it died; without, nothing is persisted (test fixtures)."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, durable: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH (Debian package redis-server)")
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
         self.log_path = workdir / "redis.log"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--logfile", str(self.log_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if durable
+                       else ["--appendonly", "no"])
+        self._command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         *persistence, "--dir", str(workdir), "--logfile", str(self.log_path)]
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def restart(self) -> None:
+        """Start the server again (it reloads its append-only file when durable)."""
+        self.proc = self._spawn()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

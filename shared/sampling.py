@@ -18,6 +18,12 @@ from tandem.v1 import common_pb2
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 128
+# Past ~100 the distribution is uniform for any model; larger values are mistakes.
+MAX_TEMPERATURE = 100.0
+# Below 0.01, dividing a logit by the penalty overflows float32 (1e-40 gave inf, then
+# NaN probabilities that failed every request batched with it).
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,9 @@ class SamplingParams:
         if max_tokens > max_tokens_cap:
             raise InvalidArgument(f"max_tokens: {max_tokens} is above the cap of {max_tokens_cap}")
         temperature = pb.temperature if pb.HasField("temperature") else 0.0
-        if not math.isfinite(temperature) or temperature < 0:
-            raise InvalidArgument(f"temperature: must be a finite number >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+            raise InvalidArgument(
+                f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
         top_p = pb.top_p if pb.HasField("top_p") else 1.0
         if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
             raise InvalidArgument(f"top_p: must be in (0, 1], got {top_p}")
@@ -70,8 +77,11 @@ class SamplingParams:
         if not (math.isfinite(pb.min_p) and 0.0 <= pb.min_p <= 1.0):
             raise InvalidArgument(f"min_p: must be in [0, 1], got {pb.min_p}")
         repetition = pb.repetition_penalty if pb.HasField("repetition_penalty") else 1.0
-        if not (math.isfinite(repetition) and 0.0 < repetition <= 10.0):
-            raise InvalidArgument(f"repetition_penalty: must be in (0, 10], got {repetition}")
+        if not (math.isfinite(repetition)
+                and MIN_REPETITION_PENALTY <= repetition <= MAX_REPETITION_PENALTY):
+            raise InvalidArgument(
+                f"repetition_penalty: must be in [{MIN_REPETITION_PENALTY:g}, "
+                f"{MAX_REPETITION_PENALTY:g}], got {repetition}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(pb, name)
             if not (math.isfinite(value) and -2.0 <= value <= 2.0):
@@ -146,12 +156,18 @@ class TokenSampler:
     def distribution(self, logits: np.ndarray) -> np.ndarray:
         """The probabilities this request samples from (temperature, top-k, top-p applied)."""
         p = self.params
-        scaled = logits.astype(np.float64) / p.temperature
+        # Shifted by the maximum before dividing: a tiny temperature cannot overflow.
+        shifted = logits.astype(np.float64)
+        scaled = (shifted - shifted.max()) / p.temperature
         if 0 < p.top_k < scaled.shape[-1]:
             kth = np.partition(scaled, -p.top_k)[-p.top_k]
             scaled = np.where(scaled < kth, -np.inf, scaled)
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
+        probs = np.exp(scaled)
+        total = probs.sum()
+        if not (math.isfinite(total) and total > 0):
+            raise InvalidArgument("sampling: these parameters give no valid distribution over "
+                                  "the model's logits")
+        probs /= total
         if p.min_p > 0.0:
             probs = np.where(probs < p.min_p * probs.max(), 0.0, probs)
             probs /= probs.sum()

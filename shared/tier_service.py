@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from tandem.shared.errors import InvalidArgument
-from tandem.shared.prompting import PromptInput, render
+from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.text import IncrementalDetokenizer, StopStringMatcher
 from tandem.v1 import common_pb2
@@ -56,21 +56,24 @@ class TierGenerateHandler:
         self.tokenizer = tokenizer
         self.limits = limits
         self.eos_token_ids = frozenset(eos_token_ids)
+        self.bytes_per_token = max_token_bytes(tokenizer)
 
-    def prepare(self, request: common_pb2.TierGenerateRequest) -> tuple[list[int], SamplingParams]:
+    async def prepare(self, request: common_pb2.TierGenerateRequest
+                      ) -> tuple[list[int], SamplingParams]:
         """Validate and render a request before any model work; raises InvalidArgument."""
         sampling = SamplingParams.from_pb(
             request.sampling, default_max_tokens=self.limits.default_max_tokens,
             max_tokens_cap=self.limits.max_tokens_cap)
         prompt = PromptInput.from_pb(request, vocab_size=len(self.tokenizer))
-        prompt_ids = render(self.tokenizer, prompt)
+        prompt.check_size(self.limits.context_window, self.bytes_per_token)
+        prompt_ids = await render_off_loop(self.tokenizer, prompt)
         check_context(len(prompt_ids), sampling.max_tokens, self.limits.context_window)
         return prompt_ids, sampling
 
     async def stream(self, request: common_pb2.TierGenerateRequest
                      ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
         started = time.perf_counter_ns()
-        prompt_ids, sampling = self.prepare(request)
+        prompt_ids, sampling = await self.prepare(request)
         detok = IncrementalDetokenizer(
             lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
         stops = StopStringMatcher(sampling.stop)

@@ -11,7 +11,7 @@ from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import request_tenant
 from tandem.cloud.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
-from tandem.shared.errors import ResourceExhausted
+from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.models import resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
 
@@ -207,5 +207,27 @@ def test_other_architectures_fall_back_to_transformers_with_exact_output():
         first, second = asyncio.run(run_two())
         assert first == hf_greedy(gpt2, prompt, 10)
         assert second == hf_greedy(gpt2, prompt[:2], 10)
+    finally:
+        eng.close()
+
+
+def test_a_request_whose_sampling_fails_fails_alone(model):
+    """Values that slip past validation and break sampling (a repetition penalty that
+    overflows float32) fail that request with INVALID_ARGUMENT; the requests batched with
+    it finish with the same tokens as alone."""
+    eng = make_engine(model)
+    poison = SamplingParams(max_tokens=8, temperature=0.7, repetition_penalty=1e-45)
+    try:
+        alone = asyncio.run(collect(eng, PROMPT, 8))
+
+        async def run_all():
+            return await asyncio.gather(collect(eng, PROMPT, 8, params=poison),
+                                        *(collect(eng, PROMPT, 8) for _ in range(3)),
+                                        return_exceptions=True)
+
+        poisoned, *others = asyncio.run(run_all())
+        assert isinstance(poisoned, InvalidArgument)
+        assert others == [alone] * 3
+        assert eng.pool.num_used == 0
     finally:
         eng.close()

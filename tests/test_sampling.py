@@ -30,6 +30,8 @@ def test_defaults_are_greedy_with_server_max_tokens():
     (dict(top_p=1.01), "top_p"),
     (dict(top_k=-1), "top_k"),
     (dict(stop=[""]), "stop"),
+    (dict(temperature=1e9), "temperature"),
+    (dict(repetition_penalty=1e-40), "repetition_penalty"),
 ])
 def test_invalid_parameters_name_the_field(fields, field_name):
     with pytest.raises(InvalidArgument, match=f"^{field_name}:"):
@@ -71,3 +73,19 @@ def test_entropy_of_uniform_and_certain_distributions():
     certain[3] = 0.0
     assert entropy_of(certain) < 1e-6
     assert TokenSampler(params()).sample_with_entropy(certain) == (3, 0.0, 0.0)
+
+
+def test_a_tiny_temperature_samples_the_argmax_instead_of_overflowing():
+    logits = np.array([0.0, 30.0, 29.0], dtype=np.float32)
+    sampler = TokenSampler(SamplingParams(max_tokens=1, temperature=1e-300))
+    assert sampler.sample(logits)[0] == 1
+
+
+def test_values_that_break_the_distribution_fail_with_invalid_argument():
+    """Constructed past validation (as a future bug might): the request fails with its
+    own INVALID_ARGUMENT, never with a NaN distribution."""
+    sampler = TokenSampler(SamplingParams(max_tokens=1, temperature=0.7,
+                                          repetition_penalty=1e-40))
+    sampler.set_prompt([0, 1, 2])
+    with pytest.raises(InvalidArgument, match="^sampling:"):
+        sampler.sample(np.array([30.0, 5.0, -3.0], dtype=np.float32))

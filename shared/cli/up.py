@@ -8,12 +8,17 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from tandem.shared.process import RedisProcess, ServiceFailed, ServiceProcess
 
 # Cloud start converts the GGUF once (~40 s on 2 cores); later starts read the cache.
 READY_TIMEOUT_S = 600.0
+# A crashed child is restarted after 1 s, then 2, 4, ... up to 30 s while it keeps
+# crashing; a child that stayed up for a minute starts again from 1 s.
+RESTART_BACKOFF_S = (1.0, 30.0)
+STABLE_AFTER_S = 60.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +53,7 @@ class LocalStack:
     def start(self) -> None:
         state = "memory"
         if not self.args.no_redis and shutil.which("redis-server"):
-            self.redis = RedisProcess(self.args.redis_port, self.workdir)
+            self.redis = RedisProcess(self.args.redis_port, self.workdir, durable=True)
             self.redis.wait_ready()
             state = self.redis.url
         else:
@@ -77,6 +82,9 @@ class LocalStack:
     def router_address(self) -> str:
         return self.services[-1].address
 
+    def children(self) -> list[ServiceProcess | RedisProcess]:
+        return [*([self.redis] if self.redis else []), *self.services]
+
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
@@ -98,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
             return ask_and_print(stack.router_address, args.ask, policy=args.policy)
         print("press Ctrl-C to stop", flush=True)
+        supervisor = Supervisor(stack.children())
         while not stopping.wait(0.5):
-            for service in stack.services:
-                if service.proc.poll() is not None:
-                    raise ServiceFailed(f"{service.name} died:\n{service.log_tail()}")
+            supervisor.check()
         return 0
     except ServiceFailed as exc:
         print(f"tandem up: {exc}", file=sys.stderr)
@@ -109,3 +116,35 @@ def run(args: argparse.Namespace) -> int:
     finally:
         print("stopping the stack ...", file=sys.stderr, flush=True)
         stack.stop()
+
+
+class Supervisor:
+    """Restarts children that died, with exponential backoff, so one crashed service does
+    not take the stack down (the others keep serving; the router's health watch and
+    retries see it come back)."""
+
+    def __init__(self, children: list[ServiceProcess | RedisProcess]) -> None:
+        self.children = children
+        self._delay = {id(c): RESTART_BACKOFF_S[0] for c in children}
+        self._started = {id(c): time.monotonic() for c in children}
+        self._due: dict[int, float] = {}
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            key = id(child)
+            if child.proc.poll() is None:
+                if now - self._started[key] > STABLE_AFTER_S:
+                    self._delay[key] = RESTART_BACKOFF_S[0]
+                continue
+            name = getattr(child, "name", "redis")
+            if key not in self._due:
+                self._due[key] = now + self._delay[key]
+                print(f"tandem up: {name} exited with code {child.proc.returncode}; "
+                      f"restarting in {self._delay[key]:.0f} s", file=sys.stderr, flush=True)
+            elif now >= self._due[key]:
+                del self._due[key]
+                child.restart()
+                self._started[key] = now
+                self._delay[key] = min(self._delay[key] * 2, RESTART_BACKOFF_S[1])
+                print(f"tandem up: {name} restarted", file=sys.stderr, flush=True)
