@@ -28,7 +28,7 @@ from tandem.cloud.scheduler import Sequence as Seq
 from tandem.cloud.sessions import SessionStore
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_service import GeneratedToken
+from tandem.shared.tier_handler import GeneratedToken
 
 # The tenant of the Generate call being served (set by the servicer): the
 # TokenGenerator contract carries no tenant, and the prefix cache is salted by it.

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import MAX_VERIFY_DRAFT, CloudEngine, EngineLimits
 from tandem.cloud.metrics import EngineMetrics
-from tandem.cloud.model_loader import load_causal_lm
+from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.model_runner import build_runner, num_blocks_for_budget
 from tandem.cloud.service import CloudServicer
 from tandem.cloud.sessions import SessionStore

@@ -12,8 +12,8 @@ from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import CloudEngine, request_tenant, validate_verify
 from tandem.cloud.sampler import dense_distributions
 from tandem.shared.sampling import SamplingParams
-from tandem.shared.tier_service import TierGenerateHandler, TierLimits
-from tandem.shared.tier_servicer import TierServicer
+from tandem.shared.tier_handler import TierGenerateHandler, TierLimits
+from tandem.shared.tier_rpc import TierServicer
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2
 
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tandem.edge.compress import Built, Recipe, capacity_for, choose_window
 from tandem.edge.flash import AlignedBuffer, FlashStore, Int8Selector, Predictor
+from tandem.edge.flash_window import capacity_for, choose_window
 from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
 from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
 from tandem.edge.sparsity import ActivationSparseFFN
@@ -29,8 +29,29 @@ WEIGHTS = "weights.safetensors"
 LINEARS: dict[str, Any] = {"dense": DenseLinear, "int8": Int8Linear, "int4": Int4Linear}
 
 
-def save(built: Built, recipe: Recipe, folder: Path, source: str) -> None:
-    """Write ``built`` (its flash file must already be ``folder``/ffn.flash)."""
+@dataclass
+class Built:
+    """A runtime in memory, as `tandem compress` builds it and as an artifact loads."""
+
+    runtime: LlamaRuntime
+    model_bytes: int  # every weight of the model in this format (resident + on flash)
+    window: int = 0
+    capacity: int = 0  # flash: buffer rows per layer
+    store: FlashStore | None = None
+    # flash: the selectors' choices on calibration tokens ([L, N, F] bool), to pick k
+    selections: np.ndarray | None = None
+    ffn_file_bytes: int = 0  # flash: FFN weight bytes on storage (without padding)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+
+def save(built: Built, recipe: Any, folder: Path, source: str) -> None:
+    """Write ``built`` (its flash file must already be ``folder``/ffn.flash); ``recipe``
+    (the dataclass it was built with) goes into the manifest, whose flash settings
+    loading reads."""
     from safetensors.torch import save_file
 
     rt = built.runtime
@@ -99,16 +120,17 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
                          f"reads {FORMAT}; rebuild it (tandem compress)")
     t = read_safetensors(folder / WEIGHTS)
     shape = LlamaShape(**manifest["shape"])
-    recipe = Recipe(**manifest["recipe"])
+    recipe = manifest["recipe"]
     if manifest["embedding"] == "int8":
         embedding: Any = Int8Embedding(t["embedding.q"], t["embedding.scale"])
     else:
         embedding = DenseEmbedding(t["embedding.weight"])
     store = None
-    if recipe.flash:
+    if recipe["flash"]:
         store = FlashStore(str(folder / "ffn.flash"), shape.layers, shape.ffn, shape.hidden,
-                           recipe.io_mode, io_threads, recipe.flash_dtype, io_engine or recipe.io_engine)
-    naive_buffer = store.buffer(shape.ffn) if recipe.flash == "naive" else None  # type: ignore[union-attr]
+                           recipe["io_mode"], io_threads, recipe["flash_dtype"],
+                           io_engine or recipe["io_engine"])
+    naive_buffer = store.buffer(shape.ffn) if recipe["flash"] == "naive" else None  # type: ignore[union-attr]
     capacity, k = manifest["capacity"], manifest["window"]
     if budget_fraction is not None:
         capacity = capacity_for(manifest["model_bytes"], manifest["ffn_file_bytes"], budget_fraction,

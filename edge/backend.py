@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tandem.shared.sampling import TokenSampler
-from tandem.shared.tier_service import GeneratedToken
+from tandem.shared.tier_handler import GeneratedToken
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig

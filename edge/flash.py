@@ -22,7 +22,6 @@ import mmap
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,23 +45,6 @@ def record_bytes(hidden: int, dtype: str = "fp32") -> int:
     """Bytes of one neuron's record: [3, H] values padded to the direct-I/O alignment
     (SmolLM2, H=576: 7168 B in fp32, 3584 B = 7 x 512 B in fp16)."""
     return -(-3 * hidden * flash_dtype(dtype).itemsize // ALIGN) * ALIGN
-
-
-def write_flash_file(path: str, ffns: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                     dtype: str = "fp32", progress: Callable[[int], None] | None = None) -> None:
-    """One record per neuron per layer: [gate row | up row | down column | pad]."""
-    torch_dtype = flash_dtype(dtype)
-    with open(path, "wb") as fh:
-        for gate, up, down in ffns:  # [F, H], [F, H], [H, F]
-            hidden = gate.shape[1]
-            width = record_bytes(hidden, dtype) // torch_dtype.itemsize
-            records = torch.zeros(gate.shape[0], width, dtype=torch_dtype)
-            records[:, :hidden] = gate
-            records[:, hidden:2 * hidden] = up
-            records[:, 2 * hidden:3 * hidden] = down.T
-            fh.write(records.numpy().tobytes())
-            if progress:
-                progress(1)
 
 
 class AlignedBuffer:
@@ -261,25 +243,6 @@ class Predictor:
     @property
     def nbytes(self) -> int:
         return (self.a.numel() + self.b.numel()) * 4
-
-
-def fit_predictor(gate: torch.Tensor, up: torch.Tensor, inputs: torch.Tensor, rank: int,
-                  act_threshold: float, recall: float) -> Predictor:
-    """Best rank-r approximation of the calibration pre-activations X [g; u]^T (top right
-    singular vectors V: estimate = X W^T V V^T), and the score threshold that keeps a
-    ``recall`` fraction of the calibration neurons whose true |h| reaches ``act_threshold``."""
-    weight = torch.cat([gate, up])  # [2F, H]
-    pre = inputs @ weight.T  # [N, 2F]
-    # pre = Q R W^T shares its right singular vectors with R W^T ([<=H, 2F], much smaller)
-    _, r = torch.linalg.qr(inputs)
-    _, _, v = torch.linalg.svd(r @ weight.T, full_matrices=False)  # v: [<=H, 2F]
-    basis = v[:rank].T.contiguous()  # [2F, r]
-    predictor = Predictor(a=(basis.T @ weight).contiguous(), b=basis, threshold=0.0)
-    g, u = pre.chunk(2, dim=-1)
-    active = (F.silu(g) * u).abs() >= act_threshold
-    scores = predictor.scores(inputs)[active]
-    predictor.threshold = float(torch.quantile(scores[:16_000_000], 1.0 - recall)) if len(scores) else 0.0
-    return predictor
 
 
 class Int8Selector:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tandem.edge.single_sequence import SingleSequenceBackend, reusable_prefix
+from tandem.edge.model_thread import ModelThreadBackend, reusable_prefix
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
     from tandem.shared.models import ModelSource
 
 
-class LlamaCppBackend(SingleSequenceBackend):
+class LlamaCppBackend(ModelThreadBackend):
     name = "llama.cpp"
 
     def __init__(self, model_path: str, context_window: int, threads: int,

@@ -153,25 +153,6 @@ class Int4Linear:
         return cls(t["packed"], t["scale"], t["zero"], t.get("input_scale"))
 
 
-AWQ_ALPHAS = tuple(i / 10 for i in range(11))
-
-
-def awq_input_scale(weight: torch.Tensor, inputs: torch.Tensor, group: int) -> torch.Tensor:
-    """Per-input-channel scale s = mean|x|^alpha, alpha chosen on the calibration inputs
-    ([N, in]) to minimise the INT4 output error ||x W^T - (x/s) Q(W s)^T|| (AWQ, §3.2)."""
-    magnitude = inputs.abs().mean(dim=0).clamp(min=1e-6)  # [in]
-    reference = inputs @ weight.T  # [N, out]
-    best, best_error = torch.ones_like(magnitude), float("inf")
-    for alpha in AWQ_ALPHAS:
-        s = magnitude.pow(alpha)
-        s = s / (s.max() * s.min()).sqrt()  # keep the scales centred around 1
-        dequantized = dequantize_int4(*quantize_int4(weight * s[None, :], group)) / s[None, :]
-        error = (reference - inputs @ dequantized.T).pow(2).mean().item()
-        if error < best_error:
-            best, best_error = s, error
-    return best
-
-
 class Int8Embedding:
     """Tied embedding / LM head stored as INT8 rows with a per-row scale."""
 

@@ -12,8 +12,8 @@ from tandem.edge.backend import EdgeBackend
 from tandem.edge.config import EdgeConfig
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_service import TierGenerateHandler, TierLimits
-from tandem.shared.tier_servicer import TierServicer
+from tandem.shared.tier_handler import TierGenerateHandler, TierLimits
+from tandem.shared.tier_rpc import TierServicer
 from tandem.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tandem.edge.compress import Built
-from tandem.edge.single_sequence import SingleSequenceBackend, reusable_prefix
+from tandem.edge.artifacts import Built
+from tandem.edge.model_thread import ModelThreadBackend, reusable_prefix
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tandem.shared.models import ModelSource
 
 
-class TorchBackend(SingleSequenceBackend):
+class TorchBackend(ModelThreadBackend):
     name = "torch"
 
     def __init__(self, built: Built, dtype: str, threads: int) -> None:
@@ -78,7 +78,7 @@ class TorchBackend(SingleSequenceBackend):
 def dense_source(source: ModelSource) -> tuple[LlamaShape, dict[str, torch.Tensor]]:
     """fp32 weights and shape of ``source`` through the cloud's loader (which de-quantizes
     a GGUF once and caches it as safetensors)."""
-    from tandem.cloud.model_loader import load_causal_lm
+    from tandem.shared.model_loader import load_causal_lm
     from tandem.edge.torch_model import LlamaShape
 
     model = load_causal_lm(source, "float32")

@@ -14,7 +14,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,12 +149,9 @@ def run_load_test(test: LoadTest, metrics: dict[str, str] | None = None,
 def start_stack(config: str | None = None) -> Any:
     """A local stack (redis, cloud, edge, router) on free ports, configured by the TOML
     file `config` like `tandem up --config`; the caller stops it."""
-    from tandem.shared.cli.up import LocalStack
-    from tandem.shared.process import free_port
+    from tandem.shared.stack import LocalStack, StackSettings
 
-    stack = LocalStack(SimpleNamespace(
-        config=config, host="127.0.0.1", router_port=free_port(), cloud_port=free_port(),
-        edge_port=free_port(), redis_port=free_port(), no_redis=False))
+    stack = LocalStack(StackSettings.on_free_ports(config))
     try:
         stack.start()
     except BaseException:

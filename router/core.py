@@ -33,7 +33,7 @@ from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
 from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams
-from tandem.shared.tier_service import check_context
+from tandem.shared.tier_handler import check_context
 from tandem.v1 import common_pb2, router_pb2
 
 logger = logging.getLogger(__name__)

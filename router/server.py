@@ -9,29 +9,14 @@ from prometheus_client import CollectorRegistry
 from tandem.router.config import RouterConfig
 from tandem.router.core import RouterCore
 from tandem.router.metrics import RouterMetrics
-from tandem.router.policies.base import PolicyResources, create_policies
-from tandem.router.scorers import DEFAULT_ROUTE_HEAD, PromptRouter, create_scorer
+from tandem.router.policies.base import create_policies
+from tandem.router.resources import build_resources
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
 from tandem.router.tiers import Tiers
 from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
-from tandem.shared.models import load_tokenizer, resolve_model
 from tandem.v1 import router_pb2_grpc
-
-
-def build_resources(config: RouterConfig, state: object) -> PolicyResources:
-    """Tokenizer, scorer and (when trained) the prompt router, loaded once."""
-    tokenizer = load_tokenizer(resolve_model(config.model))
-    needs_encoder = config.scorer == "learned" or DEFAULT_ROUTE_HEAD.is_file()
-    encoder = None
-    if needs_encoder:
-        from tandem.router.embeddings import SentenceEncoder
-
-        encoder = SentenceEncoder()
-    prompt_router = PromptRouter.load(encoder=encoder) if DEFAULT_ROUTE_HEAD.is_file() else None
-    return PolicyResources(tokenizer, state, create_scorer(config.scorer, encoder),  # type: ignore[arg-type]
-                           prompt_router)
 
 
 async def run(config: RouterConfig) -> None:

@@ -26,7 +26,7 @@ MAX_DRAFT = 16
 def cloud_answers(prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     import torch
 
-    from tandem.cloud.model_loader import load_causal_lm
+    from tandem.shared.model_loader import load_causal_lm
     from tandem.shared.models import DEFAULT_MODEL, resolve_model
 
     model = load_causal_lm(resolve_model(DEFAULT_MODEL), "float32")

@@ -9,7 +9,7 @@ import torch
 
 from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import request_tenant
-from tandem.cloud.model_loader import load_causal_lm
+from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.models import resolve_model

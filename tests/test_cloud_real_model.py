@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.model_loader import load_causal_lm
+from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
 from tandem.shared.models import DEFAULT_MODEL, eos_token_ids, resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler

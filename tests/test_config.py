@@ -39,7 +39,7 @@ def test_cli_flags_are_generated_from_fields():
 
 
 def test_client_options_reach_the_in_process_edge():
-    from tandem.edge.sdk_engines import ClientConfig, edge_config_for
+    from tandem.edge.sdk.engines import ClientConfig, edge_config_for
 
     edge = edge_config_for(ClientConfig(flash_attn=True, threads=1, context_window=8192))
     assert (edge.flash_attn, edge.threads, edge.backend, edge.context_window) == \

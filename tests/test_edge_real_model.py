@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tandem.edge import artifacts
-from tandem.edge.compress import RECIPES, build, with_overrides
-from tandem.edge.perplexity import gguf_perplexity, runtime_perplexity, token_windows
-from tandem.edge.pipeline import calibration_for, text_ids
+from tandem.edge.compress.recipes import RECIPES, build, with_overrides
+from tandem.edge.compress.perplexity import gguf_perplexity, runtime_perplexity, token_windows
+from tandem.edge.compress.pipeline import calibration_for, text_ids
 from tandem.edge.torch_backend import TorchBackend, dense_source
 from tandem.shared.models import DEFAULT_MODEL, resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
@@ -75,7 +75,7 @@ def test_torch_backend_drafts_like_greedy_decoding(smollm2, tmp_path: Path) -> N
 
 
 def test_gguf_requantize_to_q8_0(smollm2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tandem.edge.gguf_quant import requantize
+    from tandem.shared.gguf_quant import requantize
 
     source, *_, windows = smollm2
     result = requantize(source.path, tmp_path, "Q8_0", 2)

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from tandem.edge import artifacts
-from tandem.edge.compress import RECIPES, Recipe, build, with_overrides
+from tandem.edge.compress.recipes import RECIPES, Recipe, build, with_overrides
 from tandem.edge.flash import fill_gaps, runs_of
-from tandem.edge.quantize import Int4Linear, Int8Linear, awq_input_scale, quantize_int4
-from tandem.edge.sparsity import NeuronRows, calibrate, wanda_mask
+from tandem.edge.compress.calibration import awq_input_scale, calibrate, wanda_mask
+from tandem.edge.quantize import Int4Linear, Int8Linear, quantize_int4
+from tandem.edge.sparsity import NeuronRows
 from tandem.edge.torch_backend import TorchBackend
 from tandem.edge.torch_model import LlamaShape, PackedLinear, dense_runtime, load_hf_state
 from tandem.shared.sampling import SamplingParams, TokenSampler

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tandem.edge.client import AsyncTandemClient, TandemClient
-from tandem.edge.sdk_types import (DeadlineExceededError, InvalidArgumentError,
+from tandem.edge.sdk.client import AsyncTandemClient, TandemClient
+from tandem.edge.sdk.types import (DeadlineExceededError, InvalidArgumentError,
                                    UnavailableError)
 from tandem.shared.process import free_port
 

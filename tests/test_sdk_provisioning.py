@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from tandem.edge import provisioning
-from tandem.edge.provisioning import (ChecksumMismatch, InsufficientMemory, memory_report,
+from tandem.edge.sdk import provisioning
+from tandem.edge.sdk.provisioning import (ChecksumMismatch, InsufficientMemory, memory_report,
                                       provision, sha256_of)
 from tandem.shared.models import DEFAULT_MODEL, ModelNotFound, resolve_model
 

@@ -3,7 +3,7 @@
 import subprocess
 import time
 
-from tandem.shared.cli.up import RESTART_BACKOFF_S, Supervisor
+from tandem.shared.stack import RESTART_BACKOFF_S, Supervisor
 
 
 class SleepingChild:

@@ -7,14 +7,13 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 
 # Other benchmarks register here: kind -> "module:add_parser" (called with the kinds
 # subparsers; imported lazily so `tandem --help` stays fast).
 BENCH_MODULES: dict[str, str] = {"cloud": "tandem.shared.cli.bench_cloud:add_parser",
                                  "edge": "tandem.shared.cli.bench_edge:add_parser",
-                                 "sdk": "tandem.edge.sdk_bench:add_parser",
+                                 "sdk": "tandem.edge.sdk.bench:add_parser",
                                  "router": "tandem.router.latency_bench:add_parser"}
 
 
@@ -84,16 +83,13 @@ def run_speculative_bench(args: argparse.Namespace) -> int:
 
 def run_policies_bench(args: argparse.Namespace) -> int:
     from tandem.router.bench import format_table, run_policies
-    from tandem.shared.cli.up import LocalStack
-    from tandem.shared.process import free_port
+    from tandem.shared.stack import LocalStack, StackSettings
 
     prompts = _prompts(args.prompts)
     stack = None
     router = args.router
     if router is None:
-        stack = LocalStack(SimpleNamespace(
-            config=None, host="127.0.0.1", router_port=free_port(), cloud_port=free_port(),
-            edge_port=free_port(), redis_port=free_port(), no_redis=False))
+        stack = LocalStack(StackSettings.on_free_ports())
         stack.start()
         router = stack.router_address
     try:

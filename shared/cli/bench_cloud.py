@@ -208,7 +208,7 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
     set_openmp_wait(spin)  # before torch loads, as `tandem serve cloud` does
     import torch
 
-    from tandem.cloud.model_loader import load_causal_lm
+    from tandem.shared.model_loader import load_causal_lm
     from tandem.cloud.server import build_engine
     from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 

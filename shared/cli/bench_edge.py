@@ -32,7 +32,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tandem.edge.bench import BenchSettings, format_table, plot_frontier, run_bench
+    from tandem.edge.compress.bench import BenchSettings, format_table, plot_frontier, run_bench
     from tandem.shared.models import ModelNotFound, cache_root, resolve_model
 
     try:

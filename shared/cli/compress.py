@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="edge-artifacts", help="Output folder (one subfolder each).")
     p.add_argument("--recipes", default="resident,int8,int4,wanda50,wanda-2:4,act-sparse50,"
                    "int8-act-sparse50,flash-naive,flash",
-                   help="Comma-separated torch recipes (see tandem.edge.compress.RECIPES); "
+                   help="Comma-separated torch recipes (see tandem.edge.compress.recipes.RECIPES); "
                    "empty for none.")
     p.add_argument("--gguf-types", default="Q8_0,Q4_K_M,Q3_K,Q2_K",
                    help="Comma-separated llama.cpp types to re-quantize a GGUF model to; empty for none.")
@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tandem.edge.compress import RECIPES, with_overrides
-    from tandem.edge.pipeline import compress
+    from tandem.edge.compress.recipes import RECIPES, with_overrides
+    from tandem.edge.compress.pipeline import compress
     from tandem.shared.models import ModelNotFound, resolve_model
 
     threads = args.threads or os.cpu_count() or 1
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
 def _gguf_rows(source, types: list[str], out: Path, eval_tokens: int, threads: int) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
-    from tandem.edge.gguf_quant import requantize
-    from tandem.edge.perplexity import gguf_perplexity, token_windows
-    from tandem.edge.pipeline import text_ids
+    from tandem.shared.gguf_quant import requantize
+    from tandem.edge.compress.perplexity import gguf_perplexity, token_windows
+    from tandem.edge.compress.pipeline import text_ids
 
     windows = token_windows(text_ids(source, "evaluation"), 256, eval_tokens)
     rows: list[dict[str, object]] = [{

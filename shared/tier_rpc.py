@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from tandem.shared.tier_service import TierGenerateHandler
+from tandem.shared.tier_handler import TierGenerateHandler
 from tandem.v1 import common_pb2
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from tandem.edge.flash import (FlashStore, Int8Selector, Predictor, fit_predictor, flash_dtype,
-                               record_bytes, write_flash_file)
+from tandem.edge.artifacts import Built
+from tandem.edge.compress.calibration import (Calibration, activation_thresholds,
+                                              awq_input_scale, fit_predictor, wanda_prune)
+from tandem.edge.flash import FlashStore, Int8Selector, Predictor, flash_dtype, record_bytes
 from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
-from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear, awq_input_scale
-from tandem.edge.sparsity import (ActivationSparseFFN, Calibration, activation_thresholds,
-                                  wanda_prune)
+from tandem.edge.flash_window import capacity_for, choose_window
+from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
+from tandem.edge.sparsity import ActivationSparseFFN
 from tandem.edge.torch_model import LlamaRuntime, LlamaShape, dense_runtime
 
 Progress = Callable[[str, int], None]  # (stage, steps done) for progress bars
@@ -63,20 +65,6 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-@dataclass
-class Built:
-    runtime: LlamaRuntime
-    model_bytes: int  # every weight of the model in this format (resident + on flash)
-    window: int = 0
-    capacity: int = 0  # flash: buffer rows per layer
-    store: FlashStore | None = None
-    # flash: the selectors' choices on calibration tokens ([L, N, F] bool), to pick k
-    selections: np.ndarray | None = None
-    ffn_file_bytes: int = 0  # flash: FFN weight bytes on storage (without padding)
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
 
 
 def quantize_runtime(runtime: LlamaRuntime, calib: Calibration | None, recipe: Recipe,
@@ -120,6 +108,23 @@ def build(shape: LlamaShape, state: dict[str, torch.Tensor], calib: Calibration,
             ffn = layer.ffn
             layer.ffn = ActivationSparseFFN(ffn.gate, ffn.up, ffn.down, threshold)  # type: ignore[attr-defined]
     return Built(runtime, runtime.weight_bytes)
+
+
+def write_flash_file(path: str, ffns: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                     dtype: str = "fp32", progress: Callable[[int], None] | None = None) -> None:
+    """One record per neuron per layer: [gate row | up row | down column | pad]."""
+    torch_dtype = flash_dtype(dtype)
+    with open(path, "wb") as fh:
+        for gate, up, down in ffns:  # [F, H], [F, H], [H, F]
+            hidden = gate.shape[1]
+            width = record_bytes(hidden, dtype) // torch_dtype.itemsize
+            records = torch.zeros(gate.shape[0], width, dtype=torch_dtype)
+            records[:, :hidden] = gate
+            records[:, hidden:2 * hidden] = up
+            records[:, 2 * hidden:3 * hidden] = down.T
+            fh.write(records.numpy().tobytes())
+            if progress:
+                progress(1)
 
 
 def flash_path(workdir: str) -> str:
@@ -173,17 +178,6 @@ def _build_flash(runtime: LlamaRuntime, calib: Calibration, recipe: Recipe,
                  selections=selections, ffn_file_bytes=ffn_bytes)
 
 
-def capacity_for(model_bytes: int, ffn_bytes: int, budget_fraction: float, layers: int,
-                 neurons: int, record: int) -> int:
-    """Buffer rows per layer that a DRAM budget leaves after the resident weights."""
-    resident = model_bytes - ffn_bytes
-    capacity = (int(budget_fraction * model_bytes) - resident) // (layers * record)
-    if capacity < 1:
-        raise ValueError(f"a budget of {budget_fraction:.0%} of {model_bytes} B is below the "
-                         f"resident {resident} B")
-    return min(capacity, neurons)
-
-
 def _selector(recipe: Recipe, ffn: object, inputs: torch.Tensor, threshold: float) -> Predictor:
     gate, up = ffn.gate.weight, ffn.up.weight  # type: ignore[attr-defined]
     if recipe.selector == "lowrank":
@@ -199,37 +193,6 @@ def calibration_selections(predictors: list[Predictor], calib: Calibration,
     ([L, N, F] bool; before the per-token capacity cap)."""
     return np.stack([(p.scores(calib.inputs[(i, "ffn")][:tokens]) >= p.threshold).numpy()
                      for i, p in enumerate(predictors)])
-
-
-WINDOW_CANDIDATES = (1, 2, 3, 4, 6, 8, 12, 16)
-
-
-def simulated_misses(chosen: np.ndarray, capacity: int, window: int) -> int:
-    """Neurons one layer would read for the token sequence ``chosen`` ([N, F] bool) with
-    this capacity and window, evicting as WindowedFlashFFN does (stale rows first, then
-    least recently used ones); evicted neurons stay out until read again."""
-    last = np.full(chosen.shape[1], -(10**9))
-    cached = np.zeros(chosen.shape[1], dtype=bool)
-    misses = 0
-    for t, sel in enumerate(chosen, start=1):  # t: the runtime's step counter
-        if sel.sum() > capacity:  # the runtime keeps the best-scoring `capacity`; any subset
-            sel = sel & (np.cumsum(sel) <= capacity)  # of that size reads the same count
-        cached &= ~((last <= t - window) & ~sel)  # rows no token of the window used
-        over = int((cached | sel).sum()) - capacity
-        if over > 0:
-            victims = np.flatnonzero(cached & ~sel)
-            cached[victims[np.argsort(last[victims], kind="stable")[:over]]] = False
-        misses += int((sel & ~cached).sum())
-        cached |= sel
-        last[sel] = t
-    return misses
-
-
-def choose_window(selections: np.ndarray, capacity: int) -> int:
-    """The k with the fewest simulated reads on the calibration tokens (smallest on ties)."""
-    reads = {k: sum(simulated_misses(layer, capacity, k) for layer in selections)
-             for k in WINDOW_CANDIDATES}
-    return min(reads, key=lambda k: (reads[k], k))
 
 
 def with_overrides(recipe: Recipe, **changes: object) -> Recipe:

@@ -12,13 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Names accepted by `tandem compress --gguf-types` -> llama_cpp LLAMA_FTYPE_* constant.
+# Weight formats a GGUF can be re-quantized to -> llama_cpp's LLAMA_FTYPE_* constant
+# (`tandem compress --gguf-types`, `tandem eval --edge-quant`). "Q3_K" is the name
+# `tandem compress` has always documented for Q3_K_M.
 GGUF_TYPES = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
     "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
     "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
-    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
 }
 
 

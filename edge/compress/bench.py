@@ -89,7 +89,7 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
     import torch
 
     from tandem.edge import artifacts
-    from tandem.edge.perplexity import runtime_perplexity, token_windows
+    from tandem.edge.compress.perplexity import runtime_perplexity, token_windows
 
     torch.set_num_threads(settings.threads)
     baseline = _current_rss()
@@ -166,7 +166,7 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
     from llama_cpp import Llama
 
     from tandem.edge.llama_cpp_backend import LlamaCppBackend
-    from tandem.edge.perplexity import gguf_perplexity, token_windows
+    from tandem.edge.compress.perplexity import gguf_perplexity, token_windows
     from tandem.shared.sampling import SamplingParams, TokenSampler
 
     baseline = _current_rss()
@@ -235,7 +235,7 @@ def ensure_artifacts(source: Any, out: Path, recipes: list[str], rebuild: bool) 
     """Build the recipes' artifacts once (reused by later runs unless ``rebuild``, or
     written by a Tandem whose artifact format differs)."""
     from tandem.edge.artifacts import is_current
-    from tandem.edge.pipeline import compress
+    from tandem.edge.compress.pipeline import compress
 
     missing = [r for r in recipes if rebuild or not is_current(out / r.replace(":", "-"))]
     if missing:
@@ -246,7 +246,7 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
               ) -> dict[str, Any]:
     import torch
 
-    from tandem.edge.pipeline import text_ids
+    from tandem.edge.compress.pipeline import text_ids
 
     torch.set_num_threads(settings.threads)  # building too: idle OpenMP threads spin on a busy box
     configs = [c for c in TORCH_CONFIGS if not settings.only or c[0] in settings.only]

@@ -73,7 +73,7 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from llama_cpp import Llama
 
-    from tandem.edge.client import TandemClient
+    from tandem.edge.sdk.client import TandemClient
     from tandem.shared.models import eos_token_ids, resolve_model
     from tandem.shared.prompting import PromptInput, render
 

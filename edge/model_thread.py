@@ -16,7 +16,7 @@ import numpy as np
 
 from tandem.edge.backend import DraftResult, EdgeBackend
 from tandem.shared.sampling import TokenSampler
-from tandem.shared.tier_service import GeneratedToken
+from tandem.shared.tier_handler import GeneratedToken
 
 
 def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
@@ -32,7 +32,7 @@ def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
 RUN_AHEAD = 1
 
 
-class SingleSequenceBackend(EdgeBackend):
+class ModelThreadBackend(EdgeBackend):
     """Generation and drafting over two model steps the subclass provides; model calls run
     on one worker thread so the event loop stays responsive."""
 

@@ -12,7 +12,7 @@ import torch
 
 from tandem.edge.torch_model import LlamaRuntime
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"  # edge/data, shipped with the runtime
 
 
 def shipped_text(name: str) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from tandem.edge import artifacts
-from tandem.edge.compress import RECIPES, Recipe, build
-from tandem.edge.perplexity import runtime_perplexity, shipped_text, token_windows
-from tandem.edge.sparsity import Calibration, calibrate
+from tandem.edge.compress.recipes import RECIPES, Recipe, build
+from tandem.edge.compress.perplexity import runtime_perplexity, shipped_text, token_windows
+from tandem.edge.compress.calibration import Calibration, calibrate
 from tandem.edge.torch_model import LlamaShape, dense_runtime
 from tandem.shared.models import ModelSource, load_tokenizer
 

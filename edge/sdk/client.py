@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
-from tandem.edge.sdk_engines import ClientConfig, Engine, LocalEngine, RemoteEngine
-from tandem.edge.sdk_types import (Decision, Response, StreamChunk, TandemError, UnavailableError,
+from tandem.edge.sdk.engines import ClientConfig, Engine, LocalEngine, RemoteEngine
+from tandem.edge.sdk.types import (Decision, Response, StreamChunk, TandemError, UnavailableError,
                                    Usage, finish_name, from_local_error, from_rpc_error,
                                    merge_segments, tier_name)
 from tandem.shared import errors as shared_errors
@@ -199,7 +199,7 @@ class AsyncTandemClient:
 
     async def _attempt(self, request: router_pb2.GenerateRequest, deadline: Deadline,
                        metadata: dict[str, str], result: _Result) -> AsyncIterator[StreamChunk]:
-        from tandem.edge.local_tiers import CloudFailure  # on-device only
+        from tandem.edge.sdk.local_tiers import CloudFailure  # on-device only
 
         try:
             async for chunk in self._run_engine(request, deadline, metadata, result):

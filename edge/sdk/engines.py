@@ -119,14 +119,14 @@ class LocalEngine:
 
     def __init__(self, config: ClientConfig) -> None:
         from tandem.edge.backend import create_backend
-        from tandem.edge.local_tiers import LocalTiers
-        from tandem.edge.provisioning import print_progress, provision
+        from tandem.edge.sdk.local_tiers import LocalTiers
+        from tandem.edge.sdk.provisioning import print_progress, provision
         from tandem.edge.service import EdgeServicer
         from tandem.router.config import RouterConfig
         from tandem.router.core import RouterCore
         from tandem.router.metrics import RouterMetrics
         from tandem.router.policies.base import create_policies
-        from tandem.router.server import build_resources
+        from tandem.router.resources import build_resources
         from tandem.router.state.memory import MemoryStateStore
         from tandem.shared.models import eos_token_ids
 
