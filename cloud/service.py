@@ -12,7 +12,7 @@ from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import CloudEngine, request_tenant, validate_verify
 from tandem.cloud.sampler import dense_distributions
 from tandem.shared.sampling import SamplingParams
-from tandem.shared.tier_handler import TierGenerateHandler, TierLimits
+from tandem.shared.tier_handler import TierGenerateHandler, TierLimits, TierMetrics
 from tandem.shared.tier_rpc import TierServicer
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2
 
@@ -28,8 +28,9 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
             model=config.model, backend="torch", dtype=config.dtype,
             context_window=config.context_window, vocab_size=vocab_size,
             eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
-        super().__init__("cloud", TierGenerateHandler(engine, tokenizer, limits, eos_token_ids),  # type: ignore[arg-type]
-                         info, registry)
+        handler = TierGenerateHandler(engine, tokenizer, limits, eos_token_ids,  # type: ignore[arg-type]
+                                      TierMetrics("cloud", registry))
+        super().__init__(handler, info)
         self.sessions = Gauge("tandem_cloud_sessions", "Speculative sessions with cached KV.",
                               registry=registry)
         self.sessions.set_function(lambda: len(engine.sessions))
@@ -48,7 +49,7 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
 
     async def Verify(self, request: cloud_pb2.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> cloud_pb2.VerifyResponse:
-        self.requests.labels("Verify").inc()
+        self.metrics.requests.labels("Verify").inc()
         started = time.perf_counter_ns()
         tokens, draft = list(request.tokens), list(request.draft_tokens)
         sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=1,
@@ -62,8 +63,7 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
                  if request.draft_distributions and not sampling.greedy else None)
         result = await self.engine.verify(request.tenant, request.session_id, tokens, draft,
                                           sampling, dists)
-        self.tokens.labels("Verify").inc(result.accepted + 1)
-        self.forward_passes.labels("Verify").inc()
+        self.metrics.count("Verify", result.accepted + 1, 1)
         return cloud_pb2.VerifyResponse(
             accepted=result.accepted, next_token=result.next_token,
             cached_tokens=result.cached_tokens, computed_tokens=result.computed_tokens,

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from tandem.edge.backend import create_backend
 from tandem.edge.config import EdgeConfig
+from tandem.edge.handler import EdgeHandler
 from tandem.edge.service import EdgeServicer
 from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
@@ -20,7 +21,8 @@ async def run(config: EdgeConfig) -> None:
     tokenizer = load_tokenizer(source)
     backend = create_backend(config, source)
     registry = CollectorRegistry()
-    servicer = EdgeServicer(config, backend, tokenizer, eos_token_ids(tokenizer), registry)
+    servicer = EdgeServicer(EdgeHandler(config, backend, tokenizer, eos_token_ids(tokenizer),
+                                        registry))
     try:
         await serve("edge", config,
                     lambda server: edge_pb2_grpc.add_EdgeServicer_to_server(servicer, server),

@@ -1,74 +1,20 @@
-"""The Edge gRPC servicer: converts protobuf in and out and delegates to the backend."""
+"""The Edge gRPC servicer: converts protobuf in and out and delegates to the
+transport-free EdgeHandler (edge/handler.py)."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
-import numpy as np
-from prometheus_client import CollectorRegistry
 
-from tandem.edge.backend import EdgeBackend
-from tandem.edge.config import EdgeConfig
-from tandem.shared.errors import InvalidArgument
-from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_handler import TierGenerateHandler, TierLimits
+from tandem.edge.handler import EdgeHandler
 from tandem.shared.tier_rpc import TierServicer
-from tandem.v1 import common_pb2, edge_pb2, edge_pb2_grpc
-
-
-def distribution_to_pb(probs: np.ndarray) -> common_pb2.TokenDistribution:
-    """Sparse when top-k/top-p zeroed most of the vocabulary, dense otherwise."""
-    support = np.flatnonzero(probs)
-    if len(support) * 2 < len(probs):
-        return common_pb2.TokenDistribution(token_ids=support.tolist(),
-                                            probs=probs[support].tolist())
-    return common_pb2.TokenDistribution(probs=probs.tolist())
+from tandem.v1 import edge_pb2, edge_pb2_grpc
 
 
 class EdgeServicer(TierServicer, edge_pb2_grpc.EdgeServicer):
-    def __init__(self, config: EdgeConfig, backend: EdgeBackend, tokenizer: object,
-                 eos_token_ids: list[int], registry: CollectorRegistry) -> None:
-        self.config = config
-        self.backend = backend
-        limits = TierLimits(config.context_window, config.max_tokens_cap, config.default_max_tokens)
-        info = common_pb2.ModelInfo(
-            model=config.model, backend=config.backend, dtype=backend.dtype,
-            context_window=config.context_window, vocab_size=backend.vocab_size,
-            eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
-        super().__init__("edge", TierGenerateHandler(backend, tokenizer, limits, eos_token_ids),  # type: ignore[arg-type]
-                         info, registry)
+    def __init__(self, edge: EdgeHandler) -> None:
+        self.edge = edge
+        super().__init__(edge.generation, edge.info)
 
     async def Draft(self, request: edge_pb2.DraftRequest,
                     context: grpc.aio.ServicerContext) -> edge_pb2.DraftResponse:
-        self.requests.labels("Draft").inc()
-        started = time.perf_counter_ns()
-        tokens = list(request.tokens)
-        self._validate_draft(request, tokens)
-        sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=request.num_tokens,
-                                          max_tokens_cap=self.config.max_tokens_cap)
-        result = await self.backend.draft(tokens, request.num_tokens, TokenSampler(sampling),
-                                          self.handler.eos_token_ids,
-                                          request.return_distributions)
-        self.tokens.labels("Draft").inc(len(result.tokens))
-        self.forward_passes.labels("Draft").inc(len(result.tokens))
-        return edge_pb2.DraftResponse(
-            tokens=result.tokens, probs=result.probs, cached_tokens=result.cached_tokens,
-            computed_tokens=result.computed_tokens,
-            distributions=[distribution_to_pb(d) for d in result.distributions or []],
-            timings=common_pb2.Timings(total_ns=time.perf_counter_ns() - started))
-
-    def _validate_draft(self, request: edge_pb2.DraftRequest, tokens: list[int]) -> None:
-        if not request.session_id:
-            raise InvalidArgument("session_id: required for Draft")
-        if not tokens:
-            raise InvalidArgument("tokens: must not be empty")
-        if not 1 <= request.num_tokens <= self.config.max_draft_tokens:
-            raise InvalidArgument(
-                f"num_tokens: must be in [1, {self.config.max_draft_tokens}], got {request.num_tokens}")
-        vocab = self.backend.vocab_size
-        if any(not 0 <= t < vocab for t in tokens):
-            raise InvalidArgument(f"tokens: ids must be in [0, {vocab})")
-        if len(tokens) + request.num_tokens > self.config.context_window:
-            raise InvalidArgument(
-                f"tokens: sequence exceeds the context window of {self.config.context_window}")
+        return await self.edge.draft(request)

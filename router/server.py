@@ -13,7 +13,7 @@ from tandem.router.policies.base import create_policies
 from tandem.router.resources import build_resources
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
-from tandem.router.tiers import Tiers
+from tandem.router.tiers import GrpcTiers
 from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.v1 import router_pb2_grpc
@@ -25,7 +25,7 @@ async def run(config: RouterConfig) -> None:
     state = create_state_store(config.state, lambda op: metrics.state_fallbacks.labels(op).inc(),
                                config.state_timeout_seconds)
     resources = build_resources(config, state)
-    tiers = Tiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000)
+    tiers = GrpcTiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000)
     policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")

@@ -1,5 +1,11 @@
-"""Clients of the edge and cloud services as the policies use them: every call carries
-the request's remaining deadline, is timed, and fails with the upstream status."""
+"""The tiers as policies see them (``Tiers``), and its implementation over gRPC.
+
+Policies talk to the edge and cloud only through a ``Tiers``: every call carries the
+request's remaining deadline, adds the time it waited to the request's timings, and
+fails with a Tandem error carrying the tier's status. ``GrpcTiers`` reaches both tiers
+over channels (the router service); the SDK's on-device mode implements the same
+protocol with an in-process edge (tandem.edge.sdk.local_tiers).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -19,6 +25,40 @@ from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2, edge_pb2_
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+
+class EdgeTier(Protocol):
+    """The edge calls policies make."""
+
+    async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                            timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse: ...
+
+    def edge_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                    timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        """Closing the iterator early stops the edge's work."""
+
+    async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
+                    timings: common_pb2.Timings) -> edge_pb2.DraftResponse: ...
+
+
+class CloudTier(Protocol):
+    """The cloud calls policies make."""
+
+    def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                     timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        """Closing the iterator early stops the cloud's work."""
+
+    async def verify(self, request: cloud_pb2.VerifyRequest, deadline: Deadline,
+                     timings: common_pb2.Timings) -> cloud_pb2.VerifyResponse: ...
+
+    async def end_session(self, tenant: str, session_id: str) -> None:
+        """Free the cloud's KV of a finished speculative session (best effort)."""
+
+
+class Tiers(EdgeTier, CloudTier, Protocol):
+    """Everything policies need from the two tiers."""
+
+    async def close(self) -> None: ...
 
 
 @asynccontextmanager
@@ -34,6 +74,26 @@ async def _upstream(service: str, timings: common_pb2.Timings, field: str) -> As
         raise UpstreamError(service, exc.code(), details) from exc
     finally:
         setattr(timings, field, getattr(timings, field) + time.perf_counter_ns() - started)
+
+
+async def _unary(service: str, call: Callable[..., Awaitable[T]], request: Any,
+                 deadline: Deadline, timings: common_pb2.Timings) -> T:
+    async with _upstream(service, timings, f"{service}_ns"):
+        return await call(request, timeout=deadline.timeout())
+
+
+async def _stream(service: str, call: Callable[..., Any], request: Any, deadline: Deadline,
+                  timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+    stream = call(request, timeout=deadline.timeout())
+    try:
+        while True:
+            async with _upstream(service, timings, f"{service}_ns"):
+                chunk = await stream.read()
+            if chunk is grpc.aio.EOF:
+                return
+            yield chunk
+    finally:
+        stream.cancel()  # a consumer that stops early must stop the tier's work too
 
 
 class DelayInterceptor(grpc.aio.UnaryUnaryClientInterceptor,
@@ -54,64 +114,71 @@ class DelayInterceptor(grpc.aio.UnaryUnaryClientInterceptor,
         return await continuation(client_call_details, request)
 
 
-class Tiers:
-    """The edge and cloud services behind one object (one channel each)."""
+class GrpcEdge:
+    """An edge service over one channel."""
 
-    def __init__(self, edge_address: str, cloud_address: str, cloud_rtt_s: float = 0.0) -> None:
-        self._edge_channel = grpc.aio.insecure_channel(edge_address, options=CHANNEL_OPTIONS)
-        interceptors = [DelayInterceptor(cloud_rtt_s)] if cloud_rtt_s > 0 else None
-        self._cloud_channel = grpc.aio.insecure_channel(cloud_address, options=CHANNEL_OPTIONS,
-                                                        interceptors=interceptors)
-        self.edge = edge_pb2_grpc.EdgeStub(self._edge_channel)
-        self.cloud = cloud_pb2_grpc.CloudStub(self._cloud_channel)
-
-    async def _unary(self, service: str, call: Callable[..., Awaitable[T]], request: Any,
-                     deadline: Deadline, timings: common_pb2.Timings) -> T:
-        async with _upstream(service, timings, f"{service}_ns"):
-            return await call(request, timeout=deadline.timeout())
-
-    async def _stream(self, service: str, call: Callable[..., Any], request: Any,
-                      deadline: Deadline, timings: common_pb2.Timings
-                      ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        stream = call(request, timeout=deadline.timeout())
-        try:
-            while True:
-                async with _upstream(service, timings, f"{service}_ns"):
-                    chunk = await stream.read()
-                if chunk is grpc.aio.EOF:
-                    return
-                yield chunk
-        finally:
-            stream.cancel()  # a consumer that stops early must stop the tier's work too
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = edge_pb2_grpc.EdgeStub(self._channel)
 
     async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                             timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse:
-        return await self._unary("edge", self.edge.Generate, request, deadline, timings)
+        return await _unary("edge", self._stub.Generate, request, deadline, timings)
 
     def edge_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                     timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        return self._stream("edge", self.edge.GenerateStream, request, deadline, timings)
-
-    def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
-                     timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        return self._stream("cloud", self.cloud.GenerateStream, request, deadline, timings)
+        return _stream("edge", self._stub.GenerateStream, request, deadline, timings)
 
     async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
                     timings: common_pb2.Timings) -> edge_pb2.DraftResponse:
-        return await self._unary("edge", self.edge.Draft, request, deadline, timings)
+        return await _unary("edge", self._stub.Draft, request, deadline, timings)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class GrpcCloud:
+    """A cloud service over one channel (``rtt_s``: a simulated round trip per call)."""
+
+    def __init__(self, address: str, rtt_s: float = 0.0) -> None:
+        interceptors = [DelayInterceptor(rtt_s)] if rtt_s > 0 else None
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
+                                                  interceptors=interceptors)
+        self._stub = cloud_pb2_grpc.CloudStub(self._channel)
+
+    def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
+                     timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        return _stream("cloud", self._stub.GenerateStream, request, deadline, timings)
 
     async def verify(self, request: cloud_pb2.VerifyRequest, deadline: Deadline,
                      timings: common_pb2.Timings) -> cloud_pb2.VerifyResponse:
-        return await self._unary("cloud", self.cloud.Verify, request, deadline, timings)
+        return await _unary("cloud", self._stub.Verify, request, deadline, timings)
 
     async def end_session(self, tenant: str, session_id: str) -> None:
-        """Free the cloud's KV for a finished speculative session (best effort, bounded)."""
-        try:
-            await self.cloud.EndSession(
+        try:  # bounded: the cloud also evicts idle sessions itself
+            await self._stub.EndSession(
                 cloud_pb2.EndSessionRequest(session_id=session_id, tenant=tenant), timeout=1.0)
-        except grpc.aio.AioRpcError as exc:  # the cloud also evicts idle sessions itself
+        except grpc.aio.AioRpcError as exc:
             logger.debug("EndSession %s failed: %s", session_id, exc.code().name)
 
     async def close(self) -> None:
-        await self._edge_channel.close()
-        await self._cloud_channel.close()
+        await self._channel.close()
+
+
+class GrpcTiers:
+    """Both tiers over gRPC: what the router service runs on."""
+
+    def __init__(self, edge_address: str, cloud_address: str, cloud_rtt_s: float = 0.0) -> None:
+        self.edge = GrpcEdge(edge_address)
+        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s)
+        # The Tiers calls are the two clients' own methods.
+        self.edge_generate = self.edge.edge_generate
+        self.edge_stream = self.edge.edge_stream
+        self.draft = self.edge.draft
+        self.cloud_stream = self.cloud.cloud_stream
+        self.verify = self.cloud.verify
+        self.end_session = self.cloud.end_session
+
+    async def close(self) -> None:
+        await self.edge.close()
+        await self.cloud.close()

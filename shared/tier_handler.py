@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client import CollectorRegistry, Counter
+
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams, TokenSampler
@@ -47,12 +49,31 @@ class TierLimits:
     default_max_tokens: int
 
 
+class TierMetrics:
+    """Requests, generated tokens and forward passes of a model tier, by method."""
+
+    def __init__(self, tier: str, registry: CollectorRegistry) -> None:
+        self.requests = Counter(f"tandem_{tier}_requests", f"{tier} RPCs by method.", ["method"],
+                                registry=registry)
+        self.tokens = Counter(f"tandem_{tier}_generated_tokens",
+                              f"Tokens the {tier} model produced, by method.", ["method"],
+                              registry=registry)
+        self.forward_passes = Counter(f"tandem_{tier}_forward_passes",
+                                      f"Forward passes of the {tier} model, by method.",
+                                      ["method"], registry=registry)
+
+    def count(self, method: str, tokens: int, forward_passes: int) -> None:
+        self.tokens.labels(method).inc(tokens)
+        self.forward_passes.labels(method).inc(forward_passes)
+
+
 class TierGenerateHandler:
-    """Runs TierGenerateRequests against a backend."""
+    """Runs TierGenerateRequests against a backend, counting them in ``metrics``."""
 
     def __init__(self, backend: TokenGenerator, tokenizer: PreTrainedTokenizerBase,
-                 limits: TierLimits, eos_token_ids: Sequence[int]) -> None:
+                 limits: TierLimits, eos_token_ids: Sequence[int], metrics: TierMetrics) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.tokenizer = tokenizer
         self.limits = limits
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -72,6 +93,14 @@ class TierGenerateHandler:
 
     async def stream(self, request: common_pb2.TierGenerateRequest
                      ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
+        """The answer as chunks; the last one has the finish reason and accounting."""
+        self.metrics.requests.labels("GenerateStream").inc()
+        async for chunk in self._chunks(request):
+            self.metrics.count("GenerateStream", len(chunk.token_ids), chunk.forward_passes)
+            yield chunk
+
+    async def _chunks(self, request: common_pb2.TierGenerateRequest
+                      ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
         started = time.perf_counter_ns()
         prompt_ids, sampling = await self.prepare(request)
         detok = IncrementalDetokenizer(
@@ -112,9 +141,11 @@ class TierGenerateHandler:
 
     async def generate(self, request: common_pb2.TierGenerateRequest
                        ) -> common_pb2.TierGenerateResponse:
+        """The whole answer in one response."""
+        self.metrics.requests.labels("Generate").inc()
         response = common_pb2.TierGenerateResponse()
         parts: list[str] = []
-        async for chunk in self.stream(request):
+        async for chunk in self._chunks(request):
             parts.append(chunk.text)
             response.token_ids.extend(chunk.token_ids)
             response.logprobs.extend(chunk.logprobs)
@@ -125,6 +156,7 @@ class TierGenerateHandler:
                 response.forward_passes = chunk.forward_passes
                 response.timings.CopyFrom(chunk.timings)
         response.text = "".join(parts)
+        self.metrics.count("Generate", len(response.token_ids), response.forward_passes)
         return response
 
 

@@ -115,7 +115,7 @@ def test_bad_input_is_a_typed_invalid_argument(request, mode, call, field):
 
 def test_cancelled_on_device_stream_stops_edge_and_cloud(device, real_stack):
     engine = device._client._engine
-    edge_tokens = engine.tiers.local_edge.tokens.labels("GenerateStream")
+    edge_tokens = engine.tiers.edge.handler.metrics.tokens.labels("GenerateStream")
     stream = device.stream("Count from one to five hundred.", max_tokens=1500, temperature=0)
     first = [next(stream) for _ in range(3)]
     stream.cancel()

@@ -121,7 +121,7 @@ class LocalEngine:
         from tandem.edge.backend import create_backend
         from tandem.edge.sdk.local_tiers import LocalTiers
         from tandem.edge.sdk.provisioning import print_progress, provision
-        from tandem.edge.service import EdgeServicer
+        from tandem.edge.handler import EdgeHandler
         from tandem.router.config import RouterConfig
         from tandem.router.core import RouterCore
         from tandem.router.metrics import RouterMetrics
@@ -139,8 +139,8 @@ class LocalEngine:
         resources = build_resources(router_config, state)
         self.backend = create_backend(edge_config, source)
         tokenizer = resources.tokenizer
-        edge = EdgeServicer(edge_config, self.backend, tokenizer, eos_token_ids(tokenizer),
-                            CollectorRegistry())
+        edge = EdgeHandler(edge_config, self.backend, tokenizer, eos_token_ids(tokenizer),
+                           CollectorRegistry())
         self.tiers = LocalTiers(edge, config.cloud_address, config.edge_reserve_s)
         policies = create_policies(router_config, resources)
         if config.policy not in policies:

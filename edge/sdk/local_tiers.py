@@ -1,6 +1,7 @@
 """The tiers as the on-device SDK sees them: the edge model in this process, the cloud
-over gRPC. Implements the methods of ``tandem.router.tiers.Tiers`` so the router's
-policies run unchanged on the device.
+over gRPC. ``LocalTiers`` implements the router's ``Tiers`` protocol by composition: an
+``InProcessEdge`` over the transport-free EdgeHandler, and the router's own gRPC cloud
+client behind a reserve, so the router's policies run unchanged on the device.
 
 Cloud calls get the request's deadline minus ``edge_reserve_s``, so when the cloud is
 slow or unreachable there is still time to answer from the edge (the SDK's offline
@@ -16,15 +17,13 @@ from typing import TypeVar
 
 import grpc
 
-from tandem.edge.service import EdgeServicer
-from tandem.router.tiers import DelayInterceptor, Tiers
+from tandem.edge.handler import EdgeHandler
+from tandem.router.tiers import GrpcCloud
 from tandem.shared.deadlines import Deadline, DeadlineExceeded
 from tandem.shared.errors import UpstreamError
-from tandem.shared.grpc_server import CHANNEL_OPTIONS
-from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2
+from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
 
 T = TypeVar("T")
-
 
 # Cloud statuses after which the answer can still come from the edge.
 FALLBACK_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -43,28 +42,15 @@ class CloudFailure(UpstreamError):
         return self.code in FALLBACK_CODES
 
 
-class LocalTiers(Tiers):
-    """An in-process edge (an EdgeServicer over a loaded backend) and a remote cloud."""
+class InProcessEdge:
+    """The edge half of Tiers over an EdgeHandler in this process: deadlines enforced
+    with timeouts, time spent added to ``timings.edge_ns``."""
 
-    def __init__(self, edge: EdgeServicer, cloud_address: str, edge_reserve_s: float = 2.0,
-                 cloud_rtt_s: float = 0.0) -> None:
-        # Tiers.__init__ is not called: it would open a channel to an edge service.
-        self.local_edge = edge
-        self.edge_reserve_s = edge_reserve_s
-        interceptors = [DelayInterceptor(cloud_rtt_s)] if cloud_rtt_s > 0 else None
-        self._cloud_channel = grpc.aio.insecure_channel(cloud_address, options=CHANNEL_OPTIONS,
-                                                        interceptors=interceptors)
-        self.cloud = cloud_pb2_grpc.CloudStub(self._cloud_channel)
+    def __init__(self, handler: EdgeHandler) -> None:
+        self.handler = handler
 
-    def cloud_deadline(self, deadline: Deadline) -> Deadline:
-        """The part of ``deadline`` the cloud may use (the rest is kept for the edge)."""
-        remaining = deadline.remaining()
-        if remaining is None:
-            return deadline
-        return Deadline(max(remaining - min(self.edge_reserve_s, remaining / 2), 0.0))
-
-    async def _edge_call(self, work: Awaitable[T], deadline: Deadline,
-                         timings: common_pb2.Timings) -> T:
+    async def _call(self, work: Awaitable[T], deadline: Deadline,
+                    timings: common_pb2.Timings) -> T:
         started = time.perf_counter_ns()
         try:
             return await asyncio.wait_for(work, deadline.timeout())
@@ -75,27 +61,52 @@ class LocalTiers(Tiers):
 
     async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                             timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse:
-        return await self._edge_call(self.local_edge.Generate(request, None),  # type: ignore[arg-type]
-                                     deadline, timings)
+        return await self._call(self.handler.generation.generate(request), deadline, timings)
 
     async def edge_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                           timings: common_pb2.Timings
                           ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        stream = self.local_edge.GenerateStream(request, None)  # type: ignore[arg-type]
+        stream = self.handler.generation.stream(request)
         try:
             while True:
                 try:
-                    chunk = await self._edge_call(anext(stream), deadline, timings)
+                    chunk = await self._call(anext(stream), deadline, timings)
                 except StopAsyncIteration:
                     return
                 yield chunk
         finally:
-            await stream.aclose()  # stops the model and releases its lock
+            await stream.aclose()  # stops the model and frees it for the next request
+
+    async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
+                    timings: common_pb2.Timings) -> edge_pb2.DraftResponse:
+        return await self._call(self.handler.draft(request), deadline, timings)
+
+
+class LocalTiers:
+    """An in-process edge and a remote cloud, as one Tiers."""
+
+    def __init__(self, edge: EdgeHandler, cloud_address: str, edge_reserve_s: float = 2.0,
+                 cloud_rtt_s: float = 0.0) -> None:
+        self.edge = InProcessEdge(edge)
+        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s)
+        self.edge_reserve_s = edge_reserve_s
+        # The edge calls are the in-process edge's own methods.
+        self.edge_generate = self.edge.edge_generate
+        self.edge_stream = self.edge.edge_stream
+        self.draft = self.edge.draft
+        self.end_session = self.cloud.end_session
+
+    def cloud_deadline(self, deadline: Deadline) -> Deadline:
+        """The part of ``deadline`` the cloud may use (the rest is kept for the edge)."""
+        remaining = deadline.remaining()
+        if remaining is None:
+            return deadline
+        return Deadline(max(remaining - min(self.edge_reserve_s, remaining / 2), 0.0))
 
     async def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                            timings: common_pb2.Timings
                            ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        stream = super().cloud_stream(request, self.cloud_deadline(deadline), timings)
+        stream = self.cloud.cloud_stream(request, self.cloud_deadline(deadline), timings)
         try:
             async for chunk in stream:
                 yield chunk
@@ -104,17 +115,12 @@ class LocalTiers(Tiers):
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
-                    timings: common_pb2.Timings) -> edge_pb2.DraftResponse:
-        return await self._edge_call(self.local_edge.Draft(request, None),  # type: ignore[arg-type]
-                                     deadline, timings)
-
     async def verify(self, request: cloud_pb2.VerifyRequest, deadline: Deadline,
                      timings: common_pb2.Timings) -> cloud_pb2.VerifyResponse:
         try:
-            return await super().verify(request, self.cloud_deadline(deadline), timings)
+            return await self.cloud.verify(request, self.cloud_deadline(deadline), timings)
         except (UpstreamError, DeadlineExceeded) as exc:
             raise CloudFailure.wrap(exc) from exc
 
     async def close(self) -> None:
-        await self._cloud_channel.close()
+        await self.cloud.close()
