@@ -9,7 +9,6 @@ rounds share that loop, the paged KV cache and its prefix cache.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +29,6 @@ from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_handler import GeneratedToken
 
-# The tenant of the Generate call being served (set by the servicer): the
-# TokenGenerator contract carries no tenant, and the prefix cache is salted by it.
-request_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
-
 _END = object()
 # Most draft tokens one Verify may carry.
 MAX_VERIFY_DRAFT = 64
@@ -52,28 +47,39 @@ class EngineLimits:
     max_waiting: int  # queued requests beyond which new ones are refused
 
 
-@dataclass(eq=False)
-class Request:
-    """The engine's side of one sequence: how to sample it and where results go."""
+@dataclass(eq=False, kw_only=True)
+class EngineRequest:
+    """The engine's side of one sequence: how to sample it and when it arrived."""
 
     seq: Seq
     sampler: TokenSampler
+    num_prompt: int  # tokens before the first one this request produces or judges
     arrival: float = field(default_factory=time.monotonic)
-    # Generation
-    queue: asyncio.Queue | None = None
-    max_tokens: int = 0
-    num_prompt: int = 0
+
+
+@dataclass(eq=False, kw_only=True)
+class GenerationRequest(EngineRequest):
+    """A stream of sampled tokens, handed to the consumer through ``queue``."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    max_tokens: int
     last_token_at: float = 0.0
     first_token_at: float = 0.0
-    # Verification
-    future: asyncio.Future | None = None
-    draft: list[int] = field(default_factory=list)
-    draft_probs: list[np.ndarray] | None = None
-    session_key: tuple[str, str] | None = None
 
     @property
     def num_output(self) -> int:
         return len(self.seq.tokens) - self.num_prompt
+
+
+@dataclass(eq=False, kw_only=True)
+class VerificationRequest(EngineRequest):
+    """One speculative round: the draft after the session's context, judged in one step;
+    the result goes to ``future``."""
+
+    future: asyncio.Future
+    draft: list[int]
+    draft_probs: list[np.ndarray] | None
+    session_key: tuple[str, str]
 
 
 class CloudEngine:
@@ -90,24 +96,24 @@ class CloudEngine:
         self.limits = limits
         self.stop_token_ids = frozenset(stop_token_ids)
         self.metrics = metrics or EngineMetrics()
-        self._requests: dict[int, Request] = {}
+        self._requests: dict[int, EngineRequest] = {}
         self._aborted: set[int] = set()
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
-        self._rng = np.random.default_rng()
         # One thread: steps run one at a time and each uses every torch thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model")
 
     # ----- entry points -------------------------------------------------------------
     async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                       session_id: str) -> AsyncIterator[GeneratedToken]:
+                       tenant: str) -> AsyncIterator[GeneratedToken]:
         """Stream sampled tokens continuing ``prompt_ids`` until max_tokens, a stop token,
-        or the consumer closes the iterator (which frees the KV at the next step)."""
+        or the consumer closes the iterator (which frees the KV at the next step). The
+        prefix cache is salted by ``tenant``: tenants never share cached KV."""
         self._admit_check()
         sampler.set_prompt(prompt_ids)
-        seq = Seq(request_tenant.get(), list(prompt_ids), committed=len(prompt_ids))
-        request = Request(seq, sampler, queue=asyncio.Queue(),
-                          max_tokens=sampler.params.max_tokens, num_prompt=len(prompt_ids))
+        seq = Seq(tenant, list(prompt_ids), committed=len(prompt_ids))
+        request = GenerationRequest(seq=seq, sampler=sampler, num_prompt=len(prompt_ids),
+                                    max_tokens=sampler.params.max_tokens)
         self._submit(request)
         try:
             while True:
@@ -128,9 +134,10 @@ class CloudEngine:
         self._admit_check()
         key = (tenant, session_id)
         seq = self._session_sequence(key, tokens, draft)
-        request = Request(seq, TokenSampler(sampling), future=asyncio.get_running_loop()
-                          .create_future(), draft=list(draft), draft_probs=draft_probs,
-                          session_key=key, num_prompt=len(tokens))
+        request = VerificationRequest(
+            seq=seq, sampler=TokenSampler(sampling), num_prompt=len(tokens),
+            future=asyncio.get_running_loop().create_future(), draft=list(draft),
+            draft_probs=draft_probs, session_key=key)
         self._submit(request)
         try:
             return await request.future
@@ -170,14 +177,14 @@ class CloudEngine:
         seq.num_logits = len(draft) + 1
         return seq
 
-    def _submit(self, request: Request) -> None:
+    def _submit(self, request: EngineRequest) -> None:
         self._requests[request.seq.seq_id] = request
         self.scheduler.add(request.seq)
         self._ensure_loop()
         assert self._wakeup is not None
         self._wakeup.set()
 
-    def _abort(self, request: Request) -> None:
+    def _abort(self, request: EngineRequest) -> None:
         """Called when a request's consumer is gone; the loop frees it before its next
         step (never during one, while the runner may read its block table)."""
         # Identity, not id: a session's sequence may already serve its next round.
@@ -245,39 +252,41 @@ class CloudEngine:
             row += n
         return results
 
-    def _result(self, request: Request, logits: torch.Tensor, greedy_tokens: list[int],
+    def _result(self, request: EngineRequest, logits: torch.Tensor, greedy_tokens: list[int],
                 greedy_logprobs: list[float]) -> object:
         """One request's outcome of a step, from its rows of logits ([n, V])."""
         if len(logits) == 0:
             return None
-        if request.future is not None:
+        if isinstance(request, VerificationRequest):
             return self._accept(request, logits, greedy_tokens)
         if request.sampler.params.greedy and not request.sampler.params.has_penalties:
             return GeneratedToken(greedy_tokens[0], greedy_logprobs[0])
         token, logprob, _ = request.sampler.sample(logits[0].numpy())
         return GeneratedToken(token, logprob)
 
-    def _accept(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> Acceptance:
+    def _accept(self, request: VerificationRequest, logits: torch.Tensor,
+                greedy: list[int]) -> Acceptance:
         # logits: [k+1, V] at the last context token and each draft
         if request.sampler.params.greedy:
             return accept_greedy(request.draft, greedy)
         if request.draft_probs is not None:
             return accept_by_rejection(request.draft, logits.numpy(), request.sampler,
-                                       request.draft_probs, request.sampler._rng)
+                                       request.draft_probs, request.sampler.rng)
         return accept_by_target_sampling(request.draft, logits.numpy(), request.sampler)
 
-    def _deliver(self, request: Request, result: object) -> None:
+    def _deliver(self, request: EngineRequest, result: object) -> None:
         if request.seq.seq_id in self._aborted:
             return
         if isinstance(result, Exception):
             self._finish(request, result)
-        elif isinstance(result, Acceptance):
+        elif isinstance(request, VerificationRequest):
+            assert isinstance(result, Acceptance)
             self._deliver_verify(request, result)
         else:
-            assert isinstance(result, GeneratedToken)
+            assert isinstance(request, GenerationRequest) and isinstance(result, GeneratedToken)
             self._deliver_token(request, result)
 
-    def _deliver_token(self, request: Request, token: GeneratedToken) -> None:
+    def _deliver_token(self, request: GenerationRequest, token: GeneratedToken) -> None:
         seq, now = request.seq, time.monotonic()
         seq.tokens.append(token.token)
         seq.committed = len(seq.tokens)
@@ -288,12 +297,11 @@ class CloudEngine:
         else:
             self.metrics.itl.observe(now - request.last_token_at)
         request.last_token_at = now
-        assert request.queue is not None
         request.queue.put_nowait(token)
         if request.num_output >= request.max_tokens or token.token in self.stop_token_ids:
             self._finish(request, _END)
 
-    def _deliver_verify(self, request: Request, result: Acceptance) -> None:
+    def _deliver_verify(self, request: VerificationRequest, result: Acceptance) -> None:
         seq = request.seq
         self.metrics.spec_drafts.inc()
         self.metrics.spec_draft_tokens.inc(len(request.draft))
@@ -307,26 +315,23 @@ class CloudEngine:
         seq.committed = context + result.accepted
         self.scheduler.truncate(seq, seq.committed)
         self.scheduler.register_blocks(seq)
-        assert request.session_key is not None
         self.sessions.put(request.session_key, seq)
         self.metrics.e2e.observe(time.monotonic() - request.arrival)
-        assert request.future is not None
         if not request.future.done():
             request.future.set_result(verified)
 
-    def _finish(self, request: Request, outcome: object) -> None:
+    def _finish(self, request: EngineRequest, outcome: object) -> None:
         """End a request: free its sequence and wake its consumer with ``outcome``
         (_END or an exception)."""
         self._requests.pop(request.seq.seq_id, None)
         self.scheduler.finish(request.seq)
-        now = time.monotonic()
-        self.metrics.e2e.observe(now - request.arrival)
-        if request.num_output > 1 and request.future is None:
-            self.metrics.tpot.observe(
-                (request.last_token_at - request.first_token_at) / (request.num_output - 1))
-        if request.queue is not None:
+        self.metrics.e2e.observe(time.monotonic() - request.arrival)
+        if isinstance(request, GenerationRequest):
+            if request.num_output > 1:
+                self.metrics.tpot.observe((request.last_token_at - request.first_token_at)
+                                          / (request.num_output - 1))
             request.queue.put_nowait(outcome)
-        elif request.future is not None and not request.future.done():
+        elif isinstance(request, VerificationRequest) and not request.future.done():
             request.future.set_exception(outcome if isinstance(outcome, BaseException)
                                          else RuntimeError("verification ended"))
 
@@ -335,7 +340,7 @@ class CloudEngine:
             request = self._requests.pop(seq_id, None)
             if request is not None:
                 self.scheduler.finish(request.seq)
-                if request.future is not None and not request.future.done():
+                if isinstance(request, VerificationRequest) and not request.future.done():
                     request.future.cancel()
         self._aborted.clear()
 

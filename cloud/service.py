@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import CloudEngine, request_tenant, validate_verify
+from tandem.cloud.engine import CloudEngine, validate_verify
 from tandem.cloud.sampler import dense_distributions
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_handler import TierGenerateHandler, TierLimits, TierMetrics
@@ -34,18 +33,6 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
         self.sessions = Gauge("tandem_cloud_sessions", "Speculative sessions with cached KV.",
                               registry=registry)
         self.sessions.set_function(lambda: len(engine.sessions))
-
-    async def Generate(self, request: common_pb2.TierGenerateRequest,
-                       context: grpc.aio.ServicerContext) -> common_pb2.TierGenerateResponse:
-        request_tenant.set(request.tenant)  # salts this request's prefix-cache lookups
-        return await super().Generate(request, context)
-
-    async def GenerateStream(self, request: common_pb2.TierGenerateRequest,
-                             context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        request_tenant.set(request.tenant)
-        async for chunk in super().GenerateStream(request, context):
-            yield chunk
 
     async def Verify(self, request: cloud_pb2.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> cloud_pb2.VerifyResponse:

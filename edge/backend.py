@@ -36,8 +36,10 @@ class EdgeBackend(ABC):
 
     @abstractmethod
     def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                 session_id: str) -> AsyncIterator[GeneratedToken]:
-        """Sampled tokens after ``prompt_ids`` until the consumer stops iterating."""
+                 tenant: str) -> AsyncIterator[GeneratedToken]:
+        """Sampled tokens after ``prompt_ids`` until the consumer stops iterating;
+        ``tenant`` is whom the request is for (a backend that caches KV across requests
+        must not let one tenant's cache serve another's)."""
 
     @abstractmethod
     async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,

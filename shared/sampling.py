@@ -126,7 +126,7 @@ class TokenSampler:
         self.params = params
         # Whether backends should report each token's entropy (costs one pass over V).
         self.report_entropy = report_entropy
-        self._rng = np.random.default_rng(params.seed)
+        self.rng = np.random.default_rng(params.seed)  # also drives rejection sampling
         self._prompt_ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self._output_counts: dict[int, int] = {}
 
@@ -209,6 +209,6 @@ class TokenSampler:
             self._record(token)
             return token, raw, float(math.exp(raw[token])), None
         probs = self.distribution(logits)
-        token = int(self._rng.choice(probs.shape[-1], p=probs))
+        token = int(self.rng.choice(probs.shape[-1], p=probs))
         self._record(token)
         return token, raw, float(probs[token]), probs

@@ -39,7 +39,7 @@ class TokenGenerator(Protocol):
     """
 
     def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                 session_id: str) -> AsyncIterator[GeneratedToken]: ...
+                 tenant: str) -> AsyncIterator[GeneratedToken]: ...
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class TierGenerateHandler:
         finish = common_pb2.FINISH_REASON_LENGTH
         produced, first_token_ns = 0, 0
         sampler = TokenSampler(sampling, report_entropy=request.logprobs)
-        tokens = self.backend.generate(prompt_ids, sampler, request.session_id)
+        tokens = self.backend.generate(prompt_ids, sampler, request.tenant)
         try:
             async for item in tokens:
                 if item.token in self.eos_token_ids:

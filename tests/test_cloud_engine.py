@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import request_tenant
 from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
@@ -45,9 +44,8 @@ def hf_greedy(model, prompt, n):
 
 
 async def collect(engine, prompt, n, tenant="", params=None):
-    request_tenant.set(tenant)
     params = params or SamplingParams(max_tokens=n)
-    gen = engine.generate(prompt, TokenSampler(params), "")
+    gen = engine.generate(prompt, TokenSampler(params), tenant)
     tokens = [item.token async for item in gen]
     return tokens
 

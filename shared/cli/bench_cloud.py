@@ -96,12 +96,10 @@ def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
 
 async def stream(engine: Any, prompt: list[int], n: int, tenant: str = "") -> list[float]:
     """Generate ``n`` greedy tokens; the arrival time of each."""
-    from tandem.cloud.engine import request_tenant
     from tandem.shared.sampling import SamplingParams, TokenSampler
 
-    request_tenant.set(tenant)
     times = []
-    gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=n)), "")
+    gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=n)), tenant)
     async for _ in gen:
         times.append(time.perf_counter())
     return times
