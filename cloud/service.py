@@ -11,7 +11,7 @@ from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import CloudEngine, validate_verify
 from tandem.cloud.sampler import dense_distributions
 from tandem.shared.sampling import SamplingParams
-from tandem.shared.tier_handler import TierGenerateHandler, TierLimits, TierMetrics
+from tandem.shared.tier_handler import TierGenerateHandler, TierMetrics
 from tandem.shared.tier_rpc import TierServicer
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2
 
@@ -22,12 +22,11 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
         self.config = config
         self.engine = engine
         self.vocab_size = vocab_size
-        limits = TierLimits(config.context_window, config.max_tokens_cap, config.default_max_tokens)
         info = common_pb2.ModelInfo(
             model=config.model, backend="torch", dtype=config.dtype,
             context_window=config.context_window, vocab_size=vocab_size,
             eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
-        handler = TierGenerateHandler(engine, tokenizer, limits, eos_token_ids,  # type: ignore[arg-type]
+        handler = TierGenerateHandler(engine, tokenizer, config, eos_token_ids,  # type: ignore[arg-type]
                                       TierMetrics("cloud", registry))
         super().__init__(handler, info)
         self.sessions = Gauge("tandem_cloud_sessions", "Speculative sessions with cached KV.",

@@ -13,7 +13,7 @@ from tandem.edge.backend import EdgeBackend
 from tandem.edge.config import EdgeConfig
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_handler import TierGenerateHandler, TierLimits, TierMetrics
+from tandem.shared.tier_handler import TierGenerateHandler, TierMetrics
 from tandem.v1 import common_pb2, edge_pb2
 
 
@@ -32,8 +32,7 @@ class EdgeHandler:
         self.config = config
         self.backend = backend
         self.metrics = TierMetrics("edge", registry)
-        limits = TierLimits(config.context_window, config.max_tokens_cap, config.default_max_tokens)
-        self.generation = TierGenerateHandler(backend, tokenizer, limits, eos_token_ids,  # type: ignore[arg-type]
+        self.generation = TierGenerateHandler(backend, tokenizer, config, eos_token_ids,  # type: ignore[arg-type]
                                               self.metrics)
         self.info = common_pb2.ModelInfo(
             model=config.model, backend=config.backend, dtype=backend.dtype,

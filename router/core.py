@@ -33,6 +33,7 @@ from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
 from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams
+from tandem.shared.segments import Segment, merge_by_tier
 from tandem.shared.tier_handler import check_context
 from tandem.v1 import common_pb2, router_pb2
 
@@ -264,26 +265,21 @@ def _close_timings(timings: common_pb2.Timings, started: int) -> None:
     timings.overhead_ns = max(timings.total_ns - timings.edge_ns - timings.cloud_ns, 0)
 
 
-def add_chunk(response: router_pb2.GenerateResponse, chunk: router_pb2.GenerateChunk) -> None:
-    """Fold one streamed chunk into a complete response (segments merge by tier)."""
-    if chunk.done:
-        response.finish_reason = chunk.finish_reason
-        response.usage.CopyFrom(chunk.usage)
-        response.timings.CopyFrom(chunk.timings)
-        response.decision.CopyFrom(chunk.decision)
-        return
-    segments = response.segments
-    if segments and segments[-1].tier == chunk.tier:
-        segments[-1].text += chunk.text
-        segments[-1].token_ids.extend(chunk.token_ids)
-    else:
-        segments.add(tier=chunk.tier, text=chunk.text, token_ids=chunk.token_ids)
-    response.text += chunk.text
-
-
-def collect(chunks: Iterable[router_pb2.GenerateChunk],
-            session_id: str = "") -> router_pb2.GenerateResponse:
+def response_from_chunks(chunks: Iterable[router_pb2.GenerateChunk],
+                         session_id: str = "") -> router_pb2.GenerateResponse:
+    """A complete response from a streamed answer (its segments merged by tier)."""
     response = router_pb2.GenerateResponse(session_id=session_id)
+    pieces = []
     for chunk in chunks:
-        add_chunk(response, chunk)
+        if chunk.done:
+            response.finish_reason = chunk.finish_reason
+            response.usage.CopyFrom(chunk.usage)
+            response.timings.CopyFrom(chunk.timings)
+            response.decision.CopyFrom(chunk.decision)
+        else:
+            pieces.append(Segment(chunk.tier, chunk.text, tuple(chunk.token_ids)))
+    for segment in merge_by_tier(pieces):
+        response.segments.add(tier=segment.tier, text=segment.text,  # type: ignore[arg-type]
+                              token_ids=segment.token_ids)
+        response.text += segment.text
     return response

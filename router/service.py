@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from tandem.router.core import RouterCore, add_chunk
+from tandem.router.core import RouterCore, response_from_chunks
 from tandem.shared.deadlines import Deadline
 from tandem.v1 import router_pb2, router_pb2_grpc
 
@@ -27,7 +27,5 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Generate(self, request: router_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> router_pb2.GenerateResponse:
-        response = router_pb2.GenerateResponse(session_id=request.session_id)
-        async for chunk in self.core.stream(request, self._deadline(context)):
-            add_chunk(response, chunk)
-        return response
+        chunks = [chunk async for chunk in self.core.stream(request, self._deadline(context))]
+        return response_from_chunks(chunks, request.session_id)

@@ -2,7 +2,7 @@
 
 Policies talk to the edge and cloud only through a ``Tiers``: every call carries the
 request's remaining deadline, adds the time it waited to the request's timings, and
-fails with a Tandem error carrying the tier's status. ``GrpcTiers`` reaches both tiers
+fails with the Tandem error of the tier's status. ``GrpcTiers`` reaches both tiers
 over channels (the router service); the SDK's on-device mode implements the same
 protocol with an in-process edge (tandem.edge.sdk.local_tiers).
 """
@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from tandem.shared.deadlines import Deadline
-from tandem.shared.errors import UpstreamError
+from tandem.shared.errors import from_rpc_error
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2, edge_pb2_grpc
 
@@ -63,15 +63,13 @@ class Tiers(EdgeTier, CloudTier, Protocol):
 
 @asynccontextmanager
 async def _upstream(service: str, timings: common_pb2.Timings, field: str) -> AsyncIterator[None]:
-    """Time a call into ``timings.<field>`` and turn RPC errors into UpstreamError."""
+    """Time a call into ``timings.<field>``; a failed call raises the Tandem error of its
+    status, its message prefixed with ``service`` (retry-after hints kept)."""
     started = time.perf_counter_ns()
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        details = exc.details() or exc.code().name
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            details = f"unavailable: {details}"
-        raise UpstreamError(service, exc.code(), details) from exc
+        raise from_rpc_error(exc, service) from exc
     finally:
         setattr(timings, field, getattr(timings, field) + time.perf_counter_ns() - started)
 

@@ -7,14 +7,10 @@ import time
 
 import grpc
 
-from tandem.shared.errors import TandemError
+from tandem.shared.errors import DeadlineExceeded
 
 # Time kept back so our own reply can still reach the caller before its deadline.
 DEADLINE_MARGIN_S = 0.05
-
-
-class DeadlineExceeded(TandemError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Deadline:

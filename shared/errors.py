@@ -16,9 +16,17 @@ logger = logging.getLogger(__name__)
 
 
 class TandemError(Exception):
-    """Base of errors that carry a deliberate gRPC status."""
+    """An error with a deliberate gRPC status: ``code``, and ``message`` for the caller.
+    The same classes serve the services (mapped to statuses at their boundary) and the
+    SDK (raised to apps, in both of its modes)."""
 
-    code = grpc.StatusCode.INTERNAL
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
 
 
 class InvalidArgument(TandemError, ValueError):
@@ -33,9 +41,15 @@ class ResourceExhausted(TandemError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None = None,
+                 code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message, code)
         self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before retrying, when the server said (the SDK's name)."""
+        return self.retry_after_s
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
         if self.retry_after_s is None:
@@ -49,23 +63,63 @@ class Unavailable(TandemError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(TandemError, TimeoutError):
+    """The request's time ran out."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(TandemError):
+    code = grpc.StatusCode.CANCELLED
+
+
 class FailedPrecondition(TandemError):
     """The system is not in a state to run the request (e.g. incompatible tiers)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class UpstreamError(TandemError):
-    """A call to another Tandem service failed; its status is passed on."""
+class Internal(TandemError):
+    code = grpc.StatusCode.INTERNAL
 
-    def __init__(self, service: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{service}: {details}")
-        self.code = code
+
+_CLASS_OF: dict[grpc.StatusCode, type[TandemError]] = {
+    cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unavailable,
+                              DeadlineExceeded, Cancelled, FailedPrecondition, Internal)}
+
+
+def error_for(code: grpc.StatusCode, message: str,
+              retry_after_s: float | None = None) -> TandemError:
+    """The error class for a status (TandemError itself for codes without one)."""
+    cls = _CLASS_OF.get(code, TandemError)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(message, retry_after_s)
+    return cls(message, code)
+
+
+def typed(exc: TandemError) -> TandemError:
+    """``exc`` as the class of its status (an error raised with a code, not a class)."""
+    if type(exc) is _CLASS_OF.get(exc.code, TandemError):
+        return exc
+    return error_for(exc.code, exc.message, getattr(exc, "retry_after_s", None))
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, service: str = "") -> TandemError:
+    """The error a failed call to another Tandem service raises here: its status and
+    details (prefixed with ``service``), and its retry-after hint."""
+    retry_after = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            retry_after = int(value) / 1000
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:  # gRPC's connect errors do not say so
+        details = f"unavailable: {details}"
+    return error_for(exc.code(), f"{service}: {details}" if service else details, retry_after)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, TandemError):
-        return exc.code, str(exc)
+        return exc.code, exc.message
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 

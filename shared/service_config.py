@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tandem.shared.config import option
+from tandem.shared.limits import RequestLimits
 from tandem.shared.models import DEFAULT_MODEL
 
 
@@ -26,23 +27,17 @@ class ServiceConfig:
 
 
 @dataclass
-class TierConfig(ServiceConfig):
+class TierConfig(ServiceConfig, RequestLimits):
     """Settings shared by the model tiers (edge and cloud)."""
 
     model: str = option(DEFAULT_MODEL, "Packaged model alias, .gguf path or HF model folder.")
     threads: int = option(0, "Compute threads; 0 uses every core.")
-    context_window: int = option(8192, "Longest prompt + output accepted, in tokens.")
-    max_tokens_cap: int = option(4096, "Largest max_tokens a request may ask for.")
-    default_max_tokens: int = option(256, "max_tokens when a request leaves it unset.")
     openmp_spin_count: int = option(
         50_000, "Iterations the model's OpenMP threads spin before sleeping between parallel "
                 "regions (0: sleep at once; shared/openmp.py says why).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_request_limits()
         if self.openmp_spin_count < 0:
             raise ValueError("openmp_spin_count must be >= 0")
-        if not 0 < self.default_max_tokens <= self.max_tokens_cap:
-            raise ValueError("default_max_tokens must be in [1, max_tokens_cap]")
-        if self.max_tokens_cap >= self.context_window:
-            raise ValueError("max_tokens_cap must be below context_window")

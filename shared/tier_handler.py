@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import CollectorRegistry, Counter
 
 from tandem.shared.errors import InvalidArgument
+from tandem.shared.limits import RequestLimits
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.text import IncrementalDetokenizer, StopStringMatcher
+from tandem.shared.text import AnswerText
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -42,13 +43,6 @@ class TokenGenerator(Protocol):
                  tenant: str) -> AsyncIterator[GeneratedToken]: ...
 
 
-@dataclass(frozen=True)
-class TierLimits:
-    context_window: int
-    max_tokens_cap: int
-    default_max_tokens: int
-
-
 class TierMetrics:
     """Requests, generated tokens and forward passes of a model tier, by method."""
 
@@ -71,7 +65,7 @@ class TierGenerateHandler:
     """Runs TierGenerateRequests against a backend, counting them in ``metrics``."""
 
     def __init__(self, backend: TokenGenerator, tokenizer: PreTrainedTokenizerBase,
-                 limits: TierLimits, eos_token_ids: Sequence[int], metrics: TierMetrics) -> None:
+                 limits: RequestLimits, eos_token_ids: Sequence[int], metrics: TierMetrics) -> None:
         self.backend = backend
         self.metrics = metrics
         self.tokenizer = tokenizer
@@ -103,37 +97,31 @@ class TierGenerateHandler:
                       ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
         started = time.perf_counter_ns()
         prompt_ids, sampling = await self.prepare(request)
-        detok = IncrementalDetokenizer(
-            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
-        stops = StopStringMatcher(sampling.stop)
-        finish = common_pb2.FINISH_REASON_LENGTH
+        answer = AnswerText(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                            sampling.stop, sampling.max_tokens, self.eos_token_ids)
         produced, first_token_ns = 0, 0
         sampler = TokenSampler(sampling, report_entropy=request.logprobs)
         tokens = self.backend.generate(prompt_ids, sampler, request.tenant)
         try:
             async for item in tokens:
-                if item.token in self.eos_token_ids:
-                    finish = common_pb2.FINISH_REASON_STOP
+                text = answer.push(item.token)
+                if text is None:  # an end token
                     break
                 produced += 1
                 first_token_ns = first_token_ns or time.perf_counter_ns() - started
-                text = stops.feed(detok.push([item.token]))
                 chunk = common_pb2.TierGenerateChunk(token_ids=[item.token], text=text)
                 if request.logprobs:
                     chunk.logprobs.append(item.logprob)
                     chunk.entropies.append(item.entropy)
-                if stops.stopped:
-                    finish = common_pb2.FINISH_REASON_STOP
-                    yield chunk
-                    break
-                if produced >= sampling.max_tokens:
-                    yield chunk
-                    break
                 yield chunk
+                if answer.done:
+                    break
         finally:
             await tokens.aclose()
         yield common_pb2.TierGenerateChunk(
-            text=stops.flush(), finish_reason=finish, prompt_tokens=len(prompt_ids),
+            text=answer.flush(), prompt_tokens=len(prompt_ids),
+            # The backend ends at max_tokens, so an answer no rule ended ran to its length.
+            finish_reason=answer.finish_reason or common_pb2.FINISH_REASON_LENGTH,
             # One prefill pass, then one pass per token after the first.
             forward_passes=max(produced, 1),
             timings=common_pb2.Timings(first_token_ns=first_token_ns,

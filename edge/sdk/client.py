@@ -25,11 +25,10 @@ from typing import Any
 import grpc
 
 from tandem.edge.sdk.engines import ClientConfig, Engine, LocalEngine, RemoteEngine
-from tandem.edge.sdk.types import (Decision, Response, StreamChunk, TandemError, UnavailableError,
-                                   Usage, finish_name, from_local_error, from_rpc_error,
-                                   merge_segments, tier_name)
-from tandem.shared import errors as shared_errors
+from tandem.edge.sdk.types import Decision, Response, StreamChunk, Usage, finish_name, tier_name
+from tandem.shared.errors import TandemError, Unavailable, from_rpc_error, typed
 from tandem.shared.deadlines import Deadline
+from tandem.shared.segments import merge_by_tier
 from tandem.v1 import common_pb2, router_pb2
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
@@ -176,7 +175,7 @@ class AsyncTandemClient:
                 async for chunk in self._typed(self._attempt(request, deadline, metadata, result)):
                     yield chunk
                 return
-            except UnavailableError:
+            except Unavailable:
                 delay = self.config.retry_backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
                 remaining = deadline.remaining()
                 if (result.chunks or attempt == self.config.max_retries
@@ -192,8 +191,11 @@ class AsyncTandemClient:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
-        except shared_errors.TandemError as exc:
-            raise from_local_error(exc) from exc
+        except TandemError as exc:
+            typed_exc = typed(exc)
+            if typed_exc is exc:
+                raise
+            raise typed_exc from exc
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -238,7 +240,7 @@ def _response(result: _Result, request: router_pb2.GenerateRequest,
               metadata: dict[str, str]) -> Response:
     final = result.final or router_pb2.GenerateChunk()
     return Response(
-        text="".join(c.text for c in result.chunks), segments=merge_segments(result.chunks),
+        text="".join(c.text for c in result.chunks), segments=tuple(merge_by_tier(result.chunks)),
         finish_reason=finish_name(final.finish_reason), usage=Usage.from_pb(final.usage),
         decision=Decision.from_pb(final.decision), degraded=bool(result.degraded_reason),
         degraded_reason=result.degraded_reason, session_id=request.session_id,

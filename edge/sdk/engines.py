@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import grpc
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from tandem.shared.config import option
 from tandem.shared.deadlines import Deadline
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
+from tandem.shared.limits import RequestLimits
 from tandem.shared.models import DEFAULT_MODEL
 from tandem.v1 import router_pb2, router_pb2_grpc
 
@@ -27,7 +28,7 @@ MODES = ("on_device", "remote")
 
 
 @dataclass
-class ClientConfig:
+class ClientConfig(RequestLimits):
     """How a TandemClient runs (every field is also a keyword argument of the client)."""
 
     mode: Literal["on_device", "remote"] = option(
@@ -44,9 +45,9 @@ class ClientConfig:
     artifacts: str = option(
         "", "on_device, torch backend: folder written by `tandem compress` (empty: the fp32 "
             "weights, fully resident).")
+    # A device holds less KV than a server: smaller defaults than RequestLimits'.
     context_window: int = option(4096, "on_device: longest prompt + answer, in tokens.")
     max_tokens_cap: int = option(2048, "Largest max_tokens a call may ask for.")
-    default_max_tokens: int = option(256, "max_tokens when a call sets none.")
     policy: str = option("auto", "Policy for calls that name none.")
     deadline_s: float = option(60.0, "Deadline of calls that set none, in seconds.")
     tenant: str = option("", "Tenant every call is made for.")
@@ -67,8 +68,7 @@ class ClientConfig:
             raise ValueError("deadline_s must be > 0 and edge_reserve_s >= 0")
         if self.max_retries < 0 or self.retry_backoff_s < 0:
             raise ValueError("max_retries and retry_backoff_s must be >= 0")
-        if not 0 < self.default_max_tokens <= self.max_tokens_cap < self.context_window:
-            raise ValueError("need 0 < default_max_tokens <= max_tokens_cap < context_window")
+        self.check_request_limits()
 
 
 class Engine(Protocol):
@@ -100,9 +100,8 @@ class RemoteEngine:
 
 
 def tier_limits(config: ClientConfig) -> dict[str, int]:
-    """The request limits the in-process edge and router both enforce."""
-    return dict(context_window=config.context_window, max_tokens_cap=config.max_tokens_cap,
-                default_max_tokens=config.default_max_tokens)
+    """The client's request limits, for the in-process edge and router it builds."""
+    return {f.name: getattr(config, f.name) for f in fields(RequestLimits)}
 
 
 def edge_config_for(config: ClientConfig) -> EdgeConfig:

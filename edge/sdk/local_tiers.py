@@ -19,8 +19,8 @@ import grpc
 
 from tandem.edge.handler import EdgeHandler
 from tandem.router.tiers import GrpcCloud
-from tandem.shared.deadlines import Deadline, DeadlineExceeded
-from tandem.shared.errors import UpstreamError
+from tandem.shared.deadlines import Deadline
+from tandem.shared.errors import DeadlineExceeded, TandemError
 from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
 
 T = TypeVar("T")
@@ -29,13 +29,14 @@ T = TypeVar("T")
 FALLBACK_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-class CloudFailure(UpstreamError):
+class CloudFailure(TandemError):
     """A call to the cloud failed (its status is kept); raised only by LocalTiers, so the
     SDK can tell a cloud outage from an edge or input error without reading messages."""
 
     @classmethod
-    def wrap(cls, exc: UpstreamError | DeadlineExceeded) -> CloudFailure:
-        return cls("cloud", exc.code, str(exc).removeprefix("cloud: "))
+    def wrap(cls, exc: TandemError) -> CloudFailure:
+        message = exc.message if exc.message.startswith("cloud: ") else f"cloud: {exc.message}"
+        return cls(message, exc.code)
 
     @property
     def allows_fallback(self) -> bool:
@@ -110,7 +111,7 @@ class LocalTiers:
         try:
             async for chunk in stream:
                 yield chunk
-        except (UpstreamError, DeadlineExceeded) as exc:
+        except TandemError as exc:  # every failure here is the cloud call's
             raise CloudFailure.wrap(exc) from exc
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -119,7 +120,7 @@ class LocalTiers:
                      timings: common_pb2.Timings) -> cloud_pb2.VerifyResponse:
         try:
             return await self.cloud.verify(request, self.cloud_deadline(deadline), timings)
-        except (UpstreamError, DeadlineExceeded) as exc:
+        except TandemError as exc:  # every failure here is the cloud call's
             raise CloudFailure.wrap(exc) from exc
 
     async def close(self) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import grpc
-
-from tandem.shared import errors as shared_errors
+from tandem.shared import errors
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2, router_pb2
 
 Tier = Literal["edge", "cloud", "unspecified"]
@@ -62,22 +61,9 @@ class Decision:
                    decision.route_score, decision.cached, decision.speculation_abandoned)
 
 
-@dataclass(frozen=True)
-class StreamChunk:
-    """A streamed piece of the answer and the tier that produced it."""
-
-    tier: Tier
-    text: str
-    token_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A contiguous piece of the answer produced by one tier."""
-
-    tier: Tier
-    text: str
-    token_ids: tuple[int, ...] = ()
+# A streamed piece of the answer, with the tier ("edge" or "cloud") that produced it: the
+# same record as a response's segments (tandem.shared.segments).
+StreamChunk = Segment
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ class Response:
     """A complete answer with its provenance."""
 
     text: str
-    segments: tuple[Segment, ...]
+    segments: tuple[Segment[Tier], ...]
     finish_reason: FinishReason
     usage: Usage
     decision: Decision
@@ -103,97 +89,18 @@ class Response:
         return tuple(s.tier for s in self.segments)
 
 
-def merge_segments(chunks: list[StreamChunk]) -> tuple[Segment, ...]:
-    segments: list[Segment] = []
-    for chunk in chunks:
-        if segments and segments[-1].tier == chunk.tier:
-            last = segments[-1]
-            segments[-1] = Segment(last.tier, last.text + chunk.text,
-                                   last.token_ids + chunk.token_ids)
-        else:
-            segments.append(Segment(chunk.tier, chunk.text, chunk.token_ids))
-    return tuple(segments)
-
-
 def finish_name(reason: int) -> FinishReason:
     return _FINISH.get(reason, "unspecified")
 
 
 # ---------------------------------------------------------------- errors
-
-
-class TandemError(Exception):
-    """An SDK call failed; ``code`` is the gRPC status (the same in both modes)."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}"
-
-
-class InvalidArgumentError(TandemError, ValueError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class ResourceExhaustedError(TandemError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, code)
-        self.retry_after = retry_after  # seconds, when the server said
-
-
-class UnavailableError(TandemError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class DeadlineExceededError(TandemError, TimeoutError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class CancelledError(TandemError):
-    code = grpc.StatusCode.CANCELLED
-
-
-class FailedPreconditionError(TandemError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class InternalError(TandemError):
-    code = grpc.StatusCode.INTERNAL
-
-
-_ERROR_CLASSES: dict[grpc.StatusCode, type[TandemError]] = {
-    cls.code: cls for cls in (InvalidArgumentError, ResourceExhaustedError, UnavailableError,
-                              DeadlineExceededError, CancelledError, FailedPreconditionError,
-                              InternalError)}
-
-
-def error_for(code: grpc.StatusCode, message: str,
-              retry_after: float | None = None) -> TandemError:
-    cls = _ERROR_CLASSES.get(code, TandemError)
-    if cls is ResourceExhaustedError:
-        return ResourceExhaustedError(message, code, retry_after)
-    return cls(message, code)
-
-
-def from_rpc_error(exc: grpc.aio.AioRpcError) -> TandemError:
-    """The typed error for a failed call to a Tandem service."""
-    retry_after = None
-    for key, value in exc.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            retry_after = int(value) / 1000
-    return error_for(exc.code(), exc.details() or exc.code().name, retry_after)
-
-
-def from_local_error(exc: shared_errors.TandemError) -> TandemError:
-    """The typed error for a failure inside the in-process router or edge."""
-    retry_after = getattr(exc, "retry_after_s", None)
-    return error_for(exc.code, str(exc), retry_after)
+# Every failure is a TandemError carrying its gRPC status (``err.code``, ``err.message``),
+# the same classes in both modes and in the services; the SDK's names for them:
+TandemError = errors.TandemError
+InvalidArgumentError = errors.InvalidArgument
+ResourceExhaustedError = errors.ResourceExhausted  # ``retry_after``: seconds, when sent
+UnavailableError = errors.Unavailable
+DeadlineExceededError = errors.DeadlineExceeded
+CancelledError = errors.Cancelled
+FailedPreconditionError = errors.FailedPrecondition
+InternalError = errors.Internal

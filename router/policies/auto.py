@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy)
 from tandem.router.policies.cascade import CascadePolicy
 from tandem.router.policies.route import RoutePolicy
 from tandem.router.policies.speculative import SpeculativePolicy
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class AutoPolicy(Policy):
         self.speculative = policies["speculative"]  # type: ignore[assignment]
 
     async def run(self, request: RoutedRequest, tiers: Tiers,
-                  outcome: Outcome) -> AsyncIterator[Chunk]:
+                  outcome: Outcome) -> AsyncIterator[Segment]:
         assert self.cascade is not None and self.speculative is not None
         if self.route is not None and not self.route.predict(request, outcome,
                                                              self.skip_edge_below):
@@ -59,7 +60,7 @@ class AutoPolicy(Policy):
             return
         edge, accepted = await self.cascade.edge_answer(request, tiers, outcome)
         if accepted:
-            yield Chunk(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+            yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
             return
         first_draft = list(edge.token_ids)[:self.max_first_draft] or None
         # aclosing: closing this reply closes the speculative rounds at once (see core.py)

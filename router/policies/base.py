@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tandem.shared.deadlines import Deadline
 from tandem.shared.sampling import SamplingParams
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2, router_pb2
 
 if TYPE_CHECKING:
@@ -49,15 +50,6 @@ class RoutedRequest:
             prompt_tokens=common_pb2.TokenIds(ids=prompt_ids or self.prompt_ids),
             sampling=sampling, logprobs=logprobs, tenant=self.tenant,
             session_id=self.request_id)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of the answer and the tier that produced it."""
-
-    tier: int  # common_pb2.Tier
-    text: str
-    token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -99,7 +91,7 @@ class Policy(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         """Stream the answer; closing the iterator early must stop all tier work."""
 
     def bind(self, policies: dict[str, Policy]) -> None:
@@ -133,7 +125,7 @@ def create_policies(config: RouterConfig, resources: PolicyResources) -> dict[st
 
 
 async def stream_from_tier(tiers: Tiers, tier: int, request: RoutedRequest,
-                           outcome: Outcome) -> AsyncIterator[Chunk]:
+                           outcome: Outcome) -> AsyncIterator[Segment]:
     """One tier's streamed answer to ``request``, accounted in ``outcome``."""
     stream = tiers.edge_stream if tier == common_pb2.TIER_EDGE else tiers.cloud_stream
     async for chunk in stream(request.tier_request(), request.deadline, outcome.timings):
@@ -147,4 +139,4 @@ async def stream_from_tier(tiers: Tiers, tier: int, request: RoutedRequest,
             if tier == common_pb2.TIER_CLOUD:
                 outcome.usage.cloud_forward_passes += chunk.forward_passes
         if chunk.text or chunk.token_ids:
-            yield Chunk(tier, chunk.text, tuple(chunk.token_ids))
+            yield Segment(tier, chunk.text, tuple(chunk.token_ids))

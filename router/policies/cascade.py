@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 from tandem.router.controller import ThresholdController
 from tandem.router.latency import DECISION, STATE, scorer_part, spent
-from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
 from tandem.router.scorers import EdgeAnswer, Scorer
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -72,10 +73,10 @@ class CascadePolicy(Policy):
         return edge, accepted
 
     async def run(self, request: RoutedRequest, tiers: Tiers,
-                  outcome: Outcome) -> AsyncIterator[Chunk]:
+                  outcome: Outcome) -> AsyncIterator[Segment]:
         edge, accepted = await self.edge_answer(request, tiers, outcome)
         if accepted:
-            yield Chunk(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+            yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
             return
         async for piece in stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome):
             yield piece

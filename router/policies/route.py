@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from tandem.router.latency import SCORING, spent
-from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
 from tandem.router.scorers import PromptRouter
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class RoutePolicy(Policy):
         outcome.decision.route_score = p_edge
         return p_edge >= (self.threshold if threshold is None else threshold)
 
-    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         to_edge = self.predict(request, outcome)
         outcome.decision.escalated = not to_edge
         tier = common_pb2.TIER_EDGE if to_edge else common_pb2.TIER_CLOUD

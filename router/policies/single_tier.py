@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
-from tandem.router.policies.base import (Chunk, Outcome, Policy, RoutedRequest, register_policy,
+from tandem.router.policies.base import (Outcome, Policy, RoutedRequest, register_policy,
                                          stream_from_tier)
+from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 class SingleTierPolicy(Policy):
     tier: ClassVar[int]
 
-    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         return stream_from_tier(tiers, self.tier, request, outcome)
 
 

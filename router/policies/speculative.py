@@ -27,12 +27,13 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from tandem.router.latency import DECISION, spent
-from tandem.router.policies.base import (Chunk, Outcome, Policy, PolicyResources, RoutedRequest,
+from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy)
 from tandem.router.policies.draft_length import DraftLengthController, RequestRounds
 from tandem.router.policies.emitter import Emitter
-from tandem.shared.errors import UpstreamError
+from tandem.shared.errors import TandemError
 from tandem.shared.models import eos_token_ids
+from tandem.shared.segments import Segment
 from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
 
 if TYPE_CHECKING:
@@ -57,11 +58,11 @@ class SpeculativePolicy(Policy):
                    DraftLengthController(config.draft_tokens, adaptive=config.adaptive_draft,
                                         pipelined=config.pipelined_draft))
 
-    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Chunk]:
+    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         return self.decode(request, tiers, outcome)
 
     async def decode(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome,
-                     first_draft: list[int] | None = None) -> AsyncIterator[Chunk]:
+                     first_draft: list[int] | None = None) -> AsyncIterator[Segment]:
         """Speculative rounds until the answer ends; ``first_draft`` (e.g. an escalated edge
         answer) is verified first instead of asking the edge for a draft."""
         session = f"spec-{request.request_id}"
@@ -173,7 +174,7 @@ class SpeculativePolicy(Policy):
             return []
         try:
             reply = await ahead
-        except UpstreamError:  # only an optimisation: the round goes on without it
+        except TandemError:  # only an optimisation: the round goes on without it
             return []
         outcome.usage.edge_generated_tokens += len(reply.tokens)
         if not reply.tokens or reply.tokens[0] != next_token:
@@ -200,7 +201,7 @@ class SpeculativePolicy(Policy):
         return draft[:verdict.accepted], verdict.next_token
 
     async def _finish_on_cloud(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome,
-                               tokens: list[int], emitter: Emitter) -> AsyncIterator[Chunk]:
+                               tokens: list[int], emitter: Emitter) -> AsyncIterator[Segment]:
         """Stream the rest from the cloud alone (same prefix, so the same output)."""
         continuation = request.tier_request(prompt_ids=tokens, max_tokens=emitter.remaining)
         async for chunk in tiers.cloud_stream(continuation, request.deadline, outcome.timings):
