@@ -29,7 +29,7 @@ from tandem.router.response_cache import cache_key, replay, snapshot
 from tandem.router.state import Completion, StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
-from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
+from tandem.shared.errors import InvalidArgument, status_for
 from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams
@@ -69,51 +69,44 @@ class RouterCore:
                     timings: common_pb2.Timings
                     ) -> tuple[PreparedRequest, Reservation, str | None, bytes | None]:
         """Validate, render and admit the request; returns it with its reservation and
-        response-cache key and entry. Validation and rendering count as decision time,
-        state calls as state time, and the state round trips overlap: a session's history
-        is read beside admission (a request the history then puts over the context window
-        withdraws its admission, so the refusal changes no state), a request without a
-        session looks up the response cache beside admission."""
+        response-cache key and entry. One state round trip goes beside admission: a
+        session's history, or (the prompt rendered first) the response-cache lookup of a
+        request without one. A request refused for a client mistake is refused as such
+        even when it is also over a limit, and a refusal withdraws its admission, so it
+        changes no state. Validation and rendering count as decision time, state calls as
+        state time."""
         with spent(timings, DECISION):
             policy, sampling, prompt = self._validate(request)
-        if not request.session_id:
-            with spent(timings, DECISION):
-                prepared = await self._render(request, policy, sampling, prompt, [], deadline)
-                key = (cache_key(prepared.routed, policy.name, False)
-                       if self.config.response_cache_seconds > 0 else None)
-            with spent(timings, STATE):
-                lookup = (asyncio.ensure_future(self.state.cache_get(request.tenant, key))
-                          if key else None)
-                try:
-                    reservation = await self.admission.admit(request.tenant,
-                                                             sampling.max_tokens)
-                finally:
-                    cached = await lookup if lookup else None
-            return prepared, reservation, key, cached
+            rendered = key = None
+            if not request.session_id:
+                rendered = await self._render(request, policy, sampling, prompt, [], deadline)
+                if self.config.response_cache_seconds > 0:
+                    key = cache_key(rendered.routed, policy.name, False)
         with spent(timings, STATE):
-            history_read = asyncio.ensure_future(
-                self.state.history(request.tenant, request.session_id))
-            try:
-                reservation = await self.admission.admit(request.tenant, sampling.max_tokens)
-            except ResourceExhausted:
-                # A client mistake outranks a limit: the caller must fix it, not retry.
-                await self._render(request, policy, sampling, prompt, await history_read,
-                                   deadline)
-                raise
-            except BaseException:
-                history_read.cancel()
-                raise
+            beside = (self.state.history(request.tenant, request.session_id)
+                      if request.session_id else self._cache_lookup(request.tenant, key))
+            admitted, context = await asyncio.gather(
+                self.admission.admit(request.tenant, sampling.max_tokens), beside,
+                return_exceptions=True)
         try:
-            with spent(timings, STATE):
-                history = await history_read
-            with spent(timings, DECISION):
-                prepared = await self._render(request, policy, sampling, prompt, history,
-                                              deadline)
+            if isinstance(context, BaseException):
+                raise context
+            if rendered is None:
+                with spent(timings, DECISION):
+                    rendered = await self._render(request, policy, sampling, prompt, context,
+                                                  deadline)
+                context = None  # no response cache for sessions
         except BaseException:
-            with spent(timings, STATE):
-                await self.admission.withdraw(reservation)
+            if not isinstance(admitted, BaseException):
+                with spent(timings, STATE):
+                    await self.admission.withdraw(admitted)
             raise
-        return prepared, reservation, None, None  # no response cache for sessions
+        if isinstance(admitted, BaseException):
+            raise admitted
+        return rendered, admitted, key, context
+
+    async def _cache_lookup(self, tenant: str, key: str | None) -> bytes | None:
+        return await self.state.cache_get(tenant, key) if key else None
 
     async def _render(self, request: router_pb2.GenerateRequest, policy: Policy,
                       sampling: SamplingParams, prompt: PromptInput, history: list[Turn],
