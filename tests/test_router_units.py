@@ -302,16 +302,12 @@ def test_one_slow_verify_does_not_tilt_the_step_estimate():
 
 
 def test_speculative_ceiling_costs_rounds_of_k_drafts_and_a_verify():
-    """scripts/speculative_ceiling.py's costing: free, always-right drafts of 4 turn ten
+    """`tandem bench ceiling`'s costing: free, always-right drafts of 4 turn ten
     cloud steps into two verify passes (5x); drafts that never match only add time."""
-    import importlib.util
     from argparse import Namespace
-    from pathlib import Path
 
-    path = Path(__file__).parents[1] / "scripts" / "speculative_ceiling.py"
-    spec = importlib.util.spec_from_file_location("speculative_ceiling", path)
-    ceiling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ceiling)
+    from tandem.router.bench import ceiling
+
     costs = Namespace(step_ms=20.0, verify_slope=0.0, cloud_prefill_ms=0.0)
     assert ceiling.speedup([[16] * 10], 4, 0.0, 0.0, costs, 0.0) == pytest.approx(5.0)
     assert ceiling.speedup([[0] * 10], 4, 0.0, 0.005, costs, 0.0) < 1.0

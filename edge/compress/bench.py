@@ -8,6 +8,7 @@ process's RSS before loading the model: interpreter, torch, tokenizer-free impor
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
 import re
@@ -267,7 +268,7 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
             "eval_tokens": min(settings.eval_tokens, len(eval_ids))}
 
 
-def format_table(report: dict[str, Any]) -> str:
+def table(report: dict[str, Any]) -> str:
     lines = [f"{'config':31} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
              f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7} {'k':>3} {'x resident':>10}"]
     for c in report["configs"]:
@@ -313,3 +314,39 @@ def plot_frontier(report: dict[str, Any], path: str) -> None:
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+HELP = "Perplexity, bytes, RSS, storage reads and tok/s per edge format."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from tandem.shared.models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Packaged alias, .gguf path or HF folder.")
+    p.add_argument("--artifacts", default=None,
+                   help="Folder for the built artifacts (default: the Tandem cache); reused.")
+    p.add_argument("--rebuild", action="store_true", help="Rebuild the artifacts first.")
+    p.add_argument("--eval-tokens", type=int, default=256, help="Evaluation tokens (256 per window).")
+    p.add_argument("--decode-tokens", type=int, default=48,
+                   help="Tokens decoded for tok/s (flash: from an empty window after the prompt).")
+    p.add_argument("--threads", type=int, default=1,
+                   help="Compute threads for every config (1 default: steadier on a shared box).")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="llama.cpp plain/through-Tandem pairs (median of per-pair ratios).")
+    p.add_argument("--only", default="", help="Comma-separated config names to run.")
+    p.add_argument("--plot", default=None, help="Also draw the flash frontier to this PNG.")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tandem.shared.models import cache_root, resolve_model
+
+    source = resolve_model(args.model)
+    out = Path(args.artifacts) if args.artifacts else cache_root() / "edge-bench" / (
+        f"{source.path.stem}-{source.fingerprint()}")
+    settings = BenchSettings(eval_tokens=args.eval_tokens, decode_tokens=args.decode_tokens,
+                             threads=args.threads, repeats=args.repeats,
+                             only=[n for n in args.only.split(",") if n])
+    report = run_bench(source, out, settings, rebuild=args.rebuild)
+    if args.plot:
+        plot_frontier(report, args.plot)
+    return report

@@ -8,9 +8,7 @@ first token) per call, medians reported as JSON on stdout and a table on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -22,14 +20,14 @@ PROMPTS = [
 ]
 
 
-def add_parser(kinds: argparse._SubParsersAction) -> None:
-    p = kinds.add_parser("sdk", help="SDK on-device mode vs the edge model called directly.")
+HELP = "SDK on-device mode vs the edge model called directly."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="Passes over the prompts.")
-    p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
-    p.set_defaults(run=run)
 
 
 def _direct(llm: Any, prompt_ids: list[int], eos: set[int], max_tokens: int) -> dict[str, float]:
@@ -70,7 +68,7 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
     return round(statistics.median(r[key] for r in rows), 2)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from llama_cpp import Llama
 
     from tandem.edge.sdk.client import TandemClient
@@ -101,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
     d, s = report["direct_llama_cpp"], report["sdk_on_device"]
     report["sdk_added_ttft_ms"] = round(s["ttft_ms"] - d["ttft_ms"], 2)
     report["sdk_decode_ratio"] = round(s["decode_tok_s"] / d["decode_tok_s"], 3) if d["decode_tok_s"] else None
-    if not args.json:
-        print(f"{'':18}{'TTFT ms':>10}{'decode tok/s':>14}{'tokens':>8}", file=sys.stderr)
-        for name in ("direct_llama_cpp", "sdk_on_device"):
-            r = report[name]
-            print(f"{name:18}{r['ttft_ms']:>10}{r['decode_tok_s']:>14}{r['tokens']:>8}",
-                  file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'':18}{'TTFT ms':>10}{'decode tok/s':>14}{'tokens':>8}"]
+    for name in ("direct_llama_cpp", "sdk_on_device"):
+        r = report[name]
+        lines.append(f"{name:18}{r['ttft_ms']:>10}{r['decode_tok_s']:>14}{r['tokens']:>8}")
+    return "\n".join(lines)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from tandem.router.bench import DEFAULT_PROMPTS
+from tandem.router.bench.prompts import DEFAULT_PROMPTS
 from tandem.router.state import Completion, Limits, StateStore
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -46,9 +44,10 @@ PARTS = {"state_ns": "state", "decision_ns": "decision", "scoring_ns": "scoring"
          "overhead_ns": "overhead", "total_ns": "total"}
 
 
-def add_parser(kinds: argparse._SubParsersAction) -> None:
-    p = kinds.add_parser("router", help="Router-added latency (decision + state), Redis vs "
-                                        "in-memory state, per policy.")
+HELP = "Router-added latency (decision + state), Redis vs in-memory state, per policy."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", default=POLICIES)
     p.add_argument("--requests", type=int, default=12, help="Measured requests per policy "
                                                             "and store.")
@@ -60,8 +59,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--router-defaults", action="store_true",
                    help="Routers with default settings: no rate limit, token budget, response "
                         "cache or budget controller (sessions and statistics only).")
-    p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
-    p.set_defaults(run=run)
 
 
 def request_for(policy: str, index: int, run_id: str) -> router_pb2.GenerateRequest:
@@ -149,22 +146,25 @@ def profile_state(redis_url: str, rounds: int) -> dict[str, dict[str, dict[str, 
             "memory": asyncio.run(_profile_state(MemoryStateStore(), rounds))}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def table(report: dict[str, Any]) -> str:
     head = (f"{'store':<7} {'policy':<12} {'added p50':>9} {'p95':>7} {'p99':>7} "
             f"{'state p50':>9} {'decision p50':>12} {'scoring p50':>11} {'overhead p50':>12} "
             f"{'total p50':>9}")
     lines = [head, "(ms; added = state + decision, the target's figure; scoring = embedding "
                    "model, reported apart)"]
-    for r in rows:
+    for r in report["results"]:
         a = r["added_ms"]
         lines.append(f"{r['store']:<7} {r['policy']:<12} {a['p50']:>9.3f} {a['p95']:>7.3f} "
                      f"{a['p99']:>7.3f} {r['state_ms']['p50']:>9.3f} "
                      f"{r['decision_ms']['p50']:>12.3f} {r['scoring_ms']['p50']:>11.3f} "
                      f"{r['overhead_ms']['p50']:>12.3f} {r['total_ms']['p50']:>9.1f}")
+    lines.append("state work of one session turn, in-process (us): " + ", ".join(
+        f"{store} {name} p50 {v['p50']:.0f} p95 {v['p95']:.0f}"
+        for store, paths in report["state_path_us"].items() for name, v in paths.items()))
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from tandem.shared.process import RedisProcess, ServiceProcess, free_port
 
     policies = args.policies.split(",")
@@ -209,9 +209,4 @@ def run(args: argparse.Namespace) -> int:
               "target_p50_ms": TARGET_P50_MS,
               "target_met": all(r["added_ms"]["p50"] <= TARGET_P50_MS for r in redis_rows),
               "results": rows, "state_path_us": state_paths}
-    print(format_table(rows), file=sys.stderr)
-    print("state work of one session turn, in-process (us): " + ", ".join(
-        f"{store} {name} p50 {v['p50']:.0f} p95 {v['p95']:.0f}"
-        for store, paths in state_paths.items() for name, v in paths.items()), file=sys.stderr)
-    print(json.dumps(report, indent=None if args.json else 2))
-    return 0
+    return report

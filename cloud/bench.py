@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 import time
 from typing import Any
 
 
-def add_parser(kinds: argparse._SubParsersAction) -> None:
-    p = kinds.add_parser("cloud", help="Cloud engine: decode vs bandwidth bound and HF, "
-                                       "throughput, prefix-cache TTFT, KV waste.")
+HELP = "Cloud engine: decode vs bandwidth bound and HF, throughput, prefix-cache TTFT, KV waste."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Model alias/path (default: the cloud's).")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--threads", type=int, default=0, help="Torch threads; 0 = every core.")
@@ -33,8 +32,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=8, help="KV cache block size.")
     p.add_argument("--openmp-spin-count", type=int, default=None,
                    help="As the cloud service's option (default: the service's default).")
-    p.add_argument("--json", action="store_true", help="Print only the JSON report on stdout.")
-    p.set_defaults(run=run_cloud_bench)
 
 
 def measure_bandwidth_gbps(repeats: int = 5) -> float:
@@ -197,7 +194,7 @@ async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, to
     report["ttft_cached_ms"] = round(await ttft_ms(engine, long_prompt + other, tenant), 1)
 
 
-def run_cloud_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from tandem.cloud.config import CloudConfig
     from tandem.shared.openmp import set_openmp_wait
 
@@ -233,9 +230,7 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
         engine.close()
     report["load_average_after"] = round(os.getloadavg()[0], 2)
     add_ratios(report)
-    print(format_table(report), file=sys.stderr)
-    print(json.dumps(report, indent=None if args.json else 2))
-    return 0
+    return report
 
 
 def add_ratios(report: dict[str, Any]) -> None:
@@ -251,7 +246,7 @@ def add_ratios(report: dict[str, Any]) -> None:
                                           / max(report["ttft_cached_ms"], 1e-3), 1)
 
 
-def format_table(report: dict[str, Any]) -> str:
+def table(report: dict[str, Any]) -> str:
     rows = [(k, v) for k, v in report.items() if not isinstance(v, dict)]
     rows += [(f"throughput_tok_s[{c}]", v) for c, v in report["throughput_tok_s"].items()]
     width = max(len(k) for k, _ in rows)

@@ -1,8 +1,9 @@
-"""Benchmark of the policies through a running router: output tok/s per policy on the
-same prompts, side by side in one run, plus speculative acceptance and identity."""
+"""`tandem bench policies`: output tok/s per policy through one router on the same
+prompts, side by side in one run, plus speculative acceptance and identity."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,16 +11,34 @@ from typing import Any
 import grpc
 import numpy as np
 
+from tandem.router.bench.prompts import load_prompts
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-# Default prompts (a mix of short factual, instruction and writing requests).
-DEFAULT_PROMPTS = [
-    "Explain what a CPU does in one sentence.",
-    "Write a haiku about the sea.",
-    "Give me three tips for staying healthy.",
-    "What is photosynthesis?",
-    "Write a short story opening about a lighthouse keeper.",
-]
+HELP = "Output tok/s per policy through the router."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", help="Router address; default: start a local stack.")
+    p.add_argument("--prompts", help="JSONL file with a `prompt` field per line.")
+    p.add_argument("--policies", default="edge,cloud,speculative")
+    p.add_argument("--max-tokens", type=int, default=64)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tandem.shared.stack import LocalStack, StackSettings
+
+    stack = None
+    router = args.router
+    if router is None:
+        stack = LocalStack(StackSettings.on_free_ports())
+        stack.start()
+        router = stack.router_address
+    try:
+        return run_policies(router, load_prompts(args.prompts), args.policies.split(","),
+                            args.max_tokens)
+    finally:
+        if stack:
+            stack.stop()
 
 
 @dataclass
@@ -86,47 +105,10 @@ def run_policies(router: str, prompts: list[str], policies: list[str], max_token
     return report
 
 
-def format_table(report: dict[str, Any]) -> str:
+def table(report: dict[str, Any]) -> str:
     lines = [f"{'policy':<12} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'passes/tok':>10} {'accept':>7}"]
     for row in report["policies"]:
         lines.append(f"{row['policy']:<12} {row['output_tokens']:>7} {row['seconds']:>8.2f} "
                      f"{row['tok_s']:>8.2f} {row['cloud_passes_per_token']:>10.3f} "
                      f"{row.get('acceptance_rate', ''):>7}")
-    return "\n".join(lines)
-
-
-def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: float
-                    ) -> dict[str, Any]:
-    """Cloud-only vs speculative through one router (whose cloud link has ``rtt_ms``)."""
-    report = run_policies(router, prompts, ["cloud", "speculative"], max_tokens)
-    rows = {r["policy"]: r for r in report["policies"]}
-    spec, cloud = rows["speculative"], rows["cloud"]
-    with grpc.insecure_channel(router) as channel:  # the draft length the router settled on
-        reply = router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
-            prompt=prompts[0], policy="speculative",
-            sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0)),
-            timeout=600)
-    rounds = spec["cloud_passes_per_token"] * spec["output_tokens"]
-    accepted = spec.get("acceptance_rate", 0.0) * spec.get("draft_tokens", 0)
-    return {
-        "rtt_ms": rtt_ms,
-        "cloud_only_tok_s": cloud["tok_s"],
-        "speculative_tok_s": spec["tok_s"],
-        "speedup": round(spec["tok_s"] / cloud["tok_s"], 3) if cloud["tok_s"] else None,
-        "acceptance_rate": spec.get("acceptance_rate", 0.0),
-        "mean_accepted_len": round(accepted / rounds, 3) if rounds else 0.0,
-        "cloud_passes_per_token": spec["cloud_passes_per_token"],
-        "draft_len": reply.decision.draft_length,
-        "identical": report["speculative_identical_to_cloud"],
-    }
-
-
-def format_speculative(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'rtt_ms':>6} {'cloud tok/s':>11} {'spec tok/s':>10} {'speedup':>7} "
-             f"{'accept':>6} {'acc.len':>7} {'passes/tok':>10} {'k':>3} identical"]
-    for r in results:
-        lines.append(f"{r['rtt_ms']:>6g} {r['cloud_only_tok_s']:>11.2f} "
-                     f"{r['speculative_tok_s']:>10.2f} {r['speedup']:>7.2f} "
-                     f"{r['acceptance_rate']:>6.3f} {r['mean_accepted_len']:>7.2f} "
-                     f"{r['cloud_passes_per_token']:>10.3f} {r['draft_len']:>3} {r['identical']}")
     return "\n".join(lines)
