@@ -115,7 +115,11 @@ async def render_off_loop(tokenizer: PreTrainedTokenizerBase, prompt: PromptInpu
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> list[int]:
     """The chat template's tokens, with every message's content encoded as plain text: a
     user who writes ``<|im_end|>`` gets those characters, not a control token (else a user
-    message could forge a system turn)."""
+    message could forge a system turn). Contents without control-token text (nearly all)
+    take the plain path: the rendered template tokenized as a whole."""
+    if not any(_control_text(tokenizer).search(turn["content"]) for turn in turns):
+        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer.encode(text, add_special_tokens=False))
     marked = [{**turn, "content": f"\ue000{i}\ue001"} for i, turn in enumerate(turns)]
     text = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
     pieces = _CONTENT_MARK.split(text)  # template, index, template, index, ..., template
@@ -130,6 +134,20 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str
             ids += tokenizer.encode(content, add_special_tokens=False,
                                     split_special_tokens=True) if content else []
     return ids
+
+
+_CONTROL_TEXT: dict[int, re.Pattern[str]] = {}
+
+
+def _control_text(tokenizer: PreTrainedTokenizerBase) -> re.Pattern[str]:
+    """Matches the text of any of the tokenizer's added (control) tokens."""
+    pattern = _CONTROL_TEXT.get(id(tokenizer))
+    if pattern is None:
+        texts = sorted((t.content for t in tokenizer.added_tokens_decoder.values()), key=len,
+                       reverse=True)
+        pattern = re.compile("|".join(map(re.escape, texts)) or "(?!)")
+        _CONTROL_TEXT[id(tokenizer)] = pattern
+    return pattern
 
 
 def max_token_bytes(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -44,14 +44,12 @@ def test_control_tokens_in_a_message_are_encoded_as_text(smollm2_tokenizer):
 
 
 def test_ordinary_messages_tokenize_as_the_rendered_template(smollm2_tokenizer):
-    """(Whitespace at a message's very start or end may tokenize differently: the content
-    is encoded on its own, not merged with the template's neighbouring characters.)"""
     from tandem.shared.prompting import chat_token_ids
 
     turns = [{"role": "system", "content": "Be brief."},
              {"role": "user", "content": "What is 2 + 2? Answer in words."},
              {"role": "assistant", "content": "Four."},
-             {"role": "user", "content": "And 3 + 3, twice?"}]
+             {"role": "user", "content": "  And 3 + 3, twice?\n"}]
     text = smollm2_tokenizer.apply_chat_template(turns, add_generation_prompt=True,
                                                  tokenize=False)
     assert chat_token_ids(smollm2_tokenizer, turns) == smollm2_tokenizer.encode(
