@@ -94,9 +94,11 @@ def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
 async def stream(engine: Any, prompt: list[int], n: int, tenant: str = "") -> list[float]:
     """Generate ``n`` greedy tokens; the arrival time of each."""
     from tandem.shared.sampling import SamplingParams, TokenSampler
+    from tandem.shared.tier_handler import TokenRequest
 
     times = []
-    gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=n)), tenant)
+    gen = engine.generate(TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=n)),
+                                       tenant))
     async for _ in gen:
         times.append(time.perf_counter())
     return times

@@ -25,9 +25,12 @@ from tandem.cloud.sampler import (
 from tandem.cloud.scheduler import ScheduledSeq, Scheduler
 from tandem.cloud.scheduler import Sequence as Seq
 from tandem.cloud.sessions import SessionStore
+from tandem.shared.backpressure import Backpressure
+from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_handler import GeneratedToken
+from tandem.shared.tier_handler import GeneratedToken, TokenRequest
+from tandem.v1 import common_pb2
 
 _END = object()
 # Most draft tokens one Verify may carry.
@@ -40,11 +43,6 @@ class VerifyResult:
     next_token: int
     cached_tokens: int
     computed_tokens: int
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    max_waiting: int  # queued requests beyond which new ones are refused
 
 
 @dataclass(eq=False, kw_only=True)
@@ -61,6 +59,7 @@ class EngineRequest:
 class GenerationRequest(EngineRequest):
     """A stream of sampled tokens, handed to the consumer through ``queue``."""
 
+    job: TokenRequest  # the caller's request (its queue wait is reported back on it)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     max_tokens: int
     last_token_at: float = 0.0
@@ -84,7 +83,7 @@ class VerificationRequest(EngineRequest):
 
 class CloudEngine:
     def __init__(self, runner: ModelRunner, block_size: int, max_num_seqs: int,
-                 max_batched_tokens: int, limits: EngineLimits, sessions: SessionStore,
+                 max_batched_tokens: int, backpressure: Backpressure, sessions: SessionStore,
                  stop_token_ids: Sequence[int] = (), prefix_caching: bool = True,
                  metrics: EngineMetrics | None = None) -> None:
         self.runner = runner
@@ -93,7 +92,7 @@ class CloudEngine:
         self.scheduler = Scheduler(self.pool, max_num_seqs, max_batched_tokens,
                                    prefix_caching, reclaim=self._reclaim)
         sessions.on_evict = self.scheduler.free_blocks
-        self.limits = limits
+        self.backpressure = backpressure
         self.stop_token_ids = frozenset(stop_token_ids)
         self.metrics = metrics or EngineMetrics()
         self._requests: dict[int, EngineRequest] = {}
@@ -104,16 +103,16 @@ class CloudEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model")
 
     # ----- entry points -------------------------------------------------------------
-    async def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                       tenant: str) -> AsyncIterator[GeneratedToken]:
-        """Stream sampled tokens continuing ``prompt_ids`` until max_tokens, a stop token,
-        or the consumer closes the iterator (which frees the KV at the next step). The
-        prefix cache is salted by ``tenant``: tenants never share cached KV."""
-        self._admit_check()
+    async def generate(self, job: TokenRequest) -> AsyncIterator[GeneratedToken]:
+        """Stream sampled tokens continuing ``job.prompt_ids`` until max_tokens, a stop
+        token, or the consumer closes the iterator (which frees the KV at the next step).
+        The prefix cache is salted by ``job.tenant``: tenants never share cached KV."""
+        self._admit_check(job.deadline)
+        prompt_ids, sampler = job.prompt_ids, job.sampler
         sampler.set_prompt(prompt_ids)
-        seq = Seq(tenant, list(prompt_ids), committed=len(prompt_ids))
+        seq = Seq(job.tenant, list(prompt_ids), committed=len(prompt_ids))
         request = GenerationRequest(seq=seq, sampler=sampler, num_prompt=len(prompt_ids),
-                                    max_tokens=sampler.params.max_tokens)
+                                    max_tokens=sampler.params.max_tokens, job=job)
         self._submit(request)
         try:
             while True:
@@ -128,10 +127,11 @@ class CloudEngine:
 
     async def verify(self, tenant: str, session_id: str, tokens: Sequence[int],
                      draft: Sequence[int], sampling: SamplingParams,
-                     draft_probs: list[np.ndarray] | None = None) -> VerifyResult:
+                     draft_probs: list[np.ndarray] | None = None,
+                     deadline: Deadline | None = None) -> VerifyResult:
         """Score ``draft`` after ``tokens`` in one scheduled step, reusing the session's KV
         (and the tenant's prefix cache); rejected positions' KV is rolled back."""
-        self._admit_check()
+        self._admit_check(deadline)
         key = (tenant, session_id)
         seq = self._session_sequence(key, tokens, draft)
         request = VerificationRequest(
@@ -153,13 +153,21 @@ class CloudEngine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ----- admission ----------------------------------------------------------------
-    def _admit_check(self) -> None:
-        busy = len(self.scheduler.waiting)
-        room = self.scheduler.max_num_seqs - len(self.scheduler.running)
-        if busy - max(room, 0) >= self.limits.max_waiting:
+    def _queue(self) -> tuple[int, int]:
+        """(requests waiting beyond the batch's free places, requests running)."""
+        running = len(self.scheduler.running)
+        room = max(self.scheduler.max_num_seqs - running, 0)
+        return max(len(self.scheduler.waiting) - room, 0), running
+
+    def _admit_check(self, deadline: Deadline | None) -> None:
+        try:
+            self.backpressure.admit(*self._queue(), deadline)
+        except ResourceExhausted:
             self.metrics.rejected.inc()
-            raise ResourceExhausted(
-                f"cloud queue is full ({busy} waiting, {len(self.scheduler.running)} running)")
+            raise
+
+    def load(self) -> common_pb2.TierLoad:
+        return self.backpressure.load(*self._queue())
 
     def _session_sequence(self, key: tuple[str, str], tokens: Sequence[int],
                           draft: Sequence[int]) -> Seq:
@@ -293,7 +301,9 @@ class CloudEngine:
         if request.num_output == 1:
             request.first_token_at = now
             self.metrics.ttft.observe(now - request.arrival)
-            self.metrics.queue_time.observe((seq.first_scheduled or now) - request.arrival)
+            request.job.waited_s = (seq.first_scheduled or now) - request.arrival
+            self.metrics.queue_time.observe(request.job.waited_s)
+            self.backpressure.started(request.job.waited_s)
         else:
             self.metrics.itl.observe(now - request.last_token_at)
         request.last_token_at = now
@@ -327,6 +337,7 @@ class CloudEngine:
         self.scheduler.finish(request.seq)
         self.metrics.e2e.observe(time.monotonic() - request.arrival)
         if isinstance(request, GenerationRequest):
+            self.backpressure.finished(time.monotonic() - request.arrival - request.job.waited_s)
             if request.num_output > 1:
                 self.metrics.tpot.observe((request.last_token_at - request.first_token_at)
                                           / (request.num_output - 1))

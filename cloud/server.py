@@ -11,12 +11,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from tandem.cloud.config import CloudConfig
-from tandem.cloud.engine import MAX_VERIFY_DRAFT, CloudEngine, EngineLimits
+from tandem.cloud.engine import MAX_VERIFY_DRAFT, CloudEngine
 from tandem.cloud.metrics import EngineMetrics
 from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.model_runner import build_runner, num_blocks_for_budget
 from tandem.cloud.service import CloudServicer
 from tandem.cloud.sessions import SessionStore
+from tandem.shared.backpressure import Backpressure
 from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
@@ -34,9 +35,11 @@ def build_engine(config: CloudConfig, hf_model: PreTrainedModel, stop_token_ids:
     runner = build_runner(hf_model, num_blocks, config.block_size, config.context_window)
     sessions = SessionStore(config.max_sessions, config.max_session_tokens,
                             config.session_idle_seconds)
+    registry = registry if registry is not None else CollectorRegistry()
+    backpressure = Backpressure("cloud", config.max_num_seqs, config.max_waiting, registry)
     return CloudEngine(runner, config.block_size, config.max_num_seqs,
-                       config.max_batched_tokens, EngineLimits(config.max_waiting), sessions,
-                       stop_token_ids, config.prefix_caching, EngineMetrics(registry))
+                       config.max_batched_tokens, backpressure, sessions, stop_token_ids,
+                       config.prefix_caching, EngineMetrics(registry))
 
 
 async def run(config: CloudConfig) -> None:

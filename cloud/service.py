@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import CloudEngine, validate_verify
 from tandem.cloud.sampler import dense_distributions
+from tandem.shared.deadlines import Deadline
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_handler import TierGenerateHandler, TierMetrics
 from tandem.shared.tier_rpc import TierServicer
@@ -48,7 +49,7 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
         dists = (dense_distributions(request.draft_distributions, self.vocab_size)
                  if request.draft_distributions and not sampling.greedy else None)
         result = await self.engine.verify(request.tenant, request.session_id, tokens, draft,
-                                          sampling, dists)
+                                          sampling, dists, Deadline(context.time_remaining()))
         self.metrics.count("Verify", result.accepted + 1, 1)
         return cloud_pb2.VerifyResponse(
             accepted=result.accepted, next_token=result.next_token,
@@ -59,3 +60,7 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
                          context: grpc.aio.ServicerContext) -> cloud_pb2.EndSessionResponse:
         found = self.engine.end_session(request.tenant, request.session_id)
         return cloud_pb2.EndSessionResponse(found=found)
+
+    async def Load(self, request: common_pb2.LoadRequest,
+                   context: grpc.aio.ServicerContext) -> common_pb2.TierLoad:
+        return self.engine.load()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tandem.shared.sampling import TokenSampler
-from tandem.shared.tier_handler import GeneratedToken
+from tandem.shared.tier_handler import GeneratedToken, TokenRequest
+from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
@@ -34,19 +34,26 @@ class EdgeBackend(ABC):
     #: Weight format reported by Info (e.g. "Q4_1").
     dtype: str = ""
 
-    @abstractmethod
-    def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                 tenant: str) -> AsyncIterator[GeneratedToken]:
-        """Sampled tokens after ``prompt_ids`` until the consumer stops iterating;
-        ``tenant`` is whom the request is for (a backend that caches KV across requests
-        must not let one tenant's cache serve another's)."""
+    #: Sequences the backend serves at once (its slots).
+    slots: int = 1
 
     @abstractmethod
-    async def draft(self, tokens: Sequence[int], num_tokens: int, sampler: TokenSampler,
-                    stop_ids: frozenset[int], want_distributions: bool = False) -> DraftResult:
-        """Up to ``num_tokens`` tokens after ``tokens`` (ending early at a ``stop_ids`` token),
-        reusing cached KV for the longest common prefix with the previous call, so rejected
-        drafts are rolled back rather than the prefix re-processed."""
+    def generate(self, request: TokenRequest) -> AsyncIterator[GeneratedToken]:
+        """Sampled tokens after ``request.prompt_ids`` until the consumer stops iterating.
+        Raises ResourceExhausted before any model work when the request cannot be served
+        in time; ``request.tenant`` is whom it is for (a backend that caches KV across
+        requests must not let one tenant's cache serve another's)."""
+
+    @abstractmethod
+    async def draft(self, request: TokenRequest, num_tokens: int, stop_ids: frozenset[int],
+                    want_distributions: bool = False) -> DraftResult:
+        """Up to ``num_tokens`` tokens after ``request.prompt_ids`` (ending early at a
+        ``stop_ids`` token), reusing cached KV for the longest common prefix with an earlier
+        call, so rejected drafts are rolled back rather than the prefix re-processed."""
+
+    @abstractmethod
+    def load(self) -> common_pb2.TierLoad:
+        """How busy the backend is (queue, running, capacity, estimated wait)."""
 
     @property
     @abstractmethod

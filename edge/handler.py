@@ -11,9 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from tandem.edge.backend import EdgeBackend
 from tandem.edge.config import EdgeConfig
+from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.sampling import SamplingParams, TokenSampler
-from tandem.shared.tier_handler import TierGenerateHandler, TierMetrics
+from tandem.shared.tier_handler import TierGenerateHandler, TierMetrics, TokenRequest
 from tandem.v1 import common_pb2, edge_pb2
 
 
@@ -39,7 +40,8 @@ class EdgeHandler:
             context_window=config.context_window, vocab_size=backend.vocab_size,
             eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
 
-    async def draft(self, request: edge_pb2.DraftRequest) -> edge_pb2.DraftResponse:
+    async def draft(self, request: edge_pb2.DraftRequest,
+                    deadline: Deadline | None = None) -> edge_pb2.DraftResponse:
         """Up to ``num_tokens`` tokens after ``tokens``, continuing the cached prefix."""
         self.metrics.requests.labels("Draft").inc()
         started = time.perf_counter_ns()
@@ -47,15 +49,16 @@ class EdgeHandler:
         self._validate_draft(request, tokens)
         sampling = SamplingParams.from_pb(request.sampling, default_max_tokens=request.num_tokens,
                                           max_tokens_cap=self.config.max_tokens_cap)
-        result = await self.backend.draft(tokens, request.num_tokens, TokenSampler(sampling),
-                                          self.generation.eos_token_ids,
+        job = TokenRequest(tokens, TokenSampler(sampling), request.tenant, deadline)
+        result = await self.backend.draft(job, request.num_tokens, self.generation.eos_token_ids,
                                           request.return_distributions)
         self.metrics.count("Draft", len(result.tokens), len(result.tokens))
         return edge_pb2.DraftResponse(
             tokens=result.tokens, probs=result.probs, cached_tokens=result.cached_tokens,
             computed_tokens=result.computed_tokens,
             distributions=[distribution_to_pb(d) for d in result.distributions or []],
-            timings=common_pb2.Timings(total_ns=time.perf_counter_ns() - started))
+            timings=common_pb2.Timings(total_ns=time.perf_counter_ns() - started,
+                                       queue_ns=int(job.waited_s * 1e9)))
 
     def _validate_draft(self, request: edge_pb2.DraftRequest, tokens: list[int]) -> None:
         if not request.session_id:

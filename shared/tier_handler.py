@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument
 from tandem.shared.limits import RequestLimits
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
@@ -32,15 +33,26 @@ class GeneratedToken:
     entropy: float = 0.0  # of the raw distribution; reported when the sampler asks for it
 
 
+@dataclass(eq=False)
+class TokenRequest:
+    """One generation as a tier backend sees it."""
+
+    prompt_ids: Sequence[int]
+    sampler: TokenSampler
+    tenant: str = ""  # whom it is for: a cache shared across requests is salted by it
+    deadline: Deadline | None = None  # refused up front when its wait would outlast it
+    waited_s: float = 0.0  # set by the backend: time queued before the model started on it
+
+
 class TokenGenerator(Protocol):
-    """What a tier backend provides: sampled tokens continuing ``prompt_ids``.
+    """What a tier backend provides: sampled tokens continuing ``request.prompt_ids``.
 
     The generator runs until the consumer stops iterating (closing it must stop the model
-    work and free the request's state).
+    work and free the request's state). A backend that cannot serve the request in time
+    raises ResourceExhausted before any model work.
     """
 
-    def generate(self, prompt_ids: Sequence[int], sampler: TokenSampler,
-                 tenant: str) -> AsyncIterator[GeneratedToken]: ...
+    def generate(self, request: TokenRequest) -> AsyncIterator[GeneratedToken]: ...
 
 
 class TierMetrics:
@@ -85,23 +97,25 @@ class TierGenerateHandler:
         check_context(len(prompt_ids), sampling.max_tokens, self.limits.context_window)
         return prompt_ids, sampling
 
-    async def stream(self, request: common_pb2.TierGenerateRequest
+    async def stream(self, request: common_pb2.TierGenerateRequest,
+                     deadline: Deadline | None = None
                      ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
         """The answer as chunks; the last one has the finish reason and accounting."""
         self.metrics.requests.labels("GenerateStream").inc()
-        async for chunk in self._chunks(request):
+        async for chunk in self._chunks(request, deadline):
             self.metrics.count("GenerateStream", len(chunk.token_ids), chunk.forward_passes)
             yield chunk
 
-    async def _chunks(self, request: common_pb2.TierGenerateRequest
+    async def _chunks(self, request: common_pb2.TierGenerateRequest, deadline: Deadline | None
                       ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
         started = time.perf_counter_ns()
         prompt_ids, sampling = await self.prepare(request)
         answer = AnswerText(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                             sampling.stop, sampling.max_tokens, self.eos_token_ids)
         produced, first_token_ns = 0, 0
-        sampler = TokenSampler(sampling, report_entropy=request.logprobs)
-        tokens = self.backend.generate(prompt_ids, sampler, request.tenant)
+        job = TokenRequest(prompt_ids, TokenSampler(sampling, report_entropy=request.logprobs),
+                           request.tenant, deadline)
+        tokens = self.backend.generate(job)
         try:
             async for item in tokens:
                 text = answer.push(item.token)
@@ -125,15 +139,16 @@ class TierGenerateHandler:
             # One prefill pass, then one pass per token after the first.
             forward_passes=max(produced, 1),
             timings=common_pb2.Timings(first_token_ns=first_token_ns,
-                                       total_ns=time.perf_counter_ns() - started))
+                                       total_ns=time.perf_counter_ns() - started,
+                                       queue_ns=int(job.waited_s * 1e9)))
 
-    async def generate(self, request: common_pb2.TierGenerateRequest
-                       ) -> common_pb2.TierGenerateResponse:
+    async def generate(self, request: common_pb2.TierGenerateRequest,
+                       deadline: Deadline | None = None) -> common_pb2.TierGenerateResponse:
         """The whole answer in one response."""
         self.metrics.requests.labels("Generate").inc()
         response = common_pb2.TierGenerateResponse()
         parts: list[str] = []
-        async for chunk in self._chunks(request):
+        async for chunk in self._chunks(request, deadline):
             parts.append(chunk.text)
             response.token_ids.extend(chunk.token_ids)
             response.logprobs.extend(chunk.logprobs)

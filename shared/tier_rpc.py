@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tandem.shared.deadlines import Deadline
 from tandem.shared.tier_handler import TierGenerateHandler
 from tandem.v1 import common_pb2
 
@@ -20,12 +21,12 @@ class TierServicer:
 
     async def Generate(self, request: common_pb2.TierGenerateRequest,
                        context: grpc.aio.ServicerContext) -> common_pb2.TierGenerateResponse:
-        return await self.handler.generate(request)
+        return await self.handler.generate(request, Deadline(context.time_remaining()))
 
     async def GenerateStream(self, request: common_pb2.TierGenerateRequest,
                              context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        async for chunk in self.handler.stream(request):
+        async for chunk in self.handler.stream(request, Deadline(context.time_remaining())):
             yield chunk
 
     async def Info(self, request: common_pb2.InfoRequest,

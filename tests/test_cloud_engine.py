@@ -13,6 +13,7 @@ from tandem.cloud.server import build_engine
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.models import resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
+from tandem.shared.tier_handler import TokenRequest
 
 GREEDY = SamplingParams(max_tokens=1)
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198]
@@ -45,7 +46,7 @@ def hf_greedy(model, prompt, n):
 
 async def collect(engine, prompt, n, tenant="", params=None):
     params = params or SamplingParams(max_tokens=n)
-    gen = engine.generate(prompt, TokenSampler(params), tenant)
+    gen = engine.generate(TokenRequest(prompt, TokenSampler(params), tenant))
     tokens = [item.token async for item in gen]
     return tokens
 
@@ -83,7 +84,7 @@ def test_preemption_when_the_pool_is_full_still_gives_exact_output(model):
 
 def test_cancelled_stream_frees_its_blocks(engine):
     async def cancel_early():
-        gen = engine.generate(LONG_PROMPT, TokenSampler(SamplingParams(max_tokens=500)), "")
+        gen = engine.generate(TokenRequest(LONG_PROMPT, TokenSampler(SamplingParams(max_tokens=500))))
         got = [await gen.__anext__() for _ in range(3)]
         assert engine.pool.num_used > 0
         await gen.aclose()
@@ -120,7 +121,7 @@ def test_queue_limit_is_resource_exhausted_before_any_work(model):
     eng = make_engine(model, max_num_seqs=1, max_waiting=1)
 
     async def overload():
-        gens = [eng.generate(PROMPT, TokenSampler(SamplingParams(max_tokens=50)), "")
+        gens = [eng.generate(TokenRequest(PROMPT, TokenSampler(SamplingParams(max_tokens=50))))
                 for _ in range(3)]
         await gens[0].__anext__()  # running
         first_waiting = asyncio.ensure_future(gens[1].__anext__())

@@ -12,6 +12,7 @@ from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
 from tandem.shared.models import DEFAULT_MODEL, eos_token_ids, resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
+from tandem.shared.tier_handler import TokenRequest
 
 pytestmark = pytest.mark.real_model
 
@@ -36,7 +37,7 @@ def test_batched_greedy_equals_hf_and_verify_accepts_it(model, smollm2_tokenizer
     prompts = [chat_ids(smollm2_tokenizer, q) for q in QUESTIONS]
 
     async def generate(prompt):
-        gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=N)), "")
+        gen = engine.generate(TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=N))))
         return [item.token async for item in gen]
 
     async def verify_in_rounds(prompt, output, k=4):
@@ -83,7 +84,7 @@ def test_bfloat16_greedy_equals_hf_in_bfloat16(smollm2_tokenizer):
     eos = eos_token_ids(smollm2_tokenizer)
 
     async def generate(prompt):
-        gen = engine.generate(prompt, TokenSampler(SamplingParams(max_tokens=N)), "")
+        gen = engine.generate(TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=N))))
         return [item.token async for item in gen]
 
     try:

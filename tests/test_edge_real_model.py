@@ -15,6 +15,7 @@ from tandem.edge.compress.pipeline import calibration_for, text_ids
 from tandem.edge.torch_backend import TorchBackend, dense_source
 from tandem.shared.models import DEFAULT_MODEL, resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
+from tandem.shared.tier_handler import TokenRequest
 
 pytestmark = pytest.mark.real_model
 
@@ -59,7 +60,7 @@ def test_torch_backend_drafts_like_greedy_decoding(smollm2, tmp_path: Path) -> N
     backend = TorchBackend(artifacts.load(tmp_path), "int8", 2)
     greedy = TokenSampler(SamplingParams(max_tokens=8))
     prompt = windows[0][:20]
-    draft = asyncio.run(backend.draft(prompt, 6, greedy, frozenset()))
+    draft = asyncio.run(backend.draft(TokenRequest(prompt, greedy), 6, frozenset()))
     runtime = built.runtime
     runtime.truncate(0)
     logits = runtime.forward(prompt)
@@ -68,7 +69,7 @@ def test_torch_backend_drafts_like_greedy_decoding(smollm2, tmp_path: Path) -> N
         expected.append(int(logits[-1].argmax()))
         logits = runtime.forward([expected[-1]])
     assert draft.tokens == expected
-    again = asyncio.run(backend.draft(prompt + expected[:3], 2, greedy, frozenset()))
+    again = asyncio.run(backend.draft(TokenRequest(prompt + expected[:3], greedy), 2, frozenset()))
     assert again.cached_tokens == 22 and again.tokens == expected[3:5]
     backend.close()
     built.close()
@@ -95,7 +96,7 @@ def test_llama_cpp_drafts_continue_after_a_rollback(flash_attn: bool) -> None:
     backend = LlamaCppBackend.from_config(config, resolve_model(config.model))
     greedy = TokenSampler(SamplingParams(max_tokens=8))
     prompt = list(range(1000, 1030))
-    first = asyncio.run(backend.draft(prompt, 8, greedy, frozenset()))
-    again = asyncio.run(backend.draft(prompt + first.tokens[:3], 4, greedy, frozenset()))
+    first = asyncio.run(backend.draft(TokenRequest(prompt, greedy), 8, frozenset()))
+    again = asyncio.run(backend.draft(TokenRequest(prompt + first.tokens[:3], greedy), 4, frozenset()))
     assert again.cached_tokens == len(prompt) + 2 and again.tokens == first.tokens[3:7]
     backend.close()

@@ -21,6 +21,7 @@ from tandem.edge.sparsity import NeuronRows
 from tandem.edge.torch_backend import TorchBackend
 from tandem.edge.torch_model import LlamaShape, PackedLinear, dense_runtime, load_hf_state
 from tandem.shared.sampling import SamplingParams, TokenSampler
+from tandem.shared.tier_handler import TokenRequest
 
 IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16]
 
@@ -253,7 +254,7 @@ def test_generate_runs_ahead_of_the_consumer_and_stops_where_asked(tiny, tmp_pat
 
     async def tokens(limit: int, take: int | None = None) -> list[int]:
         out = []
-        stream = backend.generate(IDS[:8], TokenSampler(SamplingParams(max_tokens=limit)), "s")
+        stream = backend.generate(TokenRequest(IDS[:8], TokenSampler(SamplingParams(max_tokens=limit))))
         async for item in stream:
             out.append(item.token)
             if take is not None and len(out) == take:
@@ -261,8 +262,8 @@ def test_generate_runs_ahead_of_the_consumer_and_stops_where_asked(tiny, tmp_pat
         await stream.aclose()
         return out
 
-    expected = asyncio.run(backend.draft(IDS[:8], 6, TokenSampler(SamplingParams(max_tokens=8)),
-                                         frozenset())).tokens
+    expected = asyncio.run(backend.draft(
+        TokenRequest(IDS[:8], TokenSampler(SamplingParams(max_tokens=8))), 6, frozenset())).tokens
     assert asyncio.run(tokens(6)) == expected  # ends by itself after max_tokens
     assert asyncio.run(tokens(50, take=2)) == expected[:2]  # the consumer stops early
     assert asyncio.run(tokens(6)) == expected
@@ -287,7 +288,7 @@ def test_cancelled_draft_stops_at_its_current_token(tiny, tmp_path: Path) -> Non
     backend.draft_sync = spy  # type: ignore[method-assign]
 
     async def cancel_one() -> None:
-        task = asyncio.ensure_future(backend.draft(IDS[:8], 60, greedy, frozenset()))
+        task = asyncio.ensure_future(backend.draft(TokenRequest(IDS[:8], greedy), 60, frozenset()))
         while not events:
             await asyncio.sleep(0.001)
         task.cancel()
@@ -298,9 +299,9 @@ def test_cancelled_draft_stops_at_its_current_token(tiny, tmp_path: Path) -> Non
     assert events[0].is_set()
     stopped = original(IDS[:8], 60, greedy, frozenset(), False, events[0])
     assert len(stopped.tokens) == 1  # the flag ends the loop after the current token
-    after = asyncio.run(backend.draft(IDS[:8] + [5], 3, greedy, frozenset()))
+    after = asyncio.run(backend.draft(TokenRequest(IDS[:8] + [5], greedy), 3, frozenset()))
     fresh = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
-    assert asyncio.run(fresh.draft(IDS[:8] + [5], 3, greedy, frozenset())).tokens == after.tokens
+    assert asyncio.run(fresh.draft(TokenRequest(IDS[:8] + [5], greedy), 3, frozenset())).tokens == after.tokens
     backend.close()
     fresh.close()
 
@@ -309,16 +310,16 @@ def test_backend_drafts_reuse_prefix_and_roll_back(tiny, tmp_path: Path) -> None
     shape, state, calib = tiny
     backend = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
     greedy = TokenSampler(SamplingParams(max_tokens=8))
-    first = asyncio.run(backend.draft(IDS[:8], 4, greedy, frozenset()))
+    first = asyncio.run(backend.draft(TokenRequest(IDS[:8], greedy), 4, frozenset()))
     assert first.cached_tokens == 0 and len(first.tokens) == 4
     # The cloud accepted 2 of 4 and appended its own token: only the new tail is computed.
     accepted = IDS[:8] + first.tokens[:2] + [7]
-    second = asyncio.run(backend.draft(accepted, 3, greedy, frozenset()))
+    second = asyncio.run(backend.draft(TokenRequest(accepted, greedy), 3, frozenset()))
     assert second.cached_tokens == 10 and second.computed_tokens == 1 + 2
     fresh = TorchBackend(build(shape, state, calib, RECIPES["int8"], str(tmp_path)), "int8", 1)
-    assert asyncio.run(fresh.draft(accepted, 3, greedy, frozenset())).tokens == second.tokens
+    assert asyncio.run(fresh.draft(TokenRequest(accepted, greedy), 3, frozenset())).tokens == second.tokens
     sampled = TokenSampler(SamplingParams(max_tokens=8, temperature=0.8, top_k=20, seed=3))
-    third = asyncio.run(backend.draft(accepted, 2, sampled, frozenset(), want_distributions=True))
+    third = asyncio.run(backend.draft(TokenRequest(accepted, sampled), 2, frozenset(), want_distributions=True))
     assert third.distributions is not None and len(third.distributions) == 2
     assert abs(float(third.distributions[0].sum()) - 1.0) < 1e-4
     assert third.probs[0] == pytest.approx(float(third.distributions[0][third.tokens[0]]), rel=1e-5)

@@ -169,6 +169,7 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
     from tandem.edge.llama_cpp_backend import LlamaCppBackend
     from tandem.edge.compress.perplexity import gguf_perplexity, token_windows
     from tandem.shared.sampling import SamplingParams, TokenSampler
+    from tandem.shared.tier_handler import TokenRequest
 
     baseline = _current_rss()
     prompt, n = eval_ids[: settings.prompt_tokens], settings.llama_pair_tokens
@@ -188,7 +189,8 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
 
     async def run_tandem() -> float:
         backend.llm.reset()
-        stream = backend.generate(prompt, TokenSampler(SamplingParams(max_tokens=n + 1)), "bench")
+        stream = backend.generate(TokenRequest(
+            prompt, TokenSampler(SamplingParams(max_tokens=n + 1)), "bench"))
         started, i = time.perf_counter(), 0
         async for _ in stream:
             if i == 0:

@@ -55,6 +55,11 @@ class CloudStub:
                 request_serializer=tandem_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_common__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/tandem.v1.Cloud/Load',
+                request_serializer=tandem_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_common__pb2.TierLoad.FromString,
+                _registered_method=True)
         self.EndSession = channel.unary_unary(
                 '/tandem.v1.Cloud/EndSession',
                 request_serializer=tandem_dot_v1_dot_cloud__pb2.EndSessionRequest.SerializeToString,
@@ -93,6 +98,13 @@ class CloudServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """How busy the model is now (cheap: no model work).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EndSession(self, request, context):
         """Drop a session's cached KV now instead of waiting for eviction.
         """
@@ -122,6 +134,11 @@ def add_CloudServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=tandem_dot_v1_dot_common__pb2.InfoRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_common__pb2.ModelInfo.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=tandem_dot_v1_dot_common__pb2.LoadRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_common__pb2.TierLoad.SerializeToString,
             ),
             'EndSession': grpc.unary_unary_rpc_method_handler(
                     servicer.EndSession,
@@ -237,6 +254,33 @@ class Cloud:
             '/tandem.v1.Cloud/Info',
             tandem_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
             tandem_dot_v1_dot_common__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Cloud/Load',
+            tandem_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+            tandem_dot_v1_dot_common__pb2.TierLoad.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,7 +96,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., cloud_forward_passes: _Optional[int] = ..., edge_generated_tokens: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("first_token_ns", "total_ns", "edge_ns", "cloud_ns", "overhead_ns", "state_ns", "decision_ns", "scoring_ns")
+    __slots__ = ("first_token_ns", "total_ns", "edge_ns", "cloud_ns", "overhead_ns", "state_ns", "decision_ns", "scoring_ns", "queue_ns")
     FIRST_TOKEN_NS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NS_FIELD_NUMBER: _ClassVar[int]
     EDGE_NS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class Timings(_message.Message):
     STATE_NS_FIELD_NUMBER: _ClassVar[int]
     DECISION_NS_FIELD_NUMBER: _ClassVar[int]
     SCORING_NS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
     first_token_ns: int
     total_ns: int
     edge_ns: int
@@ -113,7 +114,26 @@ class Timings(_message.Message):
     state_ns: int
     decision_ns: int
     scoring_ns: int
-    def __init__(self, first_token_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., edge_ns: _Optional[int] = ..., cloud_ns: _Optional[int] = ..., overhead_ns: _Optional[int] = ..., state_ns: _Optional[int] = ..., decision_ns: _Optional[int] = ..., scoring_ns: _Optional[int] = ...) -> None: ...
+    queue_ns: int
+    def __init__(self, first_token_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., edge_ns: _Optional[int] = ..., cloud_ns: _Optional[int] = ..., overhead_ns: _Optional[int] = ..., state_ns: _Optional[int] = ..., decision_ns: _Optional[int] = ..., scoring_ns: _Optional[int] = ..., queue_ns: _Optional[int] = ...) -> None: ...
+
+class TierLoad(_message.Message):
+    __slots__ = ("queued", "running", "capacity", "max_queued", "estimated_wait_ms")
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    queued: int
+    running: int
+    capacity: int
+    max_queued: int
+    estimated_wait_ms: float
+    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., capacity: _Optional[int] = ..., max_queued: _Optional[int] = ..., estimated_wait_ms: _Optional[float] = ...) -> None: ...
+
+class LoadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TierGenerateRequest(_message.Message):
     __slots__ = ("prompt", "messages", "prompt_tokens", "sampling", "raw_prompt", "logprobs", "session_id", "tenant")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/edge.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xa1\x01\n\x0c\x44raftRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x1c\n\x14return_distributions\x18\x06 \x01(\x08\"\xb8\x01\n\rDraftResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\r\n\x05probs\x18\x02 \x03(\x02\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\x05\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x33\n\rdistributions\x18\x06 \x03(\x0b\x32\x1c.tandem.v1.TokenDistribution2\x97\x02\n\x04\x45\x64ge\x12K\n\x08Generate\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1f.tandem.v1.TierGenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1c.tandem.v1.TierGenerateChunk0\x01\x12:\n\x05\x44raft\x12\x17.tandem.v1.DraftRequest\x1a\x18.tandem.v1.DraftResponse\x12\x34\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x14.tandem.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/edge.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xa1\x01\n\x0c\x44raftRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x1c\n\x14return_distributions\x18\x06 \x01(\x08\"\xb8\x01\n\rDraftResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\r\n\x05probs\x18\x02 \x03(\x02\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\x05\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x33\n\rdistributions\x18\x06 \x03(\x0b\x32\x1c.tandem.v1.TokenDistribution2\xcc\x02\n\x04\x45\x64ge\x12K\n\x08Generate\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1f.tandem.v1.TierGenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1c.tandem.v1.TierGenerateChunk0\x01\x12:\n\x05\x44raft\x12\x17.tandem.v1.DraftRequest\x1a\x18.tandem.v1.DraftResponse\x12\x34\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x33\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x13.tandem.v1.TierLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAFTRESPONSE']._serialized_start=224
   _globals['_DRAFTRESPONSE']._serialized_end=408
   _globals['_EDGE']._serialized_start=411
-  _globals['_EDGE']._serialized_end=690
+  _globals['_EDGE']._serialized_end=743
 # @@protoc_insertion_point(module_scope)

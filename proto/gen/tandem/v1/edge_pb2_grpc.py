@@ -55,6 +55,11 @@ class EdgeStub:
                 request_serializer=tandem_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_common__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/tandem.v1.Edge/Load',
+                request_serializer=tandem_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_common__pb2.TierLoad.FromString,
+                _registered_method=True)
 
 
 class EdgeServicer:
@@ -88,6 +93,13 @@ class EdgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """How busy the model is now (cheap: no model work).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_EdgeServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=tandem_dot_v1_dot_common__pb2.InfoRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_common__pb2.ModelInfo.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=tandem_dot_v1_dot_common__pb2.LoadRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_common__pb2.TierLoad.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class Edge:
             '/tandem.v1.Edge/Info',
             tandem_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
             tandem_dot_v1_dot_common__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Edge/Load',
+            tandem_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+            tandem_dot_v1_dot_common__pb2.TierLoad.FromString,
             options,
             channel_credentials,
             insecure,
