@@ -39,6 +39,10 @@ class RouterConfig(ServiceConfig, RequestLimits):
               "measured round trip is worth two or more draft tokens (adaptive_draft only).")
     max_first_draft: int = option(
         32, "auto: how many tokens of an escalated edge answer the cloud verifies as a draft.")
+    edge_wait_budget_ms: float = option(
+        1000.0, "Load-aware routing: auto, cascade and route send a request to the cloud, and "
+                "speculative decodes on the cloud alone, when the edge's estimated queue wait "
+                "is longer than this (or its queue is full).")
     inject_cloud_rtt_ms: float = option(
         0.0, "Benchmarking only: delay every call to the cloud by this much (simulated RTT).")
     state_timeout_seconds: float = option(0.25, "Timeout of each state-store (Redis) call.")
@@ -70,5 +74,7 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("target_escalation_rate must be in [0, 1)")
         if self.rate_limit_rps < 0 or self.token_budget < 0 or self.response_cache_seconds < 0:
             raise ValueError("rate_limit_rps, token_budget and response_cache_seconds must be >= 0")
+        if self.edge_wait_budget_ms < 0:
+            raise ValueError("edge_wait_budget_ms must be >= 0")
         if self.default_timeout_seconds <= 0:
             raise ValueError("default_timeout_seconds must be > 0")

@@ -27,6 +27,10 @@ class RouterMetrics:
                               buckets=LATENCY_BUCKETS, registry=registry)
         self.tokens = Counter("tandem_router_output_tokens", "Answer tokens by producing tier.",
                               ["policy", "tier"], registry=registry)
+        self.spills = Counter("tandem_router_spills",
+                              "Requests load-aware routing moved off the tier their policy "
+                              "would have used, by policy and reason.", ["policy", "reason"],
+                              registry=registry)
         self.escalations = Counter("tandem_router_escalations", "Requests escalated to the cloud.",
                                    ["policy"], registry=registry)
         self.cloud_passes = Counter("tandem_router_cloud_forward_passes",
@@ -68,6 +72,8 @@ class RouterMetrics:
         self.cloud_passes.labels(policy).inc(usage.cloud_forward_passes)
         if outcome.decision.escalated:
             self.escalations.labels(policy).inc()
+        if outcome.decision.spilled:
+            self.spills.labels(policy, outcome.decision.spill_reason).inc()
         self.draft_tokens.inc(usage.draft_tokens)
         self.accepted_tokens.inc(usage.accepted_draft_tokens)
         if usage.draft_tokens:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from tandem.router.load import LoadWatch
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import from_rpc_error
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
@@ -40,6 +41,9 @@ class EdgeTier(Protocol):
     async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
                     timings: common_pb2.Timings) -> edge_pb2.DraftResponse: ...
 
+    def edge_load(self) -> common_pb2.TierLoad | None:
+        """The edge's latest load (None while unknown)."""
+
 
 class CloudTier(Protocol):
     """The cloud calls policies make."""
@@ -53,6 +57,9 @@ class CloudTier(Protocol):
 
     async def end_session(self, tenant: str, session_id: str) -> None:
         """Free the cloud's KV of a finished speculative session (best effort)."""
+
+    def cloud_load(self) -> common_pb2.TierLoad | None:
+        """The cloud's latest load (None while unknown)."""
 
 
 class Tiers(EdgeTier, CloudTier, Protocol):
@@ -118,6 +125,11 @@ class GrpcEdge:
     def __init__(self, address: str) -> None:
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = edge_pb2_grpc.EdgeStub(self._channel)
+        self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
+                                                               timeout=timeout))
+
+    def edge_load(self) -> common_pb2.TierLoad | None:
+        return self._load.latest()
 
     async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                             timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse:
@@ -132,6 +144,7 @@ class GrpcEdge:
         return await _unary("edge", self._stub.Draft, request, deadline, timings)
 
     async def close(self) -> None:
+        await self._load.close()
         await self._channel.close()
 
 
@@ -143,6 +156,11 @@ class GrpcCloud:
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
                                                   interceptors=interceptors)
         self._stub = cloud_pb2_grpc.CloudStub(self._channel)
+        self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
+                                                               timeout=timeout))
+
+    def cloud_load(self) -> common_pb2.TierLoad | None:
+        return self._load.latest()
 
     def cloud_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                      timings: common_pb2.Timings) -> AsyncIterator[common_pb2.TierGenerateChunk]:
@@ -160,6 +178,7 @@ class GrpcCloud:
             logger.debug("EndSession %s failed: %s", session_id, exc.code().name)
 
     async def close(self) -> None:
+        await self._load.close()
         await self._channel.close()
 
 
@@ -173,6 +192,8 @@ class GrpcTiers:
         self.edge_generate = self.edge.edge_generate
         self.edge_stream = self.edge.edge_stream
         self.draft = self.edge.draft
+        self.edge_load = self.edge.edge_load
+        self.cloud_load = self.cloud.cloud_load
         self.cloud_stream = self.cloud.cloud_stream
         self.verify = self.cloud.verify
         self.end_session = self.cloud.end_session

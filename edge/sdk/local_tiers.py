@@ -62,12 +62,13 @@ class InProcessEdge:
 
     async def edge_generate(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                             timings: common_pb2.Timings) -> common_pb2.TierGenerateResponse:
-        return await self._call(self.handler.generation.generate(request), deadline, timings)
+        return await self._call(self.handler.generation.generate(request, deadline), deadline,
+                                timings)
 
     async def edge_stream(self, request: common_pb2.TierGenerateRequest, deadline: Deadline,
                           timings: common_pb2.Timings
                           ) -> AsyncIterator[common_pb2.TierGenerateChunk]:
-        stream = self.handler.generation.stream(request)
+        stream = self.handler.generation.stream(request, deadline)
         try:
             while True:
                 try:
@@ -80,7 +81,10 @@ class InProcessEdge:
 
     async def draft(self, request: edge_pb2.DraftRequest, deadline: Deadline,
                     timings: common_pb2.Timings) -> edge_pb2.DraftResponse:
-        return await self._call(self.handler.draft(request), deadline, timings)
+        return await self._call(self.handler.draft(request, deadline), deadline, timings)
+
+    def edge_load(self) -> common_pb2.TierLoad | None:
+        return self.handler.backend.load()
 
 
 class LocalTiers:
@@ -95,7 +99,9 @@ class LocalTiers:
         self.edge_generate = self.edge.edge_generate
         self.edge_stream = self.edge.edge_stream
         self.draft = self.edge.draft
+        self.edge_load = self.edge.edge_load
         self.end_session = self.cloud.end_session
+        self.cloud_load = self.cloud.cloud_load
 
     def cloud_deadline(self, deadline: Deadline) -> Deadline:
         """The part of ``deadline`` the cloud may use (the rest is kept for the edge)."""

@@ -16,10 +16,11 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
-                                         register_policy)
+                                         register_policy, stream_from_tier)
 from tandem.router.policies.cascade import CascadePolicy
 from tandem.router.policies.route import RoutePolicy
 from tandem.router.policies.speculative import SpeculativePolicy
+from tandem.router.policies.spill import or_keep_edge_answer
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
@@ -58,13 +59,20 @@ class AutoPolicy(Policy):
                 async for chunk in chunks:
                     yield chunk
             return
-        edge, accepted = await self.cascade.edge_answer(request, tiers, outcome)
-        if accepted:
-            yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+        edge = await self.cascade.edge_answer_or_spill(request, tiers, outcome)
+        if edge is None:  # the edge is too busy: the cloud answers alone
+            async with aclosing(stream_from_tier(tiers, common_pb2.TIER_CLOUD, request,
+                                                 outcome)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             return
-        first_draft = list(edge.token_ids)[:self.max_first_draft] or None
+        answer, accepted = edge
+        if accepted:
+            yield Segment(common_pb2.TIER_EDGE, answer.text, tuple(answer.token_ids))
+            return
+        first_draft = list(answer.token_ids)[:self.max_first_draft] or None
         # aclosing: closing this reply closes the speculative rounds at once (see core.py)
-        async with aclosing(self.speculative.decode(request, tiers, outcome,
-                                                    first_draft)) as chunks:
+        escalation = self.speculative.decode(request, tiers, outcome, first_draft)
+        async with aclosing(or_keep_edge_answer(escalation, outcome, answer)) as chunks:
             async for chunk in chunks:
                 yield chunk

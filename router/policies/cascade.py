@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from tandem.router.controller import ThresholdController
 from tandem.router.latency import DECISION, STATE, scorer_part, spent
 from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
+from tandem.router.policies.spill import (EDGE_BUSY, EDGE_REFUSED, edge_too_busy,
+                                          or_keep_edge_answer, spill)
 from tandem.router.scorers import EdgeAnswer, Scorer
+from tandem.shared.errors import ResourceExhausted
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
@@ -30,15 +34,17 @@ if TYPE_CHECKING:
 class CascadePolicy(Policy):
     name = "cascade"
 
-    def __init__(self, scorer: Scorer, controller: ThresholdController) -> None:
+    def __init__(self, scorer: Scorer, controller: ThresholdController,
+                 edge_wait_budget_s: float = float("inf")) -> None:
         self.scorer = scorer
         self.controller = controller
+        self.edge_wait_budget_s = edge_wait_budget_s
 
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> CascadePolicy:
         return cls(resources.scorer, ThresholdController(
             resources.state, config.cascade_threshold, config.target_escalation_rate,
-            config.controller_step))
+            config.controller_step), config.edge_wait_budget_ms / 1e3)
 
     async def edge_answer(self, request: RoutedRequest, tiers: Tiers,
                           outcome: Outcome) -> tuple[common_pb2.TierGenerateResponse, bool]:
@@ -74,9 +80,31 @@ class CascadePolicy(Policy):
 
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Segment]:
-        edge, accepted = await self.edge_answer(request, tiers, outcome)
-        if accepted:
-            yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+        edge = await self.edge_answer_or_spill(request, tiers, outcome)
+        if edge is None:  # the edge is too busy: the cloud answers
+            async with aclosing(stream_from_tier(tiers, common_pb2.TIER_CLOUD, request,
+                                                 outcome)) as cloud:
+                async for piece in cloud:
+                    yield piece
             return
-        async for piece in stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome):
-            yield piece
+        answer, accepted = edge
+        if accepted:
+            yield Segment(common_pb2.TIER_EDGE, answer.text, tuple(answer.token_ids))
+            return
+        escalation = stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome)
+        async with aclosing(or_keep_edge_answer(escalation, outcome, answer)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def edge_answer_or_spill(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome
+                                   ) -> tuple[common_pb2.TierGenerateResponse, bool] | None:
+        """``edge_answer``, or None (the decision marked spilled) when the edge is too busy
+        to answer within the wait budget or refuses the request."""
+        if edge_too_busy(tiers, self.edge_wait_budget_s):
+            spill(outcome, EDGE_BUSY)
+            return None
+        try:
+            return await self.edge_answer(request, tiers, outcome)
+        except ResourceExhausted:
+            spill(outcome, EDGE_REFUSED)
+            return None

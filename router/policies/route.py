@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tandem.router.latency import SCORING, spent
 from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
+from tandem.router.policies.spill import edge_or_cloud
 from tandem.router.scorers import PromptRouter
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
@@ -22,14 +23,17 @@ if TYPE_CHECKING:
 class RoutePolicy(Policy):
     name = "route"
 
-    def __init__(self, router: PromptRouter, threshold: float) -> None:
+    def __init__(self, router: PromptRouter, threshold: float,
+                 edge_wait_budget_s: float = float("inf")) -> None:
         self.router = router
         self.threshold = threshold
+        self.edge_wait_budget_s = edge_wait_budget_s
 
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> RoutePolicy:
         assert resources.prompt_router is not None
-        return cls(resources.prompt_router, config.route_threshold)
+        return cls(resources.prompt_router, config.route_threshold,
+                   config.edge_wait_budget_ms / 1e3)
 
     def predict(self, request: RoutedRequest, outcome: Outcome,
                 threshold: float | None = None) -> bool:
@@ -43,5 +47,6 @@ class RoutePolicy(Policy):
     def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         to_edge = self.predict(request, outcome)
         outcome.decision.escalated = not to_edge
-        tier = common_pb2.TIER_EDGE if to_edge else common_pb2.TIER_CLOUD
-        return stream_from_tier(tiers, tier, request, outcome)
+        if to_edge:
+            return edge_or_cloud(tiers, request, outcome, self.edge_wait_budget_s)
+        return stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome)

@@ -31,7 +31,8 @@ from tandem.router.policies.base import (Outcome, Policy, PolicyResources, Route
                                          register_policy)
 from tandem.router.policies.draft_length import DraftLengthController, RequestRounds
 from tandem.router.policies.emitter import Emitter
-from tandem.shared.errors import TandemError
+from tandem.router.policies.spill import EDGE_REFUSED, EDGE_SLOW_DRAFT, edge_too_busy, spill
+from tandem.shared.errors import ResourceExhausted, TandemError
 from tandem.shared.models import eos_token_ids
 from tandem.shared.segments import Segment
 from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
@@ -47,16 +48,19 @@ if TYPE_CHECKING:
 class SpeculativePolicy(Policy):
     name = "speculative"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, draft_length: DraftLengthController) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, draft_length: DraftLengthController,
+                 edge_wait_budget_s: float = float("inf")) -> None:
         self.tokenizer = tokenizer
         self.eos = frozenset(eos_token_ids(tokenizer))
         self.draft_length = draft_length
+        self.edge_wait_budget_s = edge_wait_budget_s
 
     @classmethod
     def from_config(cls, config: RouterConfig, resources: PolicyResources) -> SpeculativePolicy:
         return cls(resources.tokenizer,
                    DraftLengthController(config.draft_tokens, adaptive=config.adaptive_draft,
-                                        pipelined=config.pipelined_draft))
+                                        pipelined=config.pipelined_draft),
+                   config.edge_wait_budget_ms / 1e3)
 
     def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
         return self.decode(request, tiers, outcome)
@@ -73,11 +77,14 @@ class SpeculativePolicy(Policy):
         drafted_ahead: list[int] = []  # the edge's pipelined tokens that continue `tokens`
         rounds = RequestRounds()
         try:
+            if first_draft is None and edge_too_busy(tiers, self.edge_wait_budget_s):
+                spill(outcome, EDGE_SLOW_DRAFT)  # the edge cannot draft in time
             while not emitter.done:
                 with spent(outcome.timings, DECISION):
-                    abandon = first_draft is None and self.draft_length.should_abandon(rounds)
+                    abandon = first_draft is None and (
+                        outcome.decision.spilled or self.draft_length.should_abandon(rounds))
                 if abandon:
-                    outcome.decision.speculation_abandoned = True
+                    outcome.decision.speculation_abandoned = not outcome.decision.spilled
                     async for chunk in self._finish_on_cloud(request, tiers, outcome, tokens,
                                                              emitter):
                         yield chunk
@@ -87,9 +94,13 @@ class SpeculativePolicy(Policy):
                     outcome.usage.draft_tokens += len(draft)  # the edge already made them
                     first_draft = None
                 else:
-                    draft, distributions = await self._draft(tiers, request, session, tokens,
-                                                             emitter.remaining - 1, outcome,
-                                                             drafted_ahead, rounds)
+                    try:
+                        draft, distributions = await self._draft(
+                            tiers, request, session, tokens, emitter.remaining - 1, outcome,
+                            drafted_ahead, rounds)
+                    except ResourceExhausted:  # the edge's queue is full: the cloud goes on
+                        spill(outcome, EDGE_REFUSED)
+                        continue
                 ahead = self._draft_ahead(tiers, request, session, tokens, draft,
                                           emitter.remaining - len(draft) - 1)
                 accepted, next_token = await self._verify(tiers, request, session, tokens,

@@ -1,0 +1,83 @@
+"""Load-aware routing shared by the policies: a request goes where it can be served in
+time. When the edge would make it wait longer than the budget (or refuses it: its queue is
+full), the cloud answers instead; when the cloud refuses an escalation before streaming
+anything, an edge answer that exists is kept. Either way the decision says so
+(``spilled``, ``spill_reason``) and the router counts it by reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from tandem.router.policies.base import Outcome, RoutedRequest, stream_from_tier
+from tandem.shared.errors import ResourceExhausted
+from tandem.shared.segments import Segment
+from tandem.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from tandem.router.tiers import Tiers
+
+EDGE_BUSY = "edge_busy"  # estimated edge wait over the budget, or its queue full
+EDGE_REFUSED = "edge_refused"  # the edge answered RESOURCE_EXHAUSTED
+EDGE_SLOW_DRAFT = "edge_slow_draft"  # speculative: decoded on the cloud alone
+CLOUD_FULL = "cloud_full"  # the escalation was refused; the edge answer was kept
+
+
+def spill(outcome: Outcome, reason: str) -> None:
+    outcome.decision.spilled = True
+    outcome.decision.spill_reason = reason
+
+
+def edge_too_busy(tiers: Tiers, budget_s: float) -> bool:
+    """Whether the edge would refuse a request or make it wait longer than ``budget_s``
+    (from its latest Load; an unknown load counts as not busy)."""
+    load = tiers.edge_load()
+    return load is not None and (load.queued >= load.max_queued
+                                 or load.estimated_wait_ms > budget_s * 1e3)
+
+
+async def edge_or_cloud(tiers: Tiers, request: RoutedRequest, outcome: Outcome,
+                        budget_s: float) -> AsyncIterator[Segment]:
+    """The edge's streamed answer, or the cloud's when the edge is too busy or refuses
+    the request before streaming anything."""
+    if edge_too_busy(tiers, budget_s):
+        spill(outcome, EDGE_BUSY)
+    else:
+        streamed = False
+        try:
+            async with aclosing(stream_from_tier(tiers, common_pb2.TIER_EDGE, request,
+                                                 outcome)) as edge:
+                async for piece in edge:
+                    streamed = True
+                    yield piece
+            return
+        except ResourceExhausted:
+            if streamed:
+                raise
+            spill(outcome, EDGE_REFUSED)
+    async with aclosing(stream_from_tier(tiers, common_pb2.TIER_CLOUD, request,
+                                         outcome)) as cloud:
+        async for piece in cloud:
+            yield piece
+
+
+async def or_keep_edge_answer(escalation: AsyncIterator[Segment], outcome: Outcome,
+                              edge: common_pb2.TierGenerateResponse) -> AsyncIterator[Segment]:
+    """An escalation's stream, or the edge answer it would replace when the cloud refuses
+    it (RESOURCE_EXHAUSTED) before streaming anything."""
+    streamed = False
+    try:
+        async with aclosing(escalation):
+            async for piece in escalation:
+                streamed = True
+                yield piece
+        return
+    except ResourceExhausted:
+        if streamed:
+            raise
+    spill(outcome, CLOUD_FULL)
+    outcome.decision.escalated = False
+    outcome.usage.edge_tokens += len(edge.token_ids)
+    outcome.finish_reason = edge.finish_reason
+    yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
