@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tandem.shared.config import option
 from tandem.shared.limits import RequestLimits
@@ -58,6 +59,12 @@ class RouterConfig(ServiceConfig, RequestLimits):
         0.0, "Budget controller: steer the fleet's cascade escalation rate to this fraction by "
              "moving the shared threshold online; 0 = off (threshold fixed).")
     controller_step: float = option(0.01, "Budget controller step per cascade decision.")
+    http_port: int = option(
+        0, "Port of the OpenAI-compatible HTTP API (/v1/chat/completions, ...); 0 picks a "
+           "free one (see --ready-file), -1 turns it off. `tandem up` uses 8000.")
+    api_keys: str | None = option(
+        None, "TOML or JSON file mapping the SHA-256 of each API key to its tenant, allowed "
+              "policies and own rate limit (router/auth.py); unset, the router runs open.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,3 +85,7 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("edge_wait_budget_ms must be >= 0")
         if self.default_timeout_seconds <= 0:
             raise ValueError("default_timeout_seconds must be > 0")
+        if not -1 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [-1, 65535], got {self.http_port}")
+        if self.api_keys is not None and not Path(self.api_keys).is_file():
+            raise ValueError(f"api_keys: no such file {self.api_keys!r}")

@@ -1,4 +1,5 @@
-"""`tandem serve router`: serve the Router gRPC service in front of the edge and cloud."""
+"""`tandem serve router`: serve the Router gRPC service, and its OpenAI-compatible HTTP
+API beside it (router/http/), in front of the edge and cloud."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
+from tandem.router.auth import Gate, KeyRing
 from tandem.router.config import RouterConfig
 from tandem.router.core import RouterCore
 from tandem.router.metrics import RouterMetrics
@@ -14,9 +16,13 @@ from tandem.router.resources import build_resources
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
 from tandem.router.tiers import GrpcTiers
-from tandem.shared.grpc_server import request_limit_bytes, serve
+from tandem.shared.grpc_security import ChannelSecurity
+from tandem.shared.grpc_server import SideServer, request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.v1 import router_pb2_grpc
+
+# JSON can spell one prompt byte in up to 6 (\u0001): the HTTP body limit allows that.
+JSON_ESCAPE_FACTOR = 6
 
 
 async def run(config: RouterConfig) -> None:
@@ -25,17 +31,35 @@ async def run(config: RouterConfig) -> None:
     state = create_state_store(config.state, lambda op: metrics.state_fallbacks.labels(op).inc(),
                                config.state_timeout_seconds)
     resources = build_resources(config, state)
-    tiers = GrpcTiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000)
+    security = ChannelSecurity.of(config)
+    tiers = GrpcTiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000,
+                      security)
     policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")
     core = RouterCore(config, resources.tokenizer, tiers, state, policies, metrics)
-    servicer = RouterServicer(core)
+    keys = KeyRing.load(config.api_keys, set(policies)) if config.api_keys else None
+    gate = Gate(core, keys, state)
+    servicer = RouterServicer(gate)
+    limit = request_limit_bytes(config.context_window, core.bytes_per_token)
+    side_servers: list[SideServer] = []
+    health = None
+    if config.http_port >= 0:
+        from tandem.router.http.app import create_app
+        from tandem.router.http.server import HttpFront, TierHealth
+
+        health = TierHealth({"edge": config.edge_address, "cloud": config.cloud_address},
+                            security)
+        app = create_app(gate, registry, health, limit * JSON_ESCAPE_FACTOR)
+        side_servers.append(HttpFront(app, config.host, config.http_port, config.tls_cert,
+                                      config.tls_key))
     try:
         await serve("router", config,
                     lambda server: router_pb2_grpc.add_RouterServicer_to_server(servicer, server),
-                    registry, request_limit_bytes(config.context_window, core.bytes_per_token))
+                    registry, limit, side_servers, internal=False)
     finally:
+        if health is not None:
+            await health.close()
         await tiers.close()
         await state.close()
 

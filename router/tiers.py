@@ -21,6 +21,7 @@ import grpc
 from tandem.router.load import LoadWatch
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import from_rpc_error
+from tandem.shared.grpc_security import ChannelSecurity
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2, edge_pb2_grpc
 
@@ -120,10 +121,10 @@ class DelayInterceptor(grpc.aio.UnaryUnaryClientInterceptor,
 
 
 class GrpcEdge:
-    """An edge service over one channel."""
+    """An edge service over one channel (``security``: TLS/mTLS and the internal token)."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
+        self._channel = (security or ChannelSecurity()).aio_channel(address, CHANNEL_OPTIONS)
         self._stub = edge_pb2_grpc.EdgeStub(self._channel)
         self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
                                                                timeout=timeout))
@@ -151,10 +152,11 @@ class GrpcEdge:
 class GrpcCloud:
     """A cloud service over one channel (``rtt_s``: a simulated round trip per call)."""
 
-    def __init__(self, address: str, rtt_s: float = 0.0) -> None:
+    def __init__(self, address: str, rtt_s: float = 0.0,
+                 security: ChannelSecurity | None = None) -> None:
         interceptors = [DelayInterceptor(rtt_s)] if rtt_s > 0 else None
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
-                                                  interceptors=interceptors)
+        self._channel = (security or ChannelSecurity()).aio_channel(
+            address, CHANNEL_OPTIONS, interceptors)
         self._stub = cloud_pb2_grpc.CloudStub(self._channel)
         self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
                                                                timeout=timeout))
@@ -185,9 +187,10 @@ class GrpcCloud:
 class GrpcTiers:
     """Both tiers over gRPC: what the router service runs on."""
 
-    def __init__(self, edge_address: str, cloud_address: str, cloud_rtt_s: float = 0.0) -> None:
-        self.edge = GrpcEdge(edge_address)
-        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s)
+    def __init__(self, edge_address: str, cloud_address: str, cloud_rtt_s: float = 0.0,
+                 security: ChannelSecurity | None = None) -> None:
+        self.edge = GrpcEdge(edge_address, security)
+        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s, security)
         # The Tiers calls are the two clients' own methods.
         self.edge_generate = self.edge.edge_generate
         self.edge_stream = self.edge.edge_stream

@@ -83,9 +83,22 @@ class Internal(TandemError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unauthenticated(TandemError):
+    """No credentials, or credentials that match no API key (the key is never echoed)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TandemError):
+    """Valid credentials that may not do this (e.g. a key not allowed a policy)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _CLASS_OF: dict[grpc.StatusCode, type[TandemError]] = {
     cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unavailable,
-                              DeadlineExceeded, Cancelled, FailedPrecondition, Internal)}
+                              DeadlineExceeded, Cancelled, FailedPrecondition, Internal,
+                              Unauthenticated, PermissionDenied)}
 
 
 def error_for(code: grpc.StatusCode, message: str,

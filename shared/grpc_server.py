@@ -8,14 +8,16 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from tandem.shared.errors import ErrorMappingInterceptor
+from tandem.shared.grpc_security import InternalTokenInterceptor, server_credentials
 from tandem.shared.log import log_event
 from tandem.shared.metrics import MetricsServer
 from tandem.shared.service_config import ServiceConfig
@@ -46,6 +48,16 @@ def request_limit_bytes(context_window: int, bytes_per_token: int,
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+class SideServer(Protocol):
+    """Another front served by the process beside its gRPC server (the router's HTTP
+    API): started once the gRPC server listens, stopped while it drains."""
+
+    async def start(self) -> dict[str, object]:
+        """Start serving; returns the fields it adds to the ready file."""
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
 def write_ready_file(path: str, payload: dict[str, object]) -> None:
     """Atomically publish where the service listens (tests and `tandem up` read it)."""
     tmp = Path(f"{path}.tmp")
@@ -59,20 +71,30 @@ async def serve(
     register: Registrar,
     registry: CollectorRegistry,
     max_request_bytes: int,
+    side_servers: Sequence[SideServer] = (),
+    internal: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight RPCs and stop.
 
     ``register`` adds the service's servicers; models must already be loaded, so the
     service reports SERVING as soon as it listens. Requests over ``max_request_bytes``
-    are refused before they are parsed.
+    are refused before they are parsed. An ``internal`` service (a tier) answers only
+    trusted clients when the config names a CA (mTLS) or an internal token; the router
+    (not internal) authenticates its clients itself and uses those to reach the tiers.
     """
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                ("grpc.max_receive_message_length", max_request_bytes)]
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+    if internal and config.internal_token:
+        interceptors.insert(0, InternalTokenInterceptor(config.internal_token))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    credentials = server_credentials(config, internal)
+    address = f"{config.host}:{config.port}"
+    port = (server.add_secure_port(address, credentials) if credentials
+            else server.add_insecure_port(address))
     if port == 0:
         raise RuntimeError(f"could not bind {config.host}:{config.port}")
     metrics = None
@@ -82,12 +104,16 @@ async def serve(
     for service in ("", f"tandem.v1.{name.capitalize()}"):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     address = f"{config.host}:{port}"
-    log_event(logger, f"{name} serving", address=address,
-              metrics_port=metrics.port if metrics else None)
+    # "tls": a prober without the service's CA (and client certificate) cannot check its
+    # health, so the ready file (written once SERVING) is the signal.
+    ready: dict[str, object] = {"address": address,
+                                "metrics_port": metrics.port if metrics else None,
+                                "pid": os.getpid(), "tls": credentials is not None}
+    for side in side_servers:
+        ready.update(await side.start())
+    log_event(logger, f"{name} serving", **{k: v for k, v in ready.items() if k != "pid"})
     if config.ready_file:
-        write_ready_file(config.ready_file, {
-            "address": address, "metrics_port": metrics.port if metrics else None,
-            "pid": os.getpid()})
+        write_ready_file(config.ready_file, ready)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,7 +122,8 @@ async def serve(
     await stop.wait()
     log_event(logger, f"{name} draining", grace_s=config.drain_seconds)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.drain_seconds)
+    await asyncio.gather(server.stop(config.drain_seconds),
+                         *(side.stop(config.drain_seconds) for side in side_servers))
     if metrics:
         metrics.close()
     log_event(logger, f"{name} stopped")

@@ -52,6 +52,8 @@ class ServiceProcess:
         self.proc = self._spawn()
         self.address = ""
         self.metrics_port: int | None = None
+        self.http_port: int | None = None  # the router's HTTP API (None: not served)
+        self.http_url = ""
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
@@ -72,6 +74,9 @@ class ServiceProcess:
             if self.ready_file.exists():
                 info = json.loads(self.ready_file.read_text())
                 self.address, self.metrics_port = info["address"], info["metrics_port"]
+                self.http_port, self.http_url = info.get("http_port"), info.get("http_url", "")
+                if info.get("tls"):
+                    return  # written once SERVING; a plaintext probe cannot check TLS ports
                 try:
                     if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
                         return

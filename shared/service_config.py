@@ -18,12 +18,24 @@ class ServiceConfig:
         None, "Write {address, metrics_port} as JSON here once the service is SERVING.")
     log_level: str = option("info", "Log level: debug, info, warning, error.")
     drain_seconds: float = option(5.0, "On SIGTERM, let in-flight RPCs finish for this long.")
+    tls_cert: str | None = option(
+        None, "PEM certificate this service serves TLS with (the router also presents it "
+              "to the tiers as its client certificate); needs tls_key.")
+    tls_key: str | None = option(None, "PEM private key of tls_cert.")
+    tls_ca: str | None = option(
+        None, "PEM CA certificate. A tier with it refuses clients without a certificate "
+              "signed by it (mTLS); the router checks the tiers' certificates against it.")
+    internal_token: str | None = option(
+        None, "Shared secret between the router and the tiers: a tier with it refuses calls "
+              "that do not carry it (x-tandem-internal-token metadata); the router sends it.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.drain_seconds < 0:
             raise ValueError("drain_seconds must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
 
 
 @dataclass

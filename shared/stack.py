@@ -31,12 +31,13 @@ class StackSettings:
     cloud_port: int = 50052
     edge_port: int = 50053
     redis_port: int = 6390
+    http_port: int = 8000  # the router's OpenAI-compatible HTTP API; -1: off
     use_redis: bool = True  # when redis-server is installed; else the in-memory store
 
     @classmethod
     def on_free_ports(cls, config: str | None = None) -> StackSettings:
         return cls(config=config, router_port=free_port(), cloud_port=free_port(),
-                   edge_port=free_port(), redis_port=free_port())
+                   edge_port=free_port(), redis_port=free_port(), http_port=free_port())
 
 
 class LocalStack:
@@ -70,12 +71,15 @@ class LocalStack:
         edge.wait_ready(READY_TIMEOUT_S)
         router = ServiceProcess("router", [
             *self._common(a.router_port), "--cloud-address", cloud.address,
-            "--edge-address", edge.address, "--state", state], self.workdir)
+            "--edge-address", edge.address, "--state", state,
+            "--http-port", str(a.http_port)], self.workdir)
         self.services.append(router)
         router.wait_ready(READY_TIMEOUT_S)
 
     def describe(self) -> str:
         rows = [f"  {s.name:<7} {s.address:<22} metrics :{s.metrics_port}" for s in self.services]
+        rows += [f"  {'openai':<7} {s.http_url}/v1  (OpenAI-compatible HTTP API)"
+                 for s in self.services if s.http_url]
         if self.redis:
             rows.append(f"  {'redis':<7} {self.redis.url}")
         return "\n".join(rows)

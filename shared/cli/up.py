@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cloud-port", type=int, default=50052)
     p.add_argument("--edge-port", type=int, default=50053)
     p.add_argument("--redis-port", type=int, default=6390)
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="The router's OpenAI-compatible HTTP API (-1: off).")
     p.add_argument("--no-redis", action="store_true",
                    help="Use the in-memory state store even if redis-server is available.")
     p.add_argument("--ask", metavar="PROMPT",
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(StackSettings(
         config=args.config, host=args.host, router_port=args.router_port,
         cloud_port=args.cloud_port, edge_port=args.edge_port, redis_port=args.redis_port,
+        http_port=args.http_port,
         use_redis=not args.no_redis))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
