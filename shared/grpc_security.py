@@ -79,22 +79,27 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(refuse, *serializers)
 
 
-class _TokenClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor,
-                              grpc.aio.UnaryStreamClientInterceptor):
-    """Adds the internal token to every call of a channel."""
+def _with_token(details: Any, token: str) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), (TOKEN_METADATA_KEY, token))
+    return details._replace(metadata=metadata)
 
+
+# One class per call kind: grpc.aio files an interceptor under the first kind it
+# implements only, so one class for both would leave streams without the token.
+class _TokenUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, token: str) -> None:
-        self._entry = (TOKEN_METADATA_KEY, token)
-
-    def _details(self, details: Any) -> Any:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._entry)
-        return details._replace(metadata=metadata)
+        self.token = token
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_token(client_call_details, self.token), request)
+
+
+class _TokenUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_token(client_call_details, self.token), request)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,8 @@ class ChannelSecurity:
                     interceptors: Sequence[Any] | None = None) -> grpc.aio.Channel:
         chain = [*(interceptors or ())]
         if self.internal_token:
-            chain.append(_TokenClientInterceptor(self.internal_token))
+            chain += [_TokenUnaryUnary(self.internal_token),
+                      _TokenUnaryStream(self.internal_token)]
         credentials = self.credentials()
         if credentials is None:
             return grpc.aio.insecure_channel(address, options=options,

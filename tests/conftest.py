@@ -110,3 +110,54 @@ def real_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProc
     stack = Stack([cloud, edge, router])
     yield stack
     stack.stop()
+
+
+def _certificate(name: str, key, issuer_name, issuer_key, ca: bool):  # type: ignore[no-untyped-def]
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer_name or subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Certificates made on the fly: a CA ("ca"), a tier's and the router's certificates
+    signed by it ("tier", "router"; each with "<name>_key"), and a client certificate
+    signed by another CA ("rogue"). Each certificate names localhost and 127.0.0.1."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = tmp_path_factory.mktemp("pki")
+    paths: dict[str, str] = {}
+
+    def write(name: str, cert, key) -> None:  # type: ignore[no-untyped-def]
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        paths[name], paths[f"{name}_key"] = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+
+    for ca_name, leaves in (("ca", ("tier", "router")), ("rogue_ca", ("rogue",))):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _certificate(f"Tandem test {ca_name}", ca_key, None, None, ca=True)
+        write(ca_name, ca_cert, ca_key)
+        for leaf in leaves:
+            key = ec.generate_private_key(ec.SECP256R1())
+            write(leaf, _certificate(leaf, key, ca_cert.subject, ca_key, ca=False), key)
+    return paths
