@@ -6,7 +6,7 @@ refused as unknown (``extra="forbid"``), never ignored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,8 @@ class StreamOptions(_Body):
 
 
 class ChatMessage(_Body):
-    role: str = Field(description="system (or developer), user or assistant.")
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="developer is taken as system.")
     content: str | list[dict[str, Any]] | None = Field(
         None, description="Text, or a list of content parts of type 'text'.")
     name: str | None = Field(None, description="Not supported (refused when set).")
