@@ -13,6 +13,8 @@ from tandem.shared.tier_handler import GeneratedToken, TokenRequest
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from tandem.edge.config import EdgeConfig
     from tandem.shared.models import ModelSource
 
@@ -63,14 +65,16 @@ class EdgeBackend(ABC):
         """Release the model."""
 
 
-def create_backend(config: EdgeConfig, source: ModelSource) -> EdgeBackend:
-    """Instantiate the configured backend (registry lookup, no fallback)."""
+def create_backend(config: EdgeConfig, source: ModelSource,
+                   registry: CollectorRegistry | None = None) -> EdgeBackend:
+    """Instantiate the configured backend (registry lookup, no fallback); its queue
+    metrics go to ``registry``."""
     path = BACKEND_CLASSES.get(config.backend)
     if path is None:
         raise ValueError(f"unknown edge backend {config.backend!r}; known: {sorted(BACKEND_CLASSES)}")
     module, _, attr = path.partition(":")
     cls = getattr(__import__(module, fromlist=[attr]), attr)  # lazy: torch only when used
-    return cls.from_config(config, source)  # type: ignore[no-any-return]
+    return cls.from_config(config, source, registry)  # type: ignore[no-any-return]
 
 
 # Backend name (EdgeConfig.backend) -> "module:class", imported only when chosen.

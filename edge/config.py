@@ -9,12 +9,21 @@ from tandem.shared.service_config import TierConfig
 
 # Names of the backends in tandem.edge.backend's registry.
 BACKENDS = ("llama.cpp", "torch")
+# Parallel slots of the llama.cpp backend by default (see the README for the measurement).
+DEFAULT_LLAMA_SLOTS = 4
 
 
 @dataclass
 class EdgeConfig(TierConfig):
     backend: str = option("llama.cpp", f"Model backend: one of {BACKENDS}.")
     max_draft_tokens: int = option(32, "Largest k a Draft request may ask for.")
+    slots: int = option(
+        0, "Sequences decoded together, each in its own KV cache of context_window tokens "
+           "(parallel slots, as llama.cpp's server has them); 0 = the backend's default "
+           f"(llama.cpp {DEFAULT_LLAMA_SLOTS}; torch holds one sequence).")
+    max_waiting: int = option(
+        16, "Most requests waiting for a slot; beyond it, or when a request's wait would "
+            "outlast its deadline, it is refused with RESOURCE_EXHAUSTED before any work.")
     artifacts: str = option(
         "", "torch backend: folder written by `tandem compress`; empty runs the model's "
         "fp32 weights fully resident.")
@@ -33,3 +42,9 @@ class EdgeConfig(TierConfig):
             raise ValueError("flash_attn is only used by the llama.cpp backend")
         if self.max_draft_tokens < 1:
             raise ValueError("max_draft_tokens must be >= 1")
+        if self.slots < 0 or self.max_waiting < 0:
+            raise ValueError("slots and max_waiting must be >= 0")
+        if self.slots > 1 and self.backend != "llama.cpp":
+            raise ValueError("slots > 1 needs the llama.cpp backend (torch holds one sequence)")
+        if self.slots == 0:
+            self.slots = DEFAULT_LLAMA_SLOTS if self.backend == "llama.cpp" else 1

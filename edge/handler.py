@@ -38,7 +38,8 @@ class EdgeHandler:
         self.info = common_pb2.ModelInfo(
             model=config.model, backend=config.backend, dtype=backend.dtype,
             context_window=config.context_window, vocab_size=backend.vocab_size,
-            eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
+            eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap,
+            slots=backend.slots)
 
     async def draft(self, request: edge_pb2.DraftRequest,
                     deadline: Deadline | None = None) -> edge_pb2.DraftResponse:

@@ -19,8 +19,8 @@ from tandem.v1 import edge_pb2_grpc
 async def run(config: EdgeConfig) -> None:
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
-    backend = create_backend(config, source)
     registry = CollectorRegistry()
+    backend = create_backend(config, source, registry)
     servicer = EdgeServicer(EdgeHandler(config, backend, tokenizer, eos_token_ids(tokenizer),
                                         registry))
     try:

@@ -1,22 +1,23 @@
 """The compressed torch runtime as an edge backend: a `tandem compress` artifact folder
 (or, without one, the model's fp32 weights fully resident).
 
-One runtime holds one sequence (as the llama.cpp backend does); each call keeps the KV of
-the longest common prefix with the previous one and truncates the rest, so rejected drafts
-are rolled back without re-processing the prefix.
+One runtime holds one sequence (a SlotModel of one slot); each request keeps the KV of the
+longest common prefix with the previous one and truncates the rest, so rejected drafts are
+rolled back without re-processing the prefix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from prometheus_client import CollectorRegistry
 
 from tandem.edge.artifacts import Built
-from tandem.edge.model_thread import ModelThreadBackend, reusable_prefix
+from tandem.edge.slots import SlotBackend, SlotInput
+from tandem.shared.backpressure import Backpressure
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
@@ -24,19 +25,47 @@ if TYPE_CHECKING:
     from tandem.shared.models import ModelSource
 
 
-class TorchBackend(ModelThreadBackend):
-    name = "torch"
+class TorchSlots:
+    """The torch runtime as a SlotModel of one slot: it holds one sequence, so requests
+    take turns on it (Info reports slots = 1); a new request keeps the KV of the prefix it
+    shares with the previous one."""
 
-    def __init__(self, built: Built, dtype: str, threads: int) -> None:
+    slots = 1
+
+    def __init__(self, built: Built, threads: int) -> None:
         self.built = built
         self.runtime = built.runtime
-        self.dtype = dtype
+        self.vocab_size = built.runtime.shape.vocab
         self._threads = threads
-        self._tokens: list[int] = []  # the sequence whose KV the runtime holds
-        super().__init__("edge-torch")
+
+    def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
+        (item,) = batch
+        torch.set_num_threads(self._threads)  # per thread: the scheduler's thread runs this
+        self.runtime.truncate(item.start)
+        return [self.runtime.forward(item.tokens)[-1].numpy()]  # logits: [V]
+
+    def forget(self, slot: int, keep: int) -> None:
+        self.runtime.truncate(keep)
+
+    def close(self) -> None:
+        self.built.close()
+
+
+class TorchBackend(SlotBackend):
+    name = "torch"
+
+    def __init__(self, built: Built, dtype: str, threads: int,
+                 end_ids: frozenset[int] = frozenset(), max_waiting: int = 8,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.built = built
+        self.runtime = built.runtime
+        super().__init__(TorchSlots(built, threads),
+                         Backpressure("edge", 1, max_waiting, registry or CollectorRegistry()),
+                         end_ids, dtype)
 
     @classmethod
-    def from_config(cls, config: EdgeConfig, source: ModelSource) -> TorchBackend:
+    def from_config(cls, config: EdgeConfig, source: ModelSource,
+                    registry: CollectorRegistry | None = None) -> TorchBackend:
         threads = config.threads or torch.get_num_threads()
         if config.artifacts:
             from tandem.edge.artifacts import load
@@ -48,31 +77,8 @@ class TorchBackend(ModelThreadBackend):
             dtype = "torch:fp32"
         from tandem.shared.models import eos_token_ids, load_tokenizer
 
-        backend = cls(built, dtype, threads)
-        backend.end_ids = frozenset(eos_token_ids(load_tokenizer(source)))
-        return backend
-
-    @property
-    def vocab_size(self) -> int:
-        return self.runtime.shape.vocab
-
-    def _eval_after_prefix(self, tokens: Sequence[int]) -> tuple[int, np.ndarray]:
-        """Make the runtime hold ``tokens``; returns (reused prefix length, last logits)."""
-        torch.set_num_threads(self._threads)  # per thread: the executor's thread runs this
-        reuse = reusable_prefix(self._tokens, tokens)
-        self.runtime.truncate(reuse)
-        logits = self.runtime.forward(list(tokens[reuse:]))
-        self._tokens = list(tokens)
-        return reuse, logits[-1].numpy()
-
-    def _eval_one(self, token: int) -> np.ndarray:
-        logits = self.runtime.forward([token])
-        self._tokens.append(token)
-        return logits[-1].numpy()
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self.built.close()
+        end_ids = frozenset(eos_token_ids(load_tokenizer(source)))
+        return cls(built, dtype, threads, end_ids, config.max_waiting, registry)
 
 
 def dense_source(source: ModelSource) -> tuple[LlamaShape, dict[str, torch.Tensor]]:

@@ -3,6 +3,7 @@ they serve: used by `tandem up` and by the test fixtures."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -16,6 +17,21 @@ from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the process that started it dies, so a killed
+    test run or `tandem up` leaves no orphaned services holding models and ports (Linux;
+    elsewhere children must be stopped explicitly). The signal follows the *thread* that
+    started the child: start services from a thread that lives as long as they should."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServiceFailed(RuntimeError):
@@ -57,7 +73,7 @@ class ServiceProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
-                                env=self._env)
+                                env=self._env, preexec_fn=_die_with_parent)
 
     def restart(self) -> None:
         """Start the service again with the same arguments (after it died)."""
@@ -123,7 +139,7 @@ class RedisProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
     def restart(self) -> None:
         """Start the server again (it reloads its append-only file when durable)."""

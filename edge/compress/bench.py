@@ -175,7 +175,7 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
     prompt, n = eval_ids[: settings.prompt_tokens], settings.llama_pair_tokens
     plain = Llama(model_path=model_path, n_ctx=512, n_threads=settings.threads,
                   n_threads_batch=settings.threads, verbose=False)
-    backend = LlamaCppBackend(model_path, 512, settings.threads)
+    backend = LlamaCppBackend.open(model_path, context_window=512, threads=settings.threads)
 
     def run_plain() -> float:
         plain.reset()
@@ -188,7 +188,6 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
         return n / (time.perf_counter() - started)
 
     async def run_tandem() -> float:
-        backend.llm.reset()
         stream = backend.generate(TokenRequest(
             prompt, TokenSampler(SamplingParams(max_tokens=n + 1)), "bench"))
         started, i = time.perf_counter(), 0

@@ -109,6 +109,7 @@ def edge_config_for(config: ClientConfig) -> EdgeConfig:
     from tandem.edge.config import EdgeConfig
 
     return EdgeConfig(model=config.model, backend=config.backend, threads=config.threads,
+                      slots=1,  # one device, one user: one sequence
                       flash_attn=config.flash_attn, artifacts=config.artifacts,
                       **tier_limits(config))  # type: ignore[arg-type]
 

@@ -200,7 +200,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "backend", "dtype", "context_window", "vocab_size", "eos_token_ids", "max_tokens_cap")
+    __slots__ = ("model", "backend", "dtype", "context_window", "vocab_size", "eos_token_ids", "max_tokens_cap", "slots")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class ModelInfo(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_CAP_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     dtype: str
@@ -215,4 +216,5 @@ class ModelInfo(_message.Message):
     vocab_size: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     max_tokens_cap: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., context_window: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_tokens_cap: _Optional[int] = ...) -> None: ...
+    slots: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., context_window: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_tokens_cap: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...

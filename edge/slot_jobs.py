@@ -1,0 +1,172 @@
+"""The work a slot does for one request: generate a stream of tokens, or draft k tokens.
+
+A job holds its request's state (sequence, sampler, what it has produced) and runs on the
+model thread: the scheduler asks it for the tokens to evaluate next and hands it the
+logits of its last position; the job samples, publishes to its consumer on the event loop,
+and says whether it goes on. A job's failure (its sampling values) is its own: it ends
+that job alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tandem.edge.backend import DraftResult
+from tandem.shared.tier_handler import GeneratedToken, TokenRequest
+
+# Tokens a generation may run ahead of its consumer: a hop through the event loop per token
+# cost 4 % of llama.cpp's decode speed here (144 against 149 tok/s), so the model samples
+# and evaluates back to back, at most this far ahead.
+RUN_AHEAD = 1
+
+
+class Job(ABC):
+    """One request on a slot. Model-thread methods: ``next_tokens``, ``take_logits``,
+    ``fail``; ``cancel`` may be called from any thread."""
+
+    def __init__(self, request: TokenRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.loop = loop
+        self.sequence = list(request.prompt_ids)  # everything the slot must hold
+        self.evaluated = 0  # tokens of ``sequence`` whose KV the slot holds
+        self.reused = 0  # of those, reused from what the slot held before
+        self.arrived = 0.0
+        self.started = 0.0
+        self.cancelled = threading.Event()
+        self.finished = False
+
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    def next_tokens(self, budget: int) -> list[int]:
+        """The tokens to evaluate in the next step (at most ``budget`` of a prompt), or []
+        while the job waits for its consumer."""
+        return self.sequence[self.evaluated:self.evaluated + budget]
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @abstractmethod
+    def take_logits(self, logits: np.ndarray) -> bool:
+        """The logits after the job's last token ([V]); returns whether it goes on."""
+
+    @abstractmethod
+    def fail(self, error: BaseException) -> None:
+        """End the job with ``error`` (delivered to its consumer)."""
+
+    def _publish(self, deliver: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(deliver, *args)
+        except RuntimeError:  # the consumer's event loop is closed: nobody to tell
+            self.cancelled.set()
+
+
+class GenerationJob(Job):
+    """Tokens until max_tokens or an end token; the consumer reads them from ``queue``
+    (None ends the stream, an exception fails it) and calls ``ack`` for each."""
+
+    def __init__(self, request: TokenRequest, loop: asyncio.AbstractEventLoop,
+                 end_ids: frozenset[int]) -> None:
+        super().__init__(request, loop)
+        self.end_ids = end_ids
+        self.queue: asyncio.Queue[GeneratedToken | BaseException | None] = asyncio.Queue()
+        self.produced = 0
+        self._credits = RUN_AHEAD
+        self._credit_lock = threading.Lock()
+        self.on_ack: Callable[[], None] = lambda: None  # wakes the scheduler
+
+    def next_tokens(self, budget: int) -> list[int]:
+        if self.evaluated < len(self.sequence) - 1 or self.produced == 0:
+            return super().next_tokens(budget)  # the prompt
+        with self._credit_lock:
+            if self._credits == 0:
+                return []
+            self._credits -= 1
+        return self.sequence[-1:]
+
+    def ack(self) -> None:
+        """The consumer took a token: the model may run one further."""
+        with self._credit_lock:
+            self._credits += 1
+        self.on_ack()
+
+    def take_logits(self, logits: np.ndarray) -> bool:
+        token = GeneratedToken(*self.request.sampler.sample_with_entropy(logits))
+        self.produced += 1
+        self._publish(self.queue.put_nowait, token)
+        max_tokens = self.request.sampler.params.max_tokens
+        if self.produced >= max_tokens or token.token in self.end_ids:
+            self._end(None)
+            return False
+        self.sequence.append(token.token)
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        self._end(error)
+
+    def _end(self, last: BaseException | None) -> None:
+        self.finished = True
+        self._publish(self.queue.put_nowait, last)
+
+
+class DraftJob(Job):
+    """Up to ``count`` sampled tokens after the sequence (ending at a stop token or when
+    cancelled after the current one); the result goes to ``future``."""
+
+    def __init__(self, request: TokenRequest, loop: asyncio.AbstractEventLoop, count: int,
+                 stop_ids: frozenset[int], want_distributions: bool) -> None:
+        super().__init__(request, loop)
+        self.count = count
+        self.stop_ids = stop_ids
+        self.want_distributions = want_distributions
+        self.context = len(self.sequence)
+        self.future: asyncio.Future[DraftResult] = loop.create_future()
+        self.tokens: list[int] = []
+        self.probs: list[float] = []
+        self.distributions: list[np.ndarray] = []
+
+    def take_logits(self, logits: np.ndarray) -> bool:
+        token, _, prob, dist = self.request.sampler.sample_with_distribution(logits)
+        self.tokens.append(token)
+        self.probs.append(prob)
+        if self.want_distributions and dist is not None:
+            self.distributions.append(dist.astype(np.float32))
+        if (len(self.tokens) >= self.count or token in self.stop_ids
+                or self.cancelled.is_set()):
+            self._resolve(DraftResult(self.tokens, self.probs, self.reused,
+                                      self.evaluated - self.reused,
+                                      self.distributions or None))
+            return False
+        self.sequence.append(token)
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        self._resolve(error)
+
+    def _resolve(self, outcome: DraftResult | BaseException) -> None:
+        self.finished = True
+
+        def settle() -> None:
+            if self.future.done():
+                return
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+
+        self._publish(settle)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,244 @@
+"""Parallel slots, as llama.cpp's server has them: N sequences share one model, and every
+step evaluates the next token of each active slot in one batched call.
+
+A request (a generation or a Draft) takes a free slot, preferring the one whose cached
+tokens share the longest prefix with it (a returning session, a shared system prompt), and
+keeps its KV there; only the rest of its prompt is evaluated, in chunks that share steps
+with the other slots' tokens. With every slot busy, requests wait in a bounded queue
+(shared/backpressure.py): beyond ``max_waiting``, or when the wait would outlast their
+deadline, they are refused before any model work.
+
+The scheduler runs on one model thread; the event loop only submits, consumes and cancels.
+
+    step = pick slots for waiting jobs -> one model.evaluate(batch) -> each job samples
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from tandem.edge.backend import DraftResult, EdgeBackend
+from tandem.edge.slot_jobs import DraftJob, GenerationJob, Job, common_prefix
+from tandem.shared.backpressure import Backpressure
+from tandem.shared.errors import Cancelled
+from tandem.shared.tier_handler import GeneratedToken, TokenRequest
+from tandem.v1 import common_pb2
+
+# Prompt tokens one step may evaluate (besides one token per decoding slot): a long prompt
+# is prefilled over several steps, so the other slots' next tokens are not held up for a
+# whole prompt's time.
+PREFILL_CHUNK = 128
+
+
+@dataclass(frozen=True)
+class SlotInput:
+    """Tokens to append to a slot, starting at position ``start``; the logits of the last
+    one are wanted."""
+
+    slot: int
+    tokens: list[int]
+    start: int
+
+
+class SlotModel(Protocol):
+    """A model holding ``slots`` sequences (model thread only)."""
+
+    slots: int
+    vocab_size: int
+
+    def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
+        """Append each input's tokens to its slot in one call; the logits after each
+        input's last token ([V] each, valid until the next call)."""
+
+    def forget(self, slot: int, keep: int) -> None:
+        """Drop the slot's KV from position ``keep`` on."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Slot:
+    index: int
+    cached: list[int] = field(default_factory=list)  # the tokens whose KV the slot holds
+    tenant: str = ""  # whose they are: a slot's cache is reused only by the same tenant
+    job: Job | None = None
+    last_used: float = 0.0
+
+
+class SlotScheduler:
+    """Runs jobs on a SlotModel's slots from one model thread."""
+
+    def __init__(self, model: SlotModel, backpressure: Backpressure,
+                 thread_name: str = "edge-slots") -> None:
+        self.model = model
+        self.backpressure = backpressure
+        self.slots = [Slot(i) for i in range(model.slots)]
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    # ----- event-loop side ----------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue ``job``, or refuse it (ResourceExhausted) when it cannot be served in time."""
+        with self._cond:
+            self.backpressure.admit(len(self._waiting), self.running, job.request.deadline)
+            job.arrived = time.monotonic()
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def running(self) -> int:
+        return sum(slot.job is not None for slot in self.slots)
+
+    def load(self) -> common_pb2.TierLoad:
+        with self._cond:
+            return self.backpressure.load(len(self._waiting), self.running)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    # ----- model thread -------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+                while not batch and not self._closed:
+                    self._cond.wait()
+                    batch = self._next_batch()
+                if self._closed:
+                    return
+            self._step(batch)
+
+    def _next_batch(self) -> list[tuple[Slot, SlotInput]]:
+        """Seat waiting jobs, free cancelled ones, and collect the step's inputs."""
+        for slot in self.slots:
+            if slot.job is not None and (slot.job.cancelled.is_set() or slot.job.finished):
+                self._release(slot)
+        while self._waiting and any(slot.job is None for slot in self.slots):
+            job = self._waiting.popleft()
+            if not job.cancelled.is_set():
+                self._seat(job)
+        batch, budget = [], PREFILL_CHUNK
+        for slot in self.slots:
+            job = slot.job
+            if job is None:
+                continue
+            tokens = job.next_tokens(max(budget, 1))
+            if tokens:
+                if job.evaluated < len(job.sequence) - 1:  # prompt tokens count to budget
+                    budget -= len(tokens)
+                batch.append((slot, SlotInput(slot.index, tokens, job.evaluated)))
+        return batch
+
+    def _seat(self, job: Job) -> None:
+        """Put ``job`` on the free slot whose cache serves it best (the longest prefix of
+        its own tenant; else the least recently used), keeping that prefix's KV."""
+        free = [slot for slot in self.slots if slot.job is None]
+        slot = max(free, key=lambda s: (common_prefix(s.cached, job.sequence)
+                                        if s.tenant == job.tenant else 0, -s.last_used))
+        keep = common_prefix(slot.cached, job.sequence) if slot.tenant == job.tenant else 0
+        keep = min(keep, len(job.sequence) - 1)  # the last token's logits are needed
+        self.model.forget(slot.index, keep)
+        del slot.cached[keep:]
+        slot.tenant, slot.job = job.tenant, job
+        job.evaluated = job.reused = keep
+        job.started = time.monotonic()
+        job.request.waited_s = job.started - job.arrived
+        self.backpressure.started(job.request.waited_s)
+
+    def _release(self, slot: Slot) -> None:
+        job = slot.job
+        assert job is not None
+        if not job.finished:  # its consumer is gone; tell it anyway, in case it is not
+            job.fail(Cancelled("edge: the request was cancelled"))
+        self.backpressure.finished(time.monotonic() - job.started)
+        slot.job, slot.last_used = None, time.monotonic()
+
+    def _step(self, batch: list[tuple[Slot, SlotInput]]) -> None:
+        try:
+            logits = self.model.evaluate([item for _, item in batch])
+        except Exception as exc:  # noqa: BLE001 - the model failed: every job in the step
+            for slot, _ in batch:
+                self.model.forget(slot.index, 0)
+                slot.cached.clear()
+                if slot.job is not None:
+                    slot.job.fail(exc)
+            return
+        for (slot, item), row in zip(batch, logits):
+            job = slot.job
+            assert job is not None
+            slot.cached.extend(item.tokens)
+            job.evaluated += len(item.tokens)
+            if job.evaluated < len(job.sequence):
+                continue  # more of the prompt to go: these logits are not needed
+            try:
+                job.take_logits(row)
+            except Exception as exc:  # noqa: BLE001 - this job's values failed it alone
+                job.fail(exc)
+
+
+class SlotBackend(EdgeBackend):
+    """An edge backend over a SlotModel: generation and drafting on parallel slots."""
+
+    def __init__(self, model: SlotModel, backpressure: Backpressure, end_ids: frozenset[int],
+                 dtype: str) -> None:
+        self.model = model
+        self.slots = model.slots
+        self.end_ids = end_ids
+        self.dtype = dtype
+        self.scheduler = SlotScheduler(model, backpressure)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    async def generate(self, request: TokenRequest) -> AsyncIterator[GeneratedToken]:
+        job = GenerationJob(request, asyncio.get_running_loop(), self.end_ids)
+        job.on_ack = self.scheduler.wake
+        self.scheduler.submit(job)
+        try:
+            while (item := await job.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                job.ack()
+        finally:
+            job.cancel()  # a consumer that stops frees the slot at the next step
+            self.scheduler.wake()
+
+    async def draft(self, request: TokenRequest, num_tokens: int, stop_ids: frozenset[int],
+                    want_distributions: bool = False) -> DraftResult:
+        job = DraftJob(request, asyncio.get_running_loop(), num_tokens, stop_ids,
+                       want_distributions)
+        self.scheduler.submit(job)
+        try:
+            return await job.future
+        finally:
+            # cancelled: the slot stops after its current token (e.g. a pipelined draft
+            # the router no longer needs)
+            job.cancel()
+            self.scheduler.wake()
+
+    def load(self) -> common_pb2.TierLoad:
+        return self.scheduler.load()
+
+    def close(self) -> None:
+        self.scheduler.close()  # waits for a running step: freeing the model under it crashes
+        self.model.close()
