@@ -15,14 +15,15 @@ from typing import IO, Any
 
 from locust import events
 
-from tandem.loadtests.users import CloudUser, RouterChatUser, RouterUser  # noqa: F401 (locust finds users here)
+from tandem.loadtests.openai_user import OpenAIUser  # noqa: F401 (locust finds users here)
+from tandem.loadtests.users import CloudUser, RouterChatUser, RouterUser  # noqa: F401
 from tandem.loadtests.workload import Workload
 
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     group = parser.add_argument_group("tandem")
-    group.add_argument("--tandem-target", default="router", choices=("router", "cloud"))
+    group.add_argument("--tandem-target", default="router", choices=("router", "cloud", "openai"))
     group.add_argument("--tandem-prompts", default="mixed",
                        help="Built-in prompt set name or JSONL file.")
     group.add_argument("--tandem-chats", default="",

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tandem.loadtests.report import load_records, summarize
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-USER_CLASSES = {"router": "RouterUser", "cloud": "CloudUser"}
+USER_CLASSES = {"router": "RouterUser", "cloud": "CloudUser", "openai": "OpenAIUser"}
 
 
 @dataclass
@@ -161,8 +161,11 @@ def start_stack(config: str | None = None) -> Any:
 
 
 def stack_endpoints(stack: Any) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
-    """(service -> gRPC address, service -> metrics host:port, service -> pid)."""
+    """(target -> address: each service's gRPC one and "openai", the router's HTTP API;
+    service -> metrics host:port, service -> pid)."""
     services = {s.name: s for s in stack.services}
-    return ({n: s.address for n, s in services.items()},
+    addresses = {n: s.address for n, s in services.items()}
+    addresses["openai"] = f"127.0.0.1:{services['router'].http_port}"
+    return (addresses,
             {n: f"127.0.0.1:{s.metrics_port}" for n, s in services.items()},
             {n: s.proc.pid for n, s in services.items()})

@@ -178,8 +178,8 @@ class Workload:
     budget: RequestBudget = field(default_factory=lambda: RequestBudget(None))
 
     def __post_init__(self) -> None:
-        if self.target not in ("router", "cloud"):
-            raise ValueError(f"target must be router or cloud, got {self.target!r}")
+        if self.target not in ("router", "cloud", "openai"):
+            raise ValueError(f"target must be router, cloud or openai, got {self.target!r}")
         self.picker = PromptPicker(self.prompts.prompts, self.mix) if self.prompts.prompts else None
 
     def user_rng(self, index: int) -> random.Random:

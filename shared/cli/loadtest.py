@@ -11,13 +11,17 @@ import signal
 import sys
 from typing import Any
 
-DEFAULT_ADDRESSES = {"router": "127.0.0.1:50051", "cloud": "127.0.0.1:50052"}
+DEFAULT_ADDRESSES = {"router": "127.0.0.1:50051", "cloud": "127.0.0.1:50052",
+                     "openai": "127.0.0.1:8000"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loadtest", help="Load-test the router or cloud with locust (JSON report).")
-    p.add_argument("--target", choices=("router", "cloud"), default="router")
-    p.add_argument("--address", help="gRPC host:port of the target (default: the tandem up port).")
+    p.add_argument("--target", choices=("router", "cloud", "openai"), default="router",
+                   help="openai: the router's OpenAI-compatible HTTP API (streamed chat "
+                        "completions), the same workload as the router's gRPC target.")
+    p.add_argument("--address", help="host:port of the target (gRPC, or HTTP for openai; "
+                                     "default: the tandem up port).")
     p.add_argument("--up", action="store_true", help="Start a local stack on free ports first.")
     p.add_argument("--stack-config", help="--up: TOML file with [cloud], [edge] and [router] "
                                           "sections (as for tandem up --config).")
