@@ -269,7 +269,23 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
             "eval_tokens": min(settings.eval_tokens, len(eval_ids))}
 
 
+def run_concurrency(source: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from tandem.edge.bench import measure_concurrency
+    from tandem.edge.compress.pipeline import text_ids
+
+    levels = [int(x) for x in args.concurrency.split(",")]
+    threads = args.threads or os.cpu_count() or 1
+    rows = measure_concurrency(str(source.path), text_ids(source, "evaluation"), levels,
+                               threads, args.stream_tokens, max(args.repeats // 2, 1))
+    return {"model": source.name, "threads": threads, "stream_tokens": args.stream_tokens,
+            "concurrency": rows}
+
+
 def table(report: dict[str, Any]) -> str:
+    if "concurrency" in report:
+        return "\n".join([f"{'streams':>7} {'tok/s':>8} {'vs 1':>6} identical"] + [
+            f"{r['streams']:>7} {r['tok_s']:>8.1f} {r['vs_one_stream']:>6.2f} {r['identical']}"
+            for r in report["concurrency"]])
     lines = [f"{'config':31} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
              f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7} {'k':>3} {'x resident':>10}"]
     for c in report["configs"]:
@@ -330,22 +346,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=int, default=256, help="Evaluation tokens (256 per window).")
     p.add_argument("--decode-tokens", type=int, default=48,
                    help="Tokens decoded for tok/s (flash: from an empty window after the prompt).")
-    p.add_argument("--threads", type=int, default=1,
-                   help="Compute threads for every config (1 default: steadier on a shared box).")
+    p.add_argument("--threads", type=int, default=None,
+                   help="Compute threads (default: 1 for the formats, steadier on a shared box; "
+                        "every core for --concurrency, as the edge service runs).")
     p.add_argument("--repeats", type=int, default=7,
                    help="llama.cpp plain/through-Tandem pairs (median of per-pair ratios).")
     p.add_argument("--only", default="", help="Comma-separated config names to run.")
     p.add_argument("--plot", default=None, help="Also draw the flash frontier to this PNG.")
+    p.add_argument("--concurrency", default="",
+                   help="Instead of the formats: the llama.cpp backend's parallel slots, "
+                        "aggregate decode tok/s at these stream counts (e.g. 1,2,4,8), each "
+                        "stream's greedy output checked against decoding it alone.")
+    p.add_argument("--stream-tokens", type=int, default=64,
+                   help="--concurrency: tokens each stream decodes.")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tandem.shared.models import cache_root, resolve_model
 
     source = resolve_model(args.model)
+    if args.concurrency:
+        return run_concurrency(source, args)
     out = Path(args.artifacts) if args.artifacts else cache_root() / "edge-bench" / (
         f"{source.path.stem}-{source.fingerprint()}")
     settings = BenchSettings(eval_tokens=args.eval_tokens, decode_tokens=args.decode_tokens,
-                             threads=args.threads, repeats=args.repeats,
+                             threads=args.threads or 1, repeats=args.repeats,
                              only=[n for n in args.only.split(",") if n])
     report = run_bench(source, out, settings, rebuild=args.rebuild)
     if args.plot:
