@@ -14,12 +14,20 @@ says what each part includes), read back over gRPC. A second, in-process measure
 profiles the state work of one session turn against the same redis-server, the way the
 router does it (history beside admission, then completion: 2 round trips in sequence)
 beside the per-operation calls it made before (6 round trips), alternating.
+
+The HTTP front is measured against gRPC on the Redis router: the same request (edge
+policy, greedy) sent as a gRPC Generate and as a non-streamed POST /v1/chat/completions,
+alternating, timed by the client. Once with a tenant per request (every request runs the
+model) and once repeated under one tenant per front (answered from the response cache:
+the fronts' own cost, with no model time to hide it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=6)
     p.add_argument("--state-rounds", type=int, default=300,
                    help="Session turns in the in-process state-path profile.")
+    p.add_argument("--http-requests", type=int, default=60,
+                   help="Requests per front (HTTP, gRPC) and mode (model, cached) in the "
+                        "HTTP-over-gRPC comparison; 0 skips it.")
     p.add_argument("--router-defaults", action="store_true",
                    help="Routers with default settings: no rate limit, token budget, response "
                         "cache or budget controller (sessions and statistics only).")
@@ -146,6 +157,63 @@ def profile_state(redis_url: str, rounds: int) -> dict[str, dict[str, dict[str, 
             "memory": asyncio.run(_profile_state(MemoryStateStore(), rounds))}
 
 
+def _http_call(connection: http.client.HTTPConnection, request: router_pb2.GenerateRequest
+               ) -> None:
+    body = {"model": f"tandem-{request.policy}", "tenant": request.tenant,
+            "messages": [{"role": "user", "content": request.prompt}],
+            "max_tokens": request.sampling.max_tokens, "temperature": 0}
+    # Bytes, so http.client sends headers and body in one write: two small writes meet
+    # Nagle's algorithm and the server's delayed ACK, 40 ms each time.
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    try:
+        connection.request("POST", "/v1/chat/completions", payload, headers)
+    except (BrokenPipeError, ConnectionResetError):  # closed while idle (keep-alive timeout)
+        connection.close()
+        connection.request("POST", "/v1/chat/completions", payload, headers)
+    reply = connection.getresponse()
+    payload = reply.read()
+    if reply.status != 200:
+        raise RuntimeError(f"HTTP {reply.status}: {payload[:300]!r}")
+
+
+def measure_fronts(stub: router_pb2_grpc.RouterStub, http_port: int, requests: int,
+                   max_tokens: int) -> dict[str, Any]:
+    """Client-side latency of the same request over gRPC and HTTP, alternating (which
+    front goes first alternates too), in two modes: "model" (a fresh tenant per request,
+    so nothing is cached) and "cached" (one tenant per front, the answer cached)."""
+    run_id = time.monotonic_ns()
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=600)
+    report: dict[str, Any] = {}
+    try:
+        for mode in ("model", "cached"):
+            samples: dict[str, list[float]] = {"grpc": [], "http": []}
+            for index in range(requests + 3):  # 3 unmeasured: connections, cache entries
+                for front in ("grpc", "http") if index % 2 == 0 else ("http", "grpc"):
+                    tenant = (f"fronts{run_id}-{front}" if mode == "cached"
+                              else f"fronts{run_id}-{index}-{front}")
+                    request = router_pb2.GenerateRequest(
+                        prompt=DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] if mode == "model"
+                        else DEFAULT_PROMPTS[0], policy="edge", tenant=tenant,
+                        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0))
+                    started = time.perf_counter()
+                    if front == "grpc":
+                        stub.Generate(request, timeout=600)
+                    else:
+                        _http_call(connection, request)
+                    if index >= 3:
+                        samples[front].append((time.perf_counter() - started) * 1e3)
+            grpc_ms, http_ms = (np.asarray(samples[f]) for f in ("grpc", "http"))
+            report[mode] = {
+                "grpc_p50_ms": round(float(np.median(grpc_ms)), 3),
+                "http_p50_ms": round(float(np.median(http_ms)), 3),
+                "http_added_p50_ms": round(float(np.median(http_ms) - np.median(grpc_ms)), 3),
+                "paired_difference_p50_ms": round(float(np.median(http_ms - grpc_ms)), 3)}
+    finally:
+        connection.close()
+    return report
+
+
 def table(report: dict[str, Any]) -> str:
     head = (f"{'store':<7} {'policy':<12} {'added p50':>9} {'p95':>7} {'p99':>7} "
             f"{'state p50':>9} {'decision p50':>12} {'scoring p50':>11} {'overhead p50':>12} "
@@ -161,6 +229,10 @@ def table(report: dict[str, Any]) -> str:
     lines.append("state work of one session turn, in-process (us): " + ", ".join(
         f"{store} {name} p50 {v['p50']:.0f} p95 {v['p95']:.0f}"
         for store, paths in report["state_path_us"].items() for name, v in paths.items()))
+    for mode, row in report.get("http_over_grpc", {}).items():
+        lines.append(f"HTTP over gRPC, same request ({mode}): p50 gRPC {row['grpc_p50_ms']:.2f} "
+                     f"ms, HTTP {row['http_p50_ms']:.2f} ms, added {row['http_added_p50_ms']:.2f}"
+                     f" ms (paired p50 {row['paired_difference_p50_ms']:.2f} ms)")
     return "\n".join(lines)
 
 
@@ -194,6 +266,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 stubs = {s: router_pb2_grpc.RouterStub(c) for s, c in channels.items()}
                 samples = measure(stubs, policies, args.requests, args.warmup, args.max_tokens)
+                fronts = (measure_fronts(stubs["redis"], routers["redis"].http_port or 0,
+                                         args.http_requests, args.max_tokens)
+                          if args.http_requests > 0 else {})
             finally:
                 for channel in channels.values():
                     channel.close()
@@ -208,5 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "router_args": [] if args.router_defaults else ROUTER_ARGS,
               "target_p50_ms": TARGET_P50_MS,
               "target_met": all(r["added_ms"]["p50"] <= TARGET_P50_MS for r in redis_rows),
-              "results": rows, "state_path_us": state_paths}
+              "results": rows, "state_path_us": state_paths, "http_over_grpc": fronts}
+    if fronts:
+        report["http_target_p50_ms"] = TARGET_P50_MS
+        report["http_target_met"] = fronts["model"]["http_added_p50_ms"] <= TARGET_P50_MS
     return report
