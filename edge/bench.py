@@ -15,13 +15,14 @@ def text_prompts(ids: list[int], count: int) -> list[list[int]]:
     return [ids[17 * i: 17 * i + 12 + (i * 7) % 64] for i in range(count)]
 
 
-async def _stream(backend: Any, prompt: list[int], tokens: int) -> tuple[list[int], float]:
+async def _stream(backend: Any, prompt: list[int], tokens: int,
+                  tenant: str) -> tuple[list[int], float]:
     """Greedy tokens after ``prompt`` and the time of the first one."""
     from tandem.shared.sampling import SamplingParams, TokenSampler
     from tandem.shared.tier_handler import TokenRequest
 
     out, first = [], 0.0
-    request = TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=tokens)), "bench")
+    request = TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=tokens)), tenant)
     async for item in backend.generate(request):
         first = first or time.perf_counter()
         out.append(item.token)
@@ -30,9 +31,12 @@ async def _stream(backend: Any, prompt: list[int], tokens: int) -> tuple[list[in
 
 async def _concurrent(backend: Any, prompts: list[list[int]], tokens: int
                       ) -> tuple[list[list[int]], float]:
-    """Every prompt at once; (the streams' tokens, decode tok/s over all of them)."""
+    """Every prompt at once, from an empty cache (a tenant of its own: slots reuse only
+    their own tenant's prefixes, and a reused prefix is evaluated in other chunks, which
+    llama.cpp rounds differently); (the streams' tokens, decode tok/s over all of them)."""
+    tenant = f"bench-{time.monotonic_ns()}"
     started = time.perf_counter()
-    results = await asyncio.gather(*(_stream(backend, p, tokens) for p in prompts))
+    results = await asyncio.gather(*(_stream(backend, p, tokens, tenant) for p in prompts))
     elapsed = time.perf_counter() - started
     # decode: the tokens after each stream's first, over the time after the last first
     last_first = max(first for _, first in results)
