@@ -102,7 +102,10 @@ class SlotScheduler:
 
     @property
     def running(self) -> int:
-        return sum(slot.job is not None for slot in self.slots)
+        """Slots serving a live request (one that ended or was cancelled is freed at the
+        model thread's next step)."""
+        return sum(slot.job is not None and not slot.job.finished
+                   and not slot.job.cancelled.is_set() for slot in self.slots)
 
     def load(self) -> common_pb2.TierLoad:
         with self._cond:
