@@ -6,7 +6,8 @@ tokens share the longest prefix with it (a returning session, a shared system pr
 keeps its KV there; only the rest of its prompt is evaluated, in chunks that share steps
 with the other slots' tokens. With every slot busy, requests wait in a bounded queue
 (shared/backpressure.py): beyond ``max_waiting``, or when the wait would outlast their
-deadline, they are refused before any model work.
+deadline, they are refused before any model work. A Draft goes to the head of the queue:
+it is a few tokens of a request already under way, whose cloud session waits on it.
 
 The scheduler runs on one model thread; the event loop only submits, consumes and cancels.
 
@@ -93,7 +94,10 @@ class SlotScheduler:
         with self._cond:
             self.backpressure.admit(len(self._waiting), self.running, job.request.deadline)
             job.arrived = time.monotonic()
-            self._waiting.append(job)
+            if isinstance(job, DraftJob):  # a few tokens of a request already under way
+                self._waiting.appendleft(job)
+            else:
+                self._waiting.append(job)
             self._cond.notify()
 
     def wake(self) -> None:

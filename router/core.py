@@ -15,9 +15,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tandem.router.admission import Admission, Reservation
@@ -147,13 +148,16 @@ class RouterCore:
         policy_label = request.policy or self.config.default_policy
         timings = common_pb2.Timings()  # the router's own parts accumulate here (latency.py)
         outcome: Outcome | None = None
+        reservation: Reservation | None = None
+        chunks: list[router_pb2.GenerateChunk] = []
         try:
             prepared, reservation, key, cached = await self.admit(request, deadline, timings)
             if cached is not None:
-                for chunk in await self._replay(cached, reservation, timings, started):
+                replayed = await self._replay(cached, reservation, timings, started)
+                reservation = None  # settled by the replay
+                for chunk in replayed:
                     yield chunk
                 return
-            chunks: list[router_pb2.GenerateChunk] = []
             outcome = Outcome(prepared.policy.name, timings=timings)
             # aclosing: a cancelled reply closes the policy at once (its tier calls stop and
             # its cleanups are registered before ours run), not whenever it is collected.
@@ -172,23 +176,42 @@ class RouterCore:
             _close_timings(timings, started)
             final.timings.CopyFrom(timings)
             self._observe(prepared, outcome, timings)
+            reservation = None  # settled by the completion write
         except Exception as exc:
             label = policy_label if policy_label in self.policies else "unknown"
             self.metrics.requests.labels(label, status_for(exc)[0].name).inc()
+            if reservation is not None:  # a tier refused or failed it: give the admission back
+                await self._give_back(reservation, chunks)
+                reservation = None
             raise
         finally:
+            if reservation is not None:  # cancelled by its client: give back in the background
+                self._start_after_reply_calls([partial(self._give_back, reservation, chunks)])
             if outcome is not None and outcome.after_reply:
                 self._start_after_reply(outcome)
         yield final
 
     def _start_after_reply(self, outcome: Outcome) -> None:
         """Start the policy's cleanups once the reply is complete (or abandoned)."""
+        self._start_after_reply_calls(outcome.after_reply)
+        outcome.after_reply.clear()
+
+    def _start_after_reply_calls(self, calls: list[Callable[[], Awaitable[Any]]]) -> None:
         loop = asyncio.get_running_loop()
-        for call in outcome.after_reply:
+        for call in calls:
             task = loop.create_task(call())
             self._after_reply.add(task)
             task.add_done_callback(self._after_reply.discard)
-        outcome.after_reply.clear()
+
+    async def _give_back(self, reservation: Reservation,
+                         chunks: list[router_pb2.GenerateChunk]) -> None:
+        """A request that ended without an answer: nothing streamed gives its admission
+        back whole (the refusal or failure changes no state); a partial answer keeps the
+        tokens it produced and gives back the rest."""
+        if chunks:
+            await self.admission.settle(reservation, sum(len(c.token_ids) for c in chunks))
+        else:
+            await self.admission.withdraw(reservation)
 
     async def _replay(self, cached: bytes, reservation: Reservation, timings: common_pb2.Timings,
                       started: int) -> list[router_pb2.GenerateChunk]:

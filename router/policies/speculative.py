@@ -77,9 +77,9 @@ class SpeculativePolicy(Policy):
         drafted_ahead: list[int] = []  # the edge's pipelined tokens that continue `tokens`
         rounds = RequestRounds()
         try:
-            if first_draft is None and edge_too_busy(tiers, self.edge_wait_budget_s):
-                spill(outcome, EDGE_SLOW_DRAFT)  # the edge cannot draft in time
             while not emitter.done:
+                if first_draft is None and edge_too_busy(tiers, self.edge_wait_budget_s):
+                    spill(outcome, EDGE_SLOW_DRAFT)  # the edge cannot draft in time
                 with spent(outcome.timings, DECISION):
                     abandon = first_draft is None and (
                         outcome.decision.spilled or self.draft_length.should_abandon(rounds))
