@@ -54,11 +54,16 @@ class Decision:
     route_score: float = 0.0  # route/auto: the prompt router's P(edge suffices)
     cached: bool = False
     speculation_abandoned: bool = False
+    # Load-aware routing moved the request off the tier its policy would have used, and
+    # why ("edge_busy", "edge_refused", "edge_slow_draft", "cloud_full").
+    spilled: bool = False
+    spill_reason: str = ""
 
     @classmethod
     def from_pb(cls, decision: router_pb2.RoutingDecision) -> Decision:
         return cls(decision.policy, decision.escalated, decision.score, decision.threshold,
-                   decision.route_score, decision.cached, decision.speculation_abandoned)
+                   decision.route_score, decision.cached, decision.speculation_abandoned,
+                   decision.spilled, decision.spill_reason)
 
 
 # A streamed piece of the answer, with the tier ("edge" or "cloud") that produced it: the
