@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from tandem.edge.slots import SlotBackend, SlotInput
 from tandem.shared.backpressure import Backpressure
+from tandem.shared.gguf_quant import requantized
 
 if TYPE_CHECKING:
     from tandem.edge.config import EdgeConfig
@@ -66,6 +67,7 @@ class LlamaSlots:
             raise ValueError("llama.cpp could not create a context")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.slots = slots
+        self.batch_tokens = BATCH_TOKENS
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
 
     def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
@@ -116,6 +118,7 @@ class LlamaCppBackend(SlotBackend):
                     registry: CollectorRegistry | None = None) -> LlamaCppBackend:
         if not source.is_gguf:
             raise ValueError(f"the llama.cpp backend needs a .gguf model, got {source.path}")
-        return cls.open(str(source.path), config.slots, config.context_window, config.threads,
+        path = requantized(source, config.weights) if config.weights else source.path
+        return cls.open(str(path), config.slots, config.context_window, config.threads,
                         config.flash_attn, config.max_waiting, registry)
 

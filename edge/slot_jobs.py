@@ -27,8 +27,8 @@ RUN_AHEAD = 1
 
 
 class Job(ABC):
-    """One request on a slot. Model-thread methods: ``next_tokens``, ``take_logits``,
-    ``fail``; ``cancel`` may be called from any thread."""
+    """One request on a slot. Model-thread methods: ``prompt_chunk``, ``next_token``,
+    ``take_logits``, ``fail``; ``cancel`` may be called from any thread."""
 
     def __init__(self, request: TokenRequest, loop: asyncio.AbstractEventLoop) -> None:
         self.request = request
@@ -45,10 +45,19 @@ class Job(ABC):
     def tenant(self) -> str:
         return self.request.tenant
 
-    def next_tokens(self, budget: int) -> list[int]:
-        """The tokens to evaluate in the next step (at most ``budget`` of a prompt), or []
-        while the job waits for its consumer."""
-        return self.sequence[self.evaluated:self.evaluated + budget]
+    @property
+    def in_prompt(self) -> bool:
+        """Whether part of the prompt is still to be evaluated."""
+        return self.evaluated < len(self.request.prompt_ids)
+
+    def prompt_chunk(self, size: int) -> list[int]:
+        """The next at most ``size`` prompt tokens to evaluate."""
+        return self.sequence[self.evaluated:min(self.evaluated + size,
+                                                len(self.request.prompt_ids))]
+
+    def next_token(self) -> list[int]:
+        """After the prompt: the token sampled last, to evaluate next ([] to wait)."""
+        return self.sequence[-1:]
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -82,11 +91,9 @@ class GenerationJob(Job):
         self._credit_lock = threading.Lock()
         self.on_ack: Callable[[], None] = lambda: None  # wakes the scheduler
 
-    def next_tokens(self, budget: int) -> list[int]:
-        if self.evaluated < len(self.sequence) - 1 or self.produced == 0:
-            return super().next_tokens(budget)  # the prompt
+    def next_token(self) -> list[int]:
         with self._credit_lock:
-            if self._credits == 0:
+            if self._credits == 0:  # the consumer has not taken the last one yet
                 return []
             self._credits -= 1
         return self.sequence[-1:]

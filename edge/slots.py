@@ -33,10 +33,12 @@ from tandem.shared.errors import Cancelled
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest
 from tandem.v1 import common_pb2
 
-# Prompt tokens one step may evaluate (besides one token per decoding slot): a long prompt
-# is prefilled over several steps, so the other slots' next tokens are not held up for a
-# whole prompt's time.
-PREFILL_CHUNK = 128
+# A request's prompt is evaluated in chunks of this many tokens, one per step, beside the
+# other slots' next tokens: a long prompt does not hold them up for its whole time. The
+# chunks are the same however busy the slots are (a chunk that does not fit a step waits
+# for the next), because llama.cpp rounds a prompt evaluated in other chunks differently:
+# so a request gets the same tokens at any concurrency.
+PREFILL_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SlotModel(Protocol):
 
     slots: int
     vocab_size: int
+    batch_tokens: int  # most tokens one evaluate call takes (>= PREFILL_CHUNK + slots)
 
     def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
         """Append each input's tokens to its slot in one call; the logits after each
@@ -142,16 +145,20 @@ class SlotScheduler:
             job = self._waiting.popleft()
             if not job.cancelled.is_set():
                 self._seat(job)
-        batch, budget = [], PREFILL_CHUNK
-        for slot in self.slots:
-            job = slot.job
-            if job is None:
-                continue
-            tokens = job.next_tokens(max(budget, 1))
-            if tokens:
-                if job.evaluated < len(job.sequence) - 1:  # prompt tokens count to budget
-                    budget -= len(tokens)
-                batch.append((slot, SlotInput(slot.index, tokens, job.evaluated)))
+        busy = [slot for slot in self.slots if slot.job is not None]
+        batch = []
+        for slot in busy:  # every decoding slot's next token first
+            assert slot.job is not None
+            if not slot.job.in_prompt and (token := slot.job.next_token()):
+                batch.append((slot, SlotInput(slot.index, token, slot.job.evaluated)))
+        room = self.model.batch_tokens - len(batch)
+        for slot in busy:  # then whole prompt chunks, as many as the batch holds
+            assert slot.job is not None
+            if slot.job.in_prompt:
+                chunk = slot.job.prompt_chunk(PREFILL_CHUNK)
+                if len(chunk) <= room:
+                    batch.append((slot, SlotInput(slot.index, chunk, slot.job.evaluated)))
+                    room -= len(chunk)
         return batch
 
     def _seat(self, job: Job) -> None:

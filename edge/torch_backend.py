@@ -31,6 +31,7 @@ class TorchSlots:
     shares with the previous one."""
 
     slots = 1
+    batch_tokens = 1 << 30  # one sequence: any prompt chunk
 
     def __init__(self, built: Built, threads: int) -> None:
         self.built = built

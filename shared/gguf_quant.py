@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tandem.shared.models import ModelSource, converted_dir
+
 # Weight formats a GGUF can be re-quantized to -> llama_cpp's LLAMA_FTYPE_* constant
 # (`tandem compress --gguf-types`, `tandem eval --edge-quant`). "Q3_K" is the name
 # `tandem compress` has always documented for Q3_K_M.
@@ -51,3 +53,12 @@ def requantize(source: Path, out_dir: Path, name: str, threads: int) -> GgufResu
         raise RuntimeError(f"llama_model_quantize to {name} failed with status {status}")
     os.replace(tmp, target)
     return GgufResult(name, str(target), target.stat().st_size)
+
+
+def requantized(source: ModelSource, name: str) -> Path:
+    """``source`` (a GGUF) re-quantized to ``name``, made once and cached beside its other
+    conversions (the edge serving another weight format, the cascade evaluation's edge)."""
+    cached = converted_dir(source) / f"{source.path.stem}.{name}.gguf"
+    if cached.is_file():
+        return cached
+    return Path(requantize(source.path, converted_dir(source), name, os.cpu_count() or 1).path)

@@ -130,3 +130,16 @@ def test_a_full_queue_refuses_before_any_work_with_retry_after() -> None:
         asyncio.run(run())
     finally:
         backend.close()
+
+
+def test_the_edge_serves_the_gguf_requantized_to_another_format() -> None:
+    from tandem.edge.config import EdgeConfig
+
+    config = EdgeConfig(weights="Q8_0", slots=2, context_window=512, max_tokens_cap=256,
+                        threads=2)
+    backend = LlamaCppBackend.from_config(config, resolve_model(config.model))
+    try:
+        assert backend.dtype == "Q8_0" and backend.slots == 2
+        assert asyncio.run(generate(backend, greedy(PROMPTS[0], 4, "t")))
+    finally:
+        backend.close()

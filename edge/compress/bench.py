@@ -272,13 +272,15 @@ def run_bench(source: Any, out: Path, settings: BenchSettings, rebuild: bool = F
 def run_concurrency(source: Any, args: argparse.Namespace) -> dict[str, Any]:
     from tandem.edge.bench import measure_concurrency
     from tandem.edge.compress.pipeline import text_ids
+    from tandem.shared.gguf_quant import requantized
 
     levels = [int(x) for x in args.concurrency.split(",")]
     threads = args.threads or os.cpu_count() or 1
-    rows = measure_concurrency(str(source.path), text_ids(source, "evaluation"), levels,
+    path = requantized(source, args.weights) if args.weights else source.path
+    rows = measure_concurrency(str(path), text_ids(source, "evaluation"), levels,
                                threads, args.stream_tokens, max(args.repeats // 2, 1))
-    return {"model": source.name, "threads": threads, "stream_tokens": args.stream_tokens,
-            "concurrency": rows}
+    return {"model": source.name, "weights": args.weights or "as shipped", "threads": threads,
+            "stream_tokens": args.stream_tokens, "concurrency": rows}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -359,6 +361,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "stream's greedy output checked against decoding it alone.")
     p.add_argument("--stream-tokens", type=int, default=64,
                    help="--concurrency: tokens each stream decodes.")
+    p.add_argument("--weights", default="",
+                   help="--concurrency: the GGUF re-quantized to this format first (as the "
+                        "edge's --weights), e.g. Q8_0.")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def edge_model_for(quant: str) -> str:
-    from tandem.router.eval.edge_models import requantized
+    from tandem.shared.gguf_quant import requantized
     from tandem.shared.models import DEFAULT_MODEL, resolve_model
 
     if quant == "none":
