@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tandem.router.replicas import Targets
 from tandem.shared.config import option
 from tandem.shared.limits import RequestLimits
 from tandem.shared.models import DEFAULT_MODEL
@@ -13,8 +14,20 @@ from tandem.shared.service_config import ServiceConfig
 
 @dataclass
 class RouterConfig(ServiceConfig, RequestLimits):
-    cloud_address: str = option("127.0.0.1:50052", "host:port of the Cloud service.")
-    edge_address: str = option("127.0.0.1:50053", "host:port of the Edge service.")
+    cloud_address: str = option(
+        "127.0.0.1:50052", "The Cloud service's replicas: host:port, a comma-separated list "
+                           "of them, or dns:///name:port (every address the name resolves "
+                           "to, re-resolved; a Kubernetes headless Service).")
+    edge_address: str = option("127.0.0.1:50053", "The Edge service's replicas (the same forms "
+                                                  "as cloud_address).")
+    balance_epsilon: float = option(
+        0.25, "Replica balancing: a replica holding more than (1 + this) x its fair share of "
+              "the router's in-flight calls is passed over by prefix-aware placement.")
+    replica_resolve_seconds: float = option(
+        5.0, "How often a dns:/// replica address is resolved again.")
+    session_affinity_seconds: float = option(
+        600.0, "How long the state store keeps which replica holds a speculative session's "
+               "KV (the router drops it when the session ends).")
     model: str = option(DEFAULT_MODEL, "Model whose tokenizer and chat template the tiers share.")
     state: str = option("memory", "State store: 'memory' or a redis:// URL.")
     session_ttl_seconds: float = option(3600.0, "A session expires after this long unused.")
@@ -87,5 +100,14 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("default_timeout_seconds must be > 0")
         if not -1 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be in [-1, 65535], got {self.http_port}")
+        for name in ("cloud_address", "edge_address"):
+            try:
+                Targets.parse(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if self.balance_epsilon <= 0 or self.replica_resolve_seconds <= 0 \
+                or self.session_affinity_seconds <= 0:
+            raise ValueError("balance_epsilon, replica_resolve_seconds and "
+                             "session_affinity_seconds must be > 0")
         if self.api_keys is not None and not Path(self.api_keys).is_file():
             raise ValueError(f"api_keys: no such file {self.api_keys!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tandem.router.latency import DECISION, SCORING, STATE, added_ns
 from tandem.router.policies.base import Outcome
@@ -16,8 +16,38 @@ ROUTER_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002
 ROUTER_LATENCY_PARTS = {"state": STATE, "decision": DECISION, "scoring": SCORING}
 
 
+class ReplicaMetrics:
+    """Per-replica traffic, health and failover (router/replicas.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("tandem_router_replica_requests",
+                                "Calls sent to each tier replica, by tier, replica and method.",
+                                ["tier", "replica", "method"], registry=registry)
+        self.in_flight = Gauge("tandem_router_replica_in_flight",
+                               "Calls this router has in flight on each replica.",
+                               ["tier", "replica"], registry=registry)
+        self.healthy = Gauge("tandem_router_replica_healthy",
+                             "1 while the replica's grpc.health.v1 status is SERVING.",
+                             ["tier", "replica"], registry=registry)
+        self.failovers = Counter("tandem_router_failovers",
+                                 "Calls retried on another replica after UNAVAILABLE before "
+                                 "their first token.", ["tier", "method"], registry=registry)
+        self.rebuilds = Counter("tandem_router_session_rebuilds",
+                                "Speculative sessions moved to another replica because theirs "
+                                "was gone (their KV recomputed there).", ["tier"],
+                                registry=registry)
+        self.kv_misses = Counter("tandem_router_session_kv_misses",
+                                 "Verify rounds whose replica reused fewer tokens than the "
+                                 "session's previous round sent (its KV was not there).",
+                                 registry=registry)
+        self.streams_lost = Counter("tandem_router_streams_lost",
+                                    "Streams whose replica failed after their first token "
+                                    "(ended UNAVAILABLE).", ["tier"], registry=registry)
+
+
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.replicas = ReplicaMetrics(registry)
         self.requests = Counter("tandem_router_requests", "Requests by policy and status code.",
                                 ["policy", "code"], registry=registry)
         self.latency = Histogram("tandem_router_request_seconds", "End-to-end request latency.",

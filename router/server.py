@@ -12,10 +12,10 @@ from tandem.router.config import RouterConfig
 from tandem.router.core import RouterCore
 from tandem.router.metrics import RouterMetrics
 from tandem.router.policies.base import create_policies
+from tandem.router.replica_tiers import ReplicaTiers
 from tandem.router.resources import build_resources
 from tandem.router.service import RouterServicer
 from tandem.router.state import create_state_store
-from tandem.router.tiers import GrpcTiers
 from tandem.shared.grpc_security import ChannelSecurity
 from tandem.shared.grpc_server import SideServer, request_limit_bytes, serve
 from tandem.shared.log import setup_logging
@@ -32,8 +32,7 @@ async def run(config: RouterConfig) -> None:
                                config.state_timeout_seconds)
     resources = build_resources(config, state)
     security = ChannelSecurity.of(config)
-    tiers = GrpcTiers(config.edge_address, config.cloud_address, config.inject_cloud_rtt_ms / 1000,
-                      security)
+    tiers = ReplicaTiers.connect(config, state, metrics.replicas, security)
     policies = create_policies(config, resources)
     if config.default_policy not in policies:
         raise ValueError(f"default_policy {config.default_policy!r} is not one of {sorted(policies)}")
@@ -43,14 +42,11 @@ async def run(config: RouterConfig) -> None:
     servicer = RouterServicer(gate)
     limit = request_limit_bytes(config.context_window, core.bytes_per_token)
     side_servers: list[SideServer] = []
-    health = None
     if config.http_port >= 0:
         from tandem.router.http.app import create_app
-        from tandem.router.http.server import HttpFront, TierHealth
+        from tandem.router.http.server import HttpFront
 
-        health = TierHealth({"edge": config.edge_address, "cloud": config.cloud_address},
-                            security)
-        app = create_app(gate, registry, health, limit * JSON_ESCAPE_FACTOR)
+        app = create_app(gate, registry, tiers.readiness, limit * JSON_ESCAPE_FACTOR)
         side_servers.append(HttpFront(app, config.host, config.http_port, config.tls_cert,
                                       config.tls_key))
     try:
@@ -58,8 +54,6 @@ async def run(config: RouterConfig) -> None:
                     lambda server: router_pb2_grpc.add_RouterServicer_to_server(servicer, server),
                     registry, limit, side_servers, internal=False)
     finally:
-        if health is not None:
-            await health.close()
         await tiers.close()
         await state.close()
 

@@ -2,9 +2,11 @@
 
 Policies talk to the edge and cloud only through a ``Tiers``: every call carries the
 request's remaining deadline, adds the time it waited to the request's timings, and
-fails with the Tandem error of the tier's status. ``GrpcTiers`` reaches both tiers
-over channels (the router service); the SDK's on-device mode implements the same
-protocol with an in-process edge (tandem.edge.sdk.local_tiers).
+fails with the Tandem error of the tier's status. ``GrpcTiers`` reaches one replica of
+each tier over a channel each; ``ReplicaTiers`` (replica_tiers.py), what the router
+service runs on, balances several replicas per tier over the same clients; the SDK's
+on-device mode implements the protocol with an in-process edge
+(tandem.edge.sdk.local_tiers).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -129,9 +131,10 @@ class StreamDelay(grpc.aio.UnaryStreamClientInterceptor):
 class GrpcEdge:
     """An edge service over one channel (``security``: TLS/mTLS and the internal token)."""
 
-    def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
-        self._channel = (security or ChannelSecurity()).aio_channel(address, CHANNEL_OPTIONS)
-        self._stub = edge_pb2_grpc.EdgeStub(self._channel)
+    def __init__(self, address: str, security: ChannelSecurity | None = None,
+                 options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS) -> None:
+        self.channel = (security or ChannelSecurity()).aio_channel(address, options)
+        self._stub = edge_pb2_grpc.EdgeStub(self.channel)
         self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
                                                                timeout=timeout))
 
@@ -152,18 +155,18 @@ class GrpcEdge:
 
     async def close(self) -> None:
         await self._load.close()
-        await self._channel.close()
+        await self.channel.close()
 
 
 class GrpcCloud:
     """A cloud service over one channel (``rtt_s``: a simulated round trip per call)."""
 
     def __init__(self, address: str, rtt_s: float = 0.0,
-                 security: ChannelSecurity | None = None) -> None:
+                 security: ChannelSecurity | None = None,
+                 options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS) -> None:
         interceptors = [UnaryDelay(rtt_s), StreamDelay(rtt_s)] if rtt_s > 0 else None
-        self._channel = (security or ChannelSecurity()).aio_channel(
-            address, CHANNEL_OPTIONS, interceptors)
-        self._stub = cloud_pb2_grpc.CloudStub(self._channel)
+        self.channel = (security or ChannelSecurity()).aio_channel(address, options, interceptors)
+        self._stub = cloud_pb2_grpc.CloudStub(self.channel)
         self._load = LoadWatch(lambda timeout: self._stub.Load(common_pb2.LoadRequest(),
                                                                timeout=timeout))
 
@@ -187,7 +190,7 @@ class GrpcCloud:
 
     async def close(self) -> None:
         await self._load.close()
-        await self._channel.close()
+        await self.channel.close()
 
 
 class GrpcTiers:

@@ -1,6 +1,5 @@
 """Serving the HTTP app inside the router process: uvicorn on the router's event loop,
-started and stopped with its gRPC server (a `SideServer` of `grpc_server.serve`), and
-the tiers' health behind GET /ready."""
+started and stopped with its gRPC server (a `SideServer` of `grpc_server.serve`)."""
 
 from __future__ import annotations
 
@@ -9,15 +8,8 @@ import contextlib
 import socket
 from collections.abc import Generator
 
-import grpc
 import uvicorn
 from fastapi import FastAPI
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tandem.shared.grpc_security import ChannelSecurity
-from tandem.shared.grpc_server import CHANNEL_OPTIONS
-
-READY_CHECK_TIMEOUT_S = 2.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -70,29 +62,3 @@ class HttpFront:
         self._server.config.timeout_graceful_shutdown = max(int(grace_s), 1)
         self._server.should_exit = True
         await self._task
-
-
-class TierHealth:
-    """The grpc.health.v1 status of each tier, over channels secured like the router's."""
-
-    def __init__(self, addresses: dict[str, str], security: ChannelSecurity) -> None:
-        self._channels = {name: security.aio_channel(address, CHANNEL_OPTIONS)
-                          for name, address in addresses.items()}
-        self._stubs = {name: health_pb2_grpc.HealthStub(channel)
-                       for name, channel in self._channels.items()}
-
-    async def _status(self, stub: health_pb2_grpc.HealthStub) -> str:
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""),
-                                     timeout=READY_CHECK_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return f"UNREACHABLE ({exc.code().name})"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-    async def __call__(self) -> dict[str, str]:
-        statuses = await asyncio.gather(*(self._status(s) for s in self._stubs.values()))
-        return dict(zip(self._stubs, statuses))
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()

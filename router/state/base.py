@@ -102,6 +102,19 @@ class StateStore(ABC):
     @abstractmethod
     async def stats(self, policy: str) -> dict[str, int]: ...
 
+    # -- replica affinity: which replica of a tier holds a session's KV --------------------
+    @abstractmethod
+    async def affinity(self, tier: str, tenant: str, session_id: str) -> str | None:
+        """The replica address the session is bound to on ``tier`` (None: unbound)."""
+
+    @abstractmethod
+    async def set_affinity(self, tier: str, tenant: str, session_id: str, replica: str,
+                           ttl_s: float) -> None:
+        """Bind the session to ``replica`` for ``ttl_s`` (every router replica agrees)."""
+
+    @abstractmethod
+    async def drop_affinity(self, tier: str, tenant: str, session_id: str) -> None: ...
+
     # -- batched operations (one round trip where the backend can) ---------------------
     async def admit(self, limits: Limits) -> Allowance:
         """Rate limit, then token budget. Backends that can check both atomically change

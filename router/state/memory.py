@@ -18,6 +18,7 @@ class MemoryStateStore(StateStore):
         self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
         self._threshold: float | None = None
         self._stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._affinity: dict[tuple[str, str, str], tuple[float, str]] = {}
 
     async def history(self, tenant: str, session_id: str) -> list[Turn]:
         entry = self._sessions.get((tenant, session_id))
@@ -88,6 +89,22 @@ class MemoryStateStore(StateStore):
         if len(self._cache) >= MAX_CACHE_ENTRIES:  # drop the oldest insertion
             self._cache.pop(next(iter(self._cache)))
         self._cache[(tenant, key)] = (time.monotonic() + ttl_s, value)
+
+    async def affinity(self, tier: str, tenant: str, session_id: str) -> str | None:
+        entry = self._affinity.get((tier, tenant, session_id))
+        if entry is None or entry[0] < time.monotonic():
+            self._affinity.pop((tier, tenant, session_id), None)
+            return None
+        return entry[1]
+
+    async def set_affinity(self, tier: str, tenant: str, session_id: str, replica: str,
+                           ttl_s: float) -> None:
+        if len(self._affinity) >= MAX_CACHE_ENTRIES:  # drop the oldest binding
+            self._affinity.pop(next(iter(self._affinity)))
+        self._affinity[(tier, tenant, session_id)] = (time.monotonic() + ttl_s, replica)
+
+    async def drop_affinity(self, tier: str, tenant: str, session_id: str) -> None:
+        self._affinity.pop((tier, tenant, session_id), None)
 
     async def threshold(self, default: float) -> float:
         if self._threshold is None:

@@ -97,6 +97,21 @@ class RedisStateStore(StateStore):
         await self._call("cache_put", lambda: self._redis.set(
             self._key("cache", tenant, key), value, px=int(ttl_s * 1000)))
 
+    async def affinity(self, tier: str, tenant: str, session_id: str) -> str | None:
+        raw = await self._call("affinity", lambda: self._redis.get(
+            self._key("affinity", tenant, f"{tier}:{session_id}")))
+        return None if raw is None else raw.decode()
+
+    async def set_affinity(self, tier: str, tenant: str, session_id: str, replica: str,
+                           ttl_s: float) -> None:
+        await self._call("affinity", lambda: self._redis.set(
+            self._key("affinity", tenant, f"{tier}:{session_id}"), replica,
+            px=int(ttl_s * 1000)))
+
+    async def drop_affinity(self, tier: str, tenant: str, session_id: str) -> None:
+        await self._call("affinity", lambda: self._redis.delete(
+            self._key("affinity", tenant, f"{tier}:{session_id}")))
+
     async def threshold(self, default: float) -> float:
         seen = self._threshold_seen
         if seen is not None and time.monotonic() - seen[1] < THRESHOLD_FRESH_S:

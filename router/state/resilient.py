@@ -104,6 +104,21 @@ class ResilientStateStore(StateStore):
         await self._use("cache_put", lambda: self.primary.cache_put(tenant, key, value, ttl_s),
                         lambda: self.local.cache_put(tenant, key, value, ttl_s))
 
+    async def affinity(self, tier: str, tenant: str, session_id: str) -> str | None:
+        return await self._use("affinity",
+                               lambda: self.primary.affinity(tier, tenant, session_id),
+                               lambda: self.local.affinity(tier, tenant, session_id))
+
+    async def set_affinity(self, tier: str, tenant: str, session_id: str, replica: str,
+                           ttl_s: float) -> None:
+        await self._use(
+            "affinity", lambda: self.primary.set_affinity(tier, tenant, session_id, replica, ttl_s),
+            lambda: self.local.set_affinity(tier, tenant, session_id, replica, ttl_s))
+
+    async def drop_affinity(self, tier: str, tenant: str, session_id: str) -> None:
+        await self._use("affinity", lambda: self.primary.drop_affinity(tier, tenant, session_id),
+                        lambda: self.local.drop_affinity(tier, tenant, session_id))
+
     async def threshold(self, default: float) -> float:
         return await self._use("threshold", lambda: self.primary.threshold(default),
                                lambda: self.local.threshold(default))
