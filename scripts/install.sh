@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Install Tandem and everything it needs, from scratch, into .venv (safe to re-run).
 #   scripts/install.sh         runtime: torch (CPU), llama-cpp-python, models, redis-server
-#   scripts/install.sh --dev   also the test and code-generation tools
+#   scripts/install.sh --dev   also the test, code-generation and deployment-check tools
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "installing redis-server (Debian package) ..."
-    sudo_cmd=""
+apt_install() {  # Debian packages, as root or through sudo
+    echo "installing $* (Debian package) ..."
+    local sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+
+# --dev: Debian's docker-compose checks deploy/compose.yaml offline (`config`; no engine).
+if [ -n "$extras" ] && ! command -v docker-compose >/dev/null 2>&1 \
+        && ! docker compose version >/dev/null 2>&1; then
+    apt_install docker-compose
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -18,7 +18,7 @@ SERVICES = {
 }
 
 # Modules of tandem.shared.cli that each add one subcommand with `add_parser(sub)`.
-COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress")
+COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress", "health")
 
 
 def _load(path: str) -> Any:
