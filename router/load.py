@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 # unknown (a tier that stopped answering: routing must not act on what it said before).
 POLL_INTERVAL_S = 0.1
 STALE_AFTER_S = 1.0
+# A Load call may take this long: a tier whose cores are busy decoding answers late.
+FETCH_TIMEOUT_S = 0.5
 
 
 class LoadWatch:
@@ -43,7 +45,7 @@ class LoadWatch:
     async def _poll(self) -> None:
         while True:
             try:
-                self._latest = await self._fetch(max(self._interval_s * 2, 0.2))
+                self._latest = await self._fetch(FETCH_TIMEOUT_S)
                 self._read_at = time.monotonic()
             except grpc.aio.AioRpcError as exc:  # down or slow: the reading goes stale
                 logger.debug("Load failed: %s", exc.code().name)
