@@ -146,12 +146,14 @@ def run_load_test(test: LoadTest, metrics: dict[str, str] | None = None,
     return summary
 
 
-def start_stack(config: str | None = None) -> Any:
+def start_stack(config: str | None = None, cloud_replicas: int = 1,
+                edge_replicas: int = 1) -> Any:
     """A local stack (redis, cloud, edge, router) on free ports, configured by the TOML
-    file `config` like `tandem up --config`; the caller stops it."""
+    file `config` like `tandem up --config`, with that many replicas per tier; the
+    caller stops it."""
     from tandem.shared.stack import LocalStack, StackSettings
 
-    stack = LocalStack(StackSettings.on_free_ports(config))
+    stack = LocalStack(StackSettings.on_free_ports(config, cloud_replicas, edge_replicas))
     try:
         stack.start()
     except BaseException:
@@ -162,8 +164,8 @@ def start_stack(config: str | None = None) -> Any:
 
 def stack_endpoints(stack: Any) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
     """(target -> address: each service's gRPC one and "openai", the router's HTTP API;
-    service -> metrics host:port, service -> pid)."""
-    services = {s.name: s for s in stack.services}
+    service -> metrics host:port, service -> pid). Replicas are "cloud", "cloud-2", ..."""
+    services = stack.named()
     addresses = {n: s.address for n, s in services.items()}
     addresses["openai"] = f"127.0.0.1:{services['router'].http_port}"
     return (addresses,

@@ -33,11 +33,22 @@ class StackSettings:
     redis_port: int = 6390
     http_port: int = 8000  # the router's OpenAI-compatible HTTP API; -1: off
     use_redis: bool = True  # when redis-server is installed; else the in-memory store
+    # Replicas per tier: the first listens on the tier's port, the others on free ports
+    # chosen at start (fixed for the stack's life, so a restarted replica comes back
+    # where the router looks for it).
+    cloud_replicas: int = 1
+    edge_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cloud_replicas < 1 or self.edge_replicas < 1:
+            raise ValueError("cloud_replicas and edge_replicas must be >= 1")
 
     @classmethod
-    def on_free_ports(cls, config: str | None = None) -> StackSettings:
+    def on_free_ports(cls, config: str | None = None, cloud_replicas: int = 1,
+                      edge_replicas: int = 1) -> StackSettings:
         return cls(config=config, router_port=free_port(), cloud_port=free_port(),
-                   edge_port=free_port(), redis_port=free_port(), http_port=free_port())
+                   edge_port=free_port(), redis_port=free_port(), http_port=free_port(),
+                   cloud_replicas=cloud_replicas, edge_replicas=edge_replicas)
 
 
 class LocalStack:
@@ -48,6 +59,7 @@ class LocalStack:
         self.workdir = Path(tempfile.mkdtemp(prefix="tandem-up-"))
         self.redis: RedisProcess | None = None
         self.services: list[ServiceProcess] = []
+        self.labels: list[str] = []  # per service: "cloud", "cloud-2", ... (replicas)
 
     def _common(self, port: int) -> list[str]:
         extra = ["--config", self.settings.config] if self.settings.config else []
@@ -63,21 +75,41 @@ class LocalStack:
             print("state store: in-memory (redis-server not used); sessions live in the router "
                   "process only", file=sys.stderr, flush=True)
         a = self.settings
-        cloud = ServiceProcess("cloud", self._common(a.cloud_port), self.workdir)
-        edge = ServiceProcess("edge", self._common(a.edge_port), self.workdir)
-        self.services += [cloud, edge]
-        print(f"starting cloud and edge (logs in {self.workdir}) ...", file=sys.stderr, flush=True)
-        cloud.wait_ready(READY_TIMEOUT_S)
-        edge.wait_ready(READY_TIMEOUT_S)
-        router = ServiceProcess("router", [
-            *self._common(a.router_port), "--cloud-address", cloud.address,
-            "--edge-address", edge.address, "--state", state,
-            "--http-port", str(a.http_port)], self.workdir)
-        self.services.append(router)
+        clouds = self._replicas("cloud", a.cloud_port, a.cloud_replicas)
+        edges = self._replicas("edge", a.edge_port, a.edge_replicas)
+        print(f"starting {len(clouds)} cloud and {len(edges)} edge (logs in {self.workdir}) ...",
+              file=sys.stderr, flush=True)
+        for service in [*clouds, *edges]:
+            service.wait_ready(READY_TIMEOUT_S)
+        router = self._add("router", [
+            *self._common(a.router_port),
+            "--cloud-address", ",".join(c.address for c in clouds),
+            "--edge-address", ",".join(e.address for e in edges), "--state", state,
+            "--http-port", str(a.http_port)])
         router.wait_ready(READY_TIMEOUT_S)
 
+    def _add(self, name: str, args: list[str], label: str = "") -> ServiceProcess:
+        """Start `tandem serve NAME`; replicas get a folder each (ready file, log)."""
+        label = label or name
+        workdir = self.workdir if label == name else self.workdir / label
+        workdir.mkdir(exist_ok=True)
+        service = ServiceProcess(name, args, workdir)
+        self.services.append(service)
+        self.labels.append(label)
+        return service
+
+    def _replicas(self, name: str, port: int, count: int) -> list[ServiceProcess]:
+        ports = [port, *(free_port() for _ in range(count - 1))]
+        return [self._add(name, self._common(p), name if i == 0 else f"{name}-{i + 1}")
+                for i, p in enumerate(ports)]
+
+    def named(self) -> dict[str, ServiceProcess]:
+        """Label -> service ("cloud", "cloud-2", ..., "edge", "router")."""
+        return dict(zip(self.labels, self.services))
+
     def describe(self) -> str:
-        rows = [f"  {s.name:<7} {s.address:<22} metrics :{s.metrics_port}" for s in self.services]
+        rows = [f"  {label:<7} {s.address:<22} metrics :{s.metrics_port}"
+                for label, s in self.named().items()]
         rows += [f"  {'openai':<7} {s.http_url}/v1  (OpenAI-compatible HTTP API)"
                  for s in self.services if s.http_url]
         if self.redis:

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--up", action="store_true", help="Start a local stack on free ports first.")
     p.add_argument("--stack-config", help="--up: TOML file with [cloud], [edge] and [router] "
                                           "sections (as for tandem up --config).")
+    p.add_argument("--cloud-replicas", type=int, default=1,
+                   help="--up: cloud replicas behind the router (as for tandem up).")
+    p.add_argument("--edge-replicas", type=int, default=1, help="--up: edge replicas.")
     p.add_argument("--users", type=int, default=4, help="Concurrent users (locust -u).")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--requests", type=int, help="Requests in all, then stop (default 20).")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.up:
-            stack = start_stack(args.stack_config)
+            stack = start_stack(args.stack_config, args.cloud_replicas, args.edge_replicas)
             addresses, metrics, pids = stack_endpoints(stack)
             test.address = args.address or addresses[args.target]
         if levels:

@@ -21,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-port", type=int, default=6390)
     p.add_argument("--http-port", type=int, default=8000,
                    help="The router's OpenAI-compatible HTTP API (-1: off).")
+    p.add_argument("--cloud-replicas", type=int, default=1,
+                   help="Cloud replicas behind the router (the first on --cloud-port, the "
+                        "others on free ports); each loads the model and uses --threads.")
+    p.add_argument("--edge-replicas", type=int, default=1, help="Edge replicas, likewise.")
     p.add_argument("--no-redis", action="store_true",
                    help="Use the in-memory state store even if redis-server is available.")
     p.add_argument("--ask", metavar="PROMPT",
@@ -33,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(StackSettings(
         config=args.config, host=args.host, router_port=args.router_port,
         cloud_port=args.cloud_port, edge_port=args.edge_port, redis_port=args.redis_port,
-        http_port=args.http_port,
-        use_redis=not args.no_redis))
+        http_port=args.http_port, use_redis=not args.no_redis,
+        cloud_replicas=args.cloud_replicas, edge_replicas=args.edge_replicas))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
