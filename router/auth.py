@@ -32,6 +32,7 @@ from typing import Any
 
 from tandem.router.core import NAME_PATTERN, RouterCore
 from tandem.router.state import Limits, StateStore
+from tandem.router.tenancy import TenantLimiter
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import (InvalidArgument, PermissionDenied, ResourceExhausted,
                                   Unauthenticated)
@@ -40,7 +41,7 @@ from tandem.v1 import router_pb2
 
 logger = logging.getLogger(__name__)
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 KEY_FIELDS = {"tenant", "policies", "rate_limit_rps", "rate_limit_burst"}
 BEARER = "bearer "
 
@@ -66,7 +67,7 @@ class ApiKey:
 
 def _entry(digest: str, raw: Any, source: str) -> ApiKey:
     where = f"{source}: keys.{digest[:12]}…"
-    if not SHA256_HEX.match(digest):
+    if not SHA256_HEX.fullmatch(digest):
         raise ValueError(f"{source}: key names must be SHA-256 hex digests (64 of [0-9a-f])")
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: must be a table")
@@ -74,7 +75,7 @@ def _entry(digest: str, raw: Any, source: str) -> ApiKey:
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(KEY_FIELDS)}")
     tenant = raw.get("tenant")
-    if not isinstance(tenant, str) or not NAME_PATTERN.match(tenant):
+    if not isinstance(tenant, str) or not NAME_PATTERN.fullmatch(tenant):
         raise ValueError(f"{where}: tenant must be 1-128 characters of [A-Za-z0-9._:-]")
     policies = raw.get("policies")
     if policies is not None and not (isinstance(policies, list)
@@ -138,6 +139,7 @@ class Gate:
         self.core = core
         self.keys = keys
         self.state = state
+        self.tenants = TenantLimiter(core.config.tenant_max_concurrency)
         if keys is None:
             log_event(logger, "no API keys configured (--api-keys): the router is open and "
                               "takes each request's tenant field as given", logging.WARNING)
@@ -164,10 +166,18 @@ class Gate:
 
     async def stream(self, key: ApiKey | None, request: router_pb2.GenerateRequest,
                      deadline: Deadline) -> AsyncIterator[router_pb2.GenerateChunk]:
-        """The core's answer to an authorized request; the key's own rate limit is taken
-        first and given back when the core refuses the request before answering (a
-        refused request changes no state)."""
+        """The core's answer to an authorized request, within its tenant's concurrency cap
+        (router/tenancy.py: refused at once beyond it)."""
         self.authorize(key, request)
+        with self.tenants.hold(request.tenant):
+            async with aclosing(self._answer(key, request, deadline)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def _answer(self, key: ApiKey | None, request: router_pb2.GenerateRequest,
+                      deadline: Deadline) -> AsyncIterator[router_pb2.GenerateChunk]:
+        """The key's own rate limit is taken first and given back when the core refuses the
+        request before answering (a refused request changes no state)."""
         limits = await self._admit_key(key)
         answered = False
         try:

@@ -65,6 +65,9 @@ class RouterConfig(ServiceConfig, RequestLimits):
     token_budget: int = option(0, "Per-tenant output tokens per window (max_tokens is reserved "
                                   "at admission, the unused part refunded); 0 = off.")
     token_budget_window_seconds: float = option(60.0, "Window of the token budget.")
+    tenant_max_concurrency: int = option(
+        0, "Requests one tenant may have in flight on this router; beyond it RESOURCE_EXHAUSTED "
+           "at once (a flooding tenant cannot take the tiers' batch from the others); 0 = off.")
     response_cache_seconds: float = option(
         0.0, "Exact-match response cache TTL for deterministic requests (temperature 0 or a "
              "seed, no session), scoped per tenant; 0 = off.")
@@ -94,6 +97,8 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("target_escalation_rate must be in [0, 1)")
         if self.rate_limit_rps < 0 or self.token_budget < 0 or self.response_cache_seconds < 0:
             raise ValueError("rate_limit_rps, token_budget and response_cache_seconds must be >= 0")
+        if self.tenant_max_concurrency < 0:
+            raise ValueError("tenant_max_concurrency must be >= 0")
         if self.edge_wait_budget_ms < 0:
             raise ValueError("edge_wait_budget_ms must be >= 0")
         if self.default_timeout_seconds <= 0:

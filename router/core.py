@@ -40,7 +40,8 @@ from tandem.v1 import common_pb2, router_pb2
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Tenant and session names; checked with fullmatch (match with "$" let "a\n" through).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass
@@ -135,7 +136,7 @@ class RouterCore:
         prompt = PromptInput.from_pb(request)
         prompt.check_size(self.config.context_window, self.bytes_per_token)
         for field, value in (("session_id", request.session_id), ("tenant", request.tenant)):
-            if value and not NAME_PATTERN.match(value):
+            if value and not NAME_PATTERN.fullmatch(value):
                 raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9._:-]")
         if request.session_id and prompt.raw:
             raise InvalidArgument("raw_prompt: cannot be combined with session_id")
@@ -152,6 +153,7 @@ class RouterCore:
         chunks: list[router_pb2.GenerateChunk] = []
         try:
             prepared, reservation, key, cached = await self.admit(request, deadline, timings)
+            degraded = self.state.degraded  # its history (or cache lookup) was local
             if cached is not None:
                 replayed = await self._replay(cached, reservation, timings, started)
                 reservation = None  # settled by the replay
@@ -173,6 +175,8 @@ class RouterCore:
             with spent(timings, STATE):
                 await self._write_state(request, prepared, reservation, outcome, chunks, final,
                                         key)
+            # Fail-open is labelled, never silent (and counted: state_fallbacks_total).
+            final.decision.state_degraded = degraded or self.state.degraded
             _close_timings(timings, started)
             final.timings.CopyFrom(timings)
             self._observe(prepared, outcome, timings)
@@ -255,7 +259,7 @@ class RouterCore:
                                                 usage.edge_tokens + usage.cloud_tokens),
             budget_window_s=c.token_budget_window_seconds, cache_key=key,
             cache_value=snapshot(chunks, final) if key else b"",
-            cache_ttl_s=c.response_cache_seconds))
+            cache_ttl_s=c.response_cache_seconds, write_id=prepared.routed.request_id))
         await asyncio.gather(complete, *outcome.state_writes)  # all stored before the ack
 
     def _observe(self, prepared: PreparedRequest, outcome: Outcome,

@@ -136,8 +136,37 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
+class Malformed:
+    """What a request that does not deserialize becomes (instead of an exception that gRPC
+    would answer with UNKNOWN and the parser's class name): the handler refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning a ``Malformed`` for bytes it cannot parse."""
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's bytes
+            return Malformed(exc)
+
+    return parse
+
+
+def check_parsed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidArgument("request: not a valid protobuf message of this method's type "
+                              f"({type(request.error).__name__})")
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Aborts RPCs with the status of the Tandem error they raised."""
+    """Aborts RPCs with the status of the Tandem error they raised; a request whose bytes
+    do not parse is INVALID_ARGUMENT before the handler runs."""
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -147,29 +176,30 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        parse = tolerant(handler.request_deserializer)
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    check_parsed(request)
                     return await inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
                     await _abort(context, method, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
+                    check_parsed(request)
                     async for item in inner_stream(request, context):
                         yield item
                 except Exception as exc:  # noqa: BLE001 - mapped, never swallowed
                     await _abort(context, method, exc)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(stream, parse, handler.response_serializer)
         return handler
 
 

@@ -20,6 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+# A stopped service drains for up to its drain_seconds (30 s by default), then gets this
+# much longer before it is killed.
+STOP_TIMEOUT_S = 40.0
 
 
 def _die_with_parent() -> None:
@@ -72,8 +75,10 @@ class ServiceProcess:
         self.http_url = ""
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        # Its own process group: a Ctrl-C in the terminal reaches only the parent, which
+        # stops the children in dependency order (the router drains while the tiers serve).
         return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
-                                env=self._env, preexec_fn=_die_with_parent)
+                                env=self._env, preexec_fn=_die_with_parent, process_group=0)
 
     def restart(self) -> None:
         """Start the service again with the same arguments (after it died)."""
@@ -106,7 +111,7 @@ class ServiceProcess:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM (the service drains), then SIGKILL if it does not exit in time."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -139,7 +144,8 @@ class RedisProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                process_group=0)
 
     def restart(self) -> None:
         """Start the server again (it reloads its append-only file when durable)."""

@@ -17,7 +17,9 @@ class ServiceConfig:
     ready_file: str | None = option(
         None, "Write {address, metrics_port} as JSON here once the service is SERVING.")
     log_level: str = option("info", "Log level: debug, info, warning, error.")
-    drain_seconds: float = option(5.0, "On SIGTERM, let in-flight RPCs finish for this long.")
+    drain_seconds: float = option(
+        30.0, "On SIGTERM: health turns NOT_SERVING and new calls are refused (UNAVAILABLE) at "
+              "once; calls in flight finish for up to this long, then are cut.")
     tls_cert: str | None = option(
         None, "PEM certificate this service serves TLS with (the router also presents it "
               "to the tiers as its client certificate); needs tls_key.")

@@ -124,7 +124,7 @@ def test_budget_controller_converges_to_target_rate(make_store):
 
         store = make_store()
         if isinstance(store, RedisStateStore):
-            await store._redis.delete("tandem:v1:threshold")
+            await store._redis.delete("tandem:v2:threshold")
         controller = ThresholdController(store, initial=0.9, target_rate=0.25, step=0.02)
         rng = np.random.default_rng(0)
         escalated = []

@@ -1,8 +1,8 @@
 """Load-aware routing shared by the policies: a request goes where it can be served in
 time. When the edge would make it wait longer than the budget (or refuses it: its queue is
 full), the cloud answers instead; when the cloud refuses an escalation before streaming
-anything, an edge answer that exists is kept. Either way the decision says so
-(``spilled``, ``spill_reason``) and the router counts it by reason."""
+anything, or is down or out of time, an edge answer that exists is kept. Either way the
+decision says so (``spilled``, ``spill_reason``) and the router counts it by reason."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from tandem.router.policies.base import Outcome, RoutedRequest, stream_from_tier
-from tandem.shared.errors import ResourceExhausted
+from tandem.shared.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
@@ -22,6 +22,8 @@ EDGE_BUSY = "edge_busy"  # estimated edge wait over the budget, or its queue ful
 EDGE_REFUSED = "edge_refused"  # the edge answered RESOURCE_EXHAUSTED
 EDGE_SLOW_DRAFT = "edge_slow_draft"  # speculative: decoded on the cloud alone
 CLOUD_FULL = "cloud_full"  # the escalation was refused; the edge answer was kept
+# The cloud was unreachable or did not answer in time; the edge answer was kept.
+CLOUD_UNAVAILABLE = "cloud_unavailable"
 
 
 def spill(outcome: Outcome, reason: str) -> None:
@@ -65,7 +67,10 @@ async def edge_or_cloud(tiers: Tiers, request: RoutedRequest, outcome: Outcome,
 async def or_keep_edge_answer(escalation: AsyncIterator[Segment], outcome: Outcome,
                               edge: common_pb2.TierGenerateResponse) -> AsyncIterator[Segment]:
     """An escalation's stream, or the edge answer it would replace when the cloud refuses
-    it (RESOURCE_EXHAUSTED) before streaming anything."""
+    it (RESOURCE_EXHAUSTED), is down (UNAVAILABLE) or runs out of time (DEADLINE_EXCEEDED:
+    the tier calls keep a margin of the request's deadline for this answer) before
+    streaming anything. The escalation's own writes are gone with it; speculation never
+    streams a token the cloud has not verified, so nothing unverified was sent."""
     streamed = False
     try:
         async with aclosing(escalation):
@@ -73,10 +78,11 @@ async def or_keep_edge_answer(escalation: AsyncIterator[Segment], outcome: Outco
                 streamed = True
                 yield piece
         return
-    except ResourceExhausted:
+    except (ResourceExhausted, Unavailable, DeadlineExceeded) as exc:
         if streamed:
             raise
-    spill(outcome, CLOUD_FULL)
+        reason = CLOUD_FULL if isinstance(exc, ResourceExhausted) else CLOUD_UNAVAILABLE
+    spill(outcome, reason)
     outcome.decision.escalated = False
     outcome.usage.edge_tokens += len(edge.token_ids)
     outcome.finish_reason = edge.finish_reason

@@ -50,10 +50,19 @@ class Completion:
     cache_key: str | None = None
     cache_value: bytes = b""
     cache_ttl_s: float = 0.0
+    # Names the write so that it is applied once (a store that can see one write twice:
+    # a late execution after a freeze and the fallback's replay); empty: no such check.
+    write_id: str = ""
 
 
 class StateStore(ABC):
     """All router state. Keys are namespaced per tenant and every key carries a TTL."""
+
+    @property
+    def degraded(self) -> bool:
+        """Whether operations are served from a local fallback instead of the shared store
+        right now (the router labels the answers it gives meanwhile: state_degraded)."""
+        return False
 
     # -- sessions -------------------------------------------------------------------
     @abstractmethod
@@ -61,8 +70,10 @@ class StateStore(ABC):
         """The session's turns, oldest first (empty for a new or expired session)."""
 
     @abstractmethod
-    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float) -> None:
-        """Add turns and push the session's expiry ``ttl_s`` into the future."""
+    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float,
+                     write_id: str = "") -> None:
+        """Add turns and push the session's expiry ``ttl_s`` into the future (once per
+        ``write_id`` where the backend can tell; see Completion.write_id)."""
 
     # -- admission ------------------------------------------------------------------
     @abstractmethod
@@ -138,7 +149,8 @@ class StateStore(ABC):
     async def complete(self, done: Completion) -> None:
         """Apply a completed request's writes (this default: one after another)."""
         if done.session_id:
-            await self.append(done.tenant, done.session_id, done.turns, done.session_ttl_s)
+            await self.append(done.tenant, done.session_id, done.turns, done.session_ttl_s,
+                              done.write_id)
         if done.refund_tokens > 0:
             await self.refund_tokens(done.tenant, done.refund_tokens, done.budget_window_s)
         if done.cache_key:

@@ -27,7 +27,8 @@ class MemoryStateStore(StateStore):
             return []
         return list(entry[1])
 
-    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float) -> None:
+    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float,
+                     write_id: str = "") -> None:
         existing = await self.history(tenant, session_id)
         self._sessions[(tenant, session_id)] = (time.monotonic() + ttl_s, existing + turns)
 

@@ -112,13 +112,34 @@ if tonumber(ARGV[4]) > 0 then""" + _give_back("KEYS[2]", "tonumber(ARGV[3])", "A
 return 0
 """
 
+# A session write is applied once: a write that timed out on a frozen Redis may still run
+# when it resumes, and the router replays the turns it kept locally meanwhile. The first
+# of the two to run sets the write's marker (WRITE_MARKER_MS); the other finds it and
+# adds nothing. Returns 0 when applied, 1 when the marker was already there.
+_ONCE = """
+if KEYS[{marker}] ~= '-' and not redis.call('SET', KEYS[{marker}], 1, 'NX', 'PX', ARGV[{ttl}]) then
+  return 1
+end
+"""
+# How long a write's marker lives: longer than a frozen Redis's late execution of a
+# timed-out write can be apart from the router's replay of it (both follow the resume).
+WRITE_MARKER_MS = 10 * 60 * 1000
+
+# Session turns, once: KEYS[1]=session, KEYS[2]=write marker ('-': none); ARGV: session
+# ttl_ms, marker ttl_ms, the turns (JSON).
+APPEND_ONCE = _ONCE.format(marker=2, ttl=2) + """
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
+"""
+
 # A completed request's writes in one step: session turns, budget refund, response-cache
 # entry, statistics. KEYS[1]=session, KEYS[2]=budget prefix, KEYS[3]=cache entry,
-# KEYS[4]=statistics hash. ARGV: number of turns, session ttl_ms, refund tokens, window_s,
-# cache ttl_ms (0 = no entry), cache value, statistics ttl_s, the turns (JSON), then
-# statistic name/value pairs.
-COMPLETE = """
-local turns, i = tonumber(ARGV[1]), 8
+# KEYS[4]=statistics hash, KEYS[5]=write marker ('-': none). ARGV: number of turns,
+# session ttl_ms, refund tokens, window_s, cache ttl_ms (0 = no entry), cache value,
+# statistics ttl_s, marker ttl_ms, the turns (JSON), then statistic name/value pairs.
+COMPLETE = _ONCE.format(marker=5, ttl=8) + """
+local turns, i = tonumber(ARGV[1]), 9
 if turns > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, i + turns - 1))
   redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -12,14 +12,18 @@ from typing import Any, TypeVar
 
 from tandem.router.state.base import (RATE_LIMIT, TOKEN_BUDGET, Allowance, Completion, Limits,
                                       StateStore, Turn)
-from tandem.router.state.redis_scripts import (ADMIT, COMPLETE, NUDGE_THRESHOLD, REFUND_TOKENS,
-                                               RESERVE_TOKENS, TAKE_REQUEST, UNADMIT)
+from tandem.router.state.redis_scripts import (ADMIT, APPEND_ONCE, COMPLETE, NUDGE_THRESHOLD,
+                                               REFUND_TOKENS, RESERVE_TOKENS, TAKE_REQUEST,
+                                               UNADMIT, WRITE_MARKER_MS)
 from tandem.shared.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PREFIX = "tandem:v1"
+# v2: the tenant is length-prefixed. v1 joined parts with ':' (which names may contain), so
+# tenant "a" + session "b:c" and tenant "a:b" + session "c" were one key, and an empty
+# tenant was the tenant "-".
+PREFIX = "tandem:v2"
 STATS_TTL_S = 30 * 24 * 3600
 # How long this replica trusts the fleet's cascade threshold it last saw. Its own nudges
 # refresh it (a nudge returns the fleet's value, every replica's nudges included), so a
@@ -31,13 +35,20 @@ ADMIT_REFUSALS = {1: RATE_LIMIT, 2: TOKEN_BUDGET}
 class RedisStateStore(StateStore):
     def __init__(self, url: str, timeout_s: float = 0.25) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.url = url
+        # One retry on a fresh connection: a pooled connection to a Redis that restarted
+        # fails its next command. (redis.retry.Retry, the synchronous class, passed here
+        # retried nothing: the async client awaits what its call_with_retry returns, so
+        # each stale connection failed a request and logged a spurious outage.) A timeout is
+        # not retried: against a frozen Redis it would only double the wait.
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1), decode_responses=False)
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            decode_responses=False)
         self._take = self._redis.register_script(TAKE_REQUEST)
         self._reserve = self._redis.register_script(RESERVE_TOKENS)
         self._refund = self._redis.register_script(REFUND_TOKENS)
@@ -45,11 +56,15 @@ class RedisStateStore(StateStore):
         self._admit = self._redis.register_script(ADMIT)
         self._unadmit = self._redis.register_script(UNADMIT)
         self._complete = self._redis.register_script(COMPLETE)
+        self._append_once = self._redis.register_script(APPEND_ONCE)
         self._threshold_seen: tuple[float, float] | None = None  # (value, monotonic time)
 
     @staticmethod
     def _key(kind: str, tenant: str, name: str = "") -> str:
-        return f"{PREFIX}:{kind}:{tenant or '-'}" + (f":{name}" if name else "")
+        """``tandem:v2:<kind>:<len(tenant)>:<tenant>[:<name>]``: the tenant's length says
+        where it ends, and the name is the last part, so no two (tenant, name) pairs share a
+        key whatever characters they hold."""
+        return f"{PREFIX}:{kind}:{len(tenant)}:{tenant}" + (f":{name}" if name else "")
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -62,16 +77,15 @@ class RedisStateStore(StateStore):
             self._key("session", tenant, session_id), 0, -1))
         return [json.loads(item) for item in raw]
 
-    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float) -> None:
-        key = self._key("session", tenant, session_id)
+    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float,
+                     write_id: str = "") -> None:
+        await self._call("append", lambda: self._append_once(
+            keys=[self._key("session", tenant, session_id), self._marker(write_id)],
+            args=[int(ttl_s * 1000), WRITE_MARKER_MS, *(json.dumps(t) for t in turns)]))
 
-        async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *(json.dumps(t) for t in turns))
-                pipe.pexpire(key, int(ttl_s * 1000))
-                await pipe.execute()
-
-        await self._call("append", write)
+    @staticmethod
+    def _marker(write_id: str) -> str:
+        return f"{PREFIX}:write:{write_id}" if write_id else "-"
 
     async def take_request(self, tenant: str, rate_per_s: float, burst: int) -> Allowance:
         ttl_ms = int(max(burst / rate_per_s, 1.0) * 2000)
@@ -154,10 +168,11 @@ class RedisStateStore(StateStore):
         keys = [self._key("session", done.tenant, done.session_id or "-"),
                 self._key("budget", done.tenant),
                 self._key("cache", done.tenant, done.cache_key or "-"),
-                f"{PREFIX}:stats:{done.policy}"]
+                f"{PREFIX}:stats:{done.policy}",
+                self._marker(done.write_id if turns else "")]
         args = [len(turns), int(done.session_ttl_s * 1000), done.refund_tokens,
                 int(done.budget_window_s), cache_ttl_ms, done.cache_value if cache_ttl_ms else b"",
-                STATS_TTL_S, *turns, *stats]
+                STATS_TTL_S, WRITE_MARKER_MS, *turns, *stats]
         await self._call("complete", lambda: self._complete(keys=keys, args=args))
 
     async def add_stats(self, policy: str, counts: dict[str, int]) -> None:

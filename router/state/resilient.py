@@ -2,13 +2,16 @@
 
 A failed Redis call opens a short circuit: for ``retry_s`` every operation goes to the
 local store at once (no timeout paid per request), each is counted, and the outage is
-logged once. Session turns written during the outage are kept and replayed to Redis
-when it answers again, so no acknowledged turn is lost; while Redis is up every write is
-in Redis before the request is acknowledged.
+logged once; then one request at a time probes Redis while the others stay local. Session
+turns written during the outage are kept and replayed to Redis when it answers again
+(once each, by one replayer, before any newer write), so no acknowledged turn is lost or
+doubled; while Redis is up every write is in Redis before the request is acknowledged.
+Answers given meanwhile are labelled (``degraded``; the router's state_degraded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +36,10 @@ class ResilientStateStore(StateStore):
         self._retry_s = retry_s
         self._down_until = 0.0
         self._down = False
-        self._pending: list[tuple[str, str, list[Turn], float]] = []
+        self._probing = False  # one request at a time finds out whether Redis is back
+        self._replaying = asyncio.Lock()
+        # (tenant, session, turns, ttl_s, write id) of session writes made while down.
+        self._pending: list[tuple[str, str, list[Turn], float, str]] = []
 
     @property
     def degraded(self) -> bool:
@@ -41,7 +47,8 @@ class ResilientStateStore(StateStore):
 
     async def _use(self, op: str, primary: Callable[[], Awaitable[T]],
                    local: Callable[[], Awaitable[T]]) -> T:
-        if time.monotonic() >= self._down_until:
+        if time.monotonic() >= self._down_until and not (self._down and self._probing):
+            self._probing = self._down
             try:
                 await self._replay()
                 result = await primary()
@@ -52,6 +59,8 @@ class ResilientStateStore(StateStore):
                     self._down = False
                     log_event(logger, "state store recovered: back on redis")
                 return result
+            finally:
+                self._probing = False
         self._on_fallback(op)
         return await local()
 
@@ -63,22 +72,30 @@ class ResilientStateStore(StateStore):
                       "state", level=logging.WARNING, error=str(exc))
 
     async def _replay(self) -> None:
-        while self._pending:
-            tenant, session_id, turns, ttl_s = self._pending[0]
-            await self.primary.append(tenant, session_id, turns, ttl_s)
-            self._pending.pop(0)
+        """Write the turns kept while Redis was down, oldest first. One replayer: the
+        others wait for it, so that no newer turn of a session overtakes its older ones;
+        each write carries its id, so a write Redis ran late (it had timed out before a
+        freeze) is not added twice."""
+        if not self._pending:
+            return
+        async with self._replaying:
+            while self._pending:
+                tenant, session_id, turns, ttl_s, write_id = self._pending[0]
+                await self.primary.append(tenant, session_id, turns, ttl_s, write_id)
+                self._pending.pop(0)
 
     async def history(self, tenant: str, session_id: str) -> list[Turn]:
         return await self._use("history", lambda: self.primary.history(tenant, session_id),
                                lambda: self.local.history(tenant, session_id))
 
-    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float) -> None:
+    async def append(self, tenant: str, session_id: str, turns: list[Turn], ttl_s: float,
+                     write_id: str = "") -> None:
         async def locally() -> None:
             await self.local.append(tenant, session_id, turns, ttl_s)
-            self._pending.append((tenant, session_id, turns, ttl_s))
+            self._pending.append((tenant, session_id, turns, ttl_s, write_id))
 
-        await self._use("append", lambda: self.primary.append(tenant, session_id, turns, ttl_s),
-                        locally)
+        await self._use("append", lambda: self.primary.append(tenant, session_id, turns, ttl_s,
+                                                              write_id), locally)
 
     async def take_request(self, tenant: str, rate_per_s: float, burst: int) -> Allowance:
         return await self._use("rate_limit",
@@ -148,7 +165,7 @@ class ResilientStateStore(StateStore):
             await self.local.complete(done)
             if done.session_id:
                 self._pending.append((done.tenant, done.session_id, done.turns,
-                                      done.session_ttl_s))
+                                      done.session_ttl_s, done.write_id))
 
         await self._use("complete", lambda: self.primary.complete(done), locally)
 

@@ -36,7 +36,7 @@ class Segment(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
-    __slots__ = ("policy", "escalated", "score", "threshold", "route_score", "draft_length", "cached", "speculation_abandoned", "pipelined_rounds", "spilled", "spill_reason")
+    __slots__ = ("policy", "escalated", "score", "threshold", "route_score", "draft_length", "cached", "speculation_abandoned", "pipelined_rounds", "spilled", "spill_reason", "state_degraded")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ESCALATED_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class RoutingDecision(_message.Message):
     PIPELINED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SPILLED_FIELD_NUMBER: _ClassVar[int]
     SPILL_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_DEGRADED_FIELD_NUMBER: _ClassVar[int]
     policy: str
     escalated: bool
     score: float
@@ -59,7 +60,8 @@ class RoutingDecision(_message.Message):
     pipelined_rounds: int
     spilled: bool
     spill_reason: str
-    def __init__(self, policy: _Optional[str] = ..., escalated: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., route_score: _Optional[float] = ..., draft_length: _Optional[int] = ..., cached: _Optional[bool] = ..., speculation_abandoned: _Optional[bool] = ..., pipelined_rounds: _Optional[int] = ..., spilled: _Optional[bool] = ..., spill_reason: _Optional[str] = ...) -> None: ...
+    state_degraded: bool
+    def __init__(self, policy: _Optional[str] = ..., escalated: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., route_score: _Optional[float] = ..., draft_length: _Optional[int] = ..., cached: _Optional[bool] = ..., speculation_abandoned: _Optional[bool] = ..., pipelined_rounds: _Optional[int] = ..., spilled: _Optional[bool] = ..., spill_reason: _Optional[str] = ..., state_degraded: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "segments", "finish_reason", "usage", "timings", "decision", "session_id")
