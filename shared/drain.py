@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 # Health checks are answered while draining (they say NOT_SERVING).
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
+from tandem.shared.errors import HEALTH_PREFIX
 
 
 class DrainGate(grpc.aio.ServerInterceptor):

@@ -12,6 +12,9 @@ from typing import Any
 
 import grpc
 
+# grpc.health.v1's methods (served by grpc's own servicer).
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
 logger = logging.getLogger(__name__)
 
 
@@ -188,7 +191,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     await _abort(context, method, exc)
 
             return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
-        if handler.unary_stream:
+        # grpc's health servicer streams Watch with context.write (a coroutine, not an
+        # async generator): wrapping it broke every Watch, which the router's replica
+        # health watch relies on. It raises no Tandem errors; it is passed through.
+        if handler.unary_stream and not method.startswith(HEALTH_PREFIX):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

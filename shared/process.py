@@ -3,6 +3,7 @@ they serve: used by `tandem up` and by the test fixtures."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,12 +30,26 @@ def _die_with_parent() -> None:
     """In the child: receive SIGTERM when the process that started it dies, so a killed
     test run or `tandem up` leaves no orphaned services holding models and ports (Linux;
     elsewhere children must be stopped explicitly). The signal follows the *thread* that
-    started the child: start services from a thread that lives as long as they should."""
+    started the child, hence ``spawn``."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Children are started on this one thread, which lives as long as the process: a service
+# restarted from a short-lived thread (asyncio.to_thread, a scenario's worker) got SIGTERM
+# as soon as that thread exited.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+
+def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(command)`` in its own process group (a Ctrl-C in the terminal
+    reaches only the parent, which stops the children in dependency order), dying with
+    this process."""
+    return _SPAWNER.submit(subprocess.Popen, command, preexec_fn=_die_with_parent,
+                           process_group=0, **kwargs).result()
 
 
 class ServiceFailed(RuntimeError):
@@ -75,10 +90,7 @@ class ServiceProcess:
         self.http_url = ""
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        # Its own process group: a Ctrl-C in the terminal reaches only the parent, which
-        # stops the children in dependency order (the router drains while the tiers serve).
-        return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
-                                env=self._env, preexec_fn=_die_with_parent, process_group=0)
+        return spawn(self._command, stdout=self._log, stderr=subprocess.STDOUT, env=self._env)
 
     def restart(self) -> None:
         """Start the service again with the same arguments (after it died)."""
@@ -143,9 +155,7 @@ class RedisProcess:
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                process_group=0)
+        return spawn(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def restart(self) -> None:
         """Start the server again (it reloads its append-only file when durable)."""

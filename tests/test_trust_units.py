@@ -141,6 +141,23 @@ def test_malformed_protobuf_is_invalid_argument_not_unknown():
     assert "protobuf" in error.details() and "class" not in error.details()
 
 
+def test_health_watch_streams_through_the_services_interceptors():
+    """The router's replica health watch uses Watch; the interceptors once broke it."""
+    async def scenario():
+        server, address = await serve_with([DrainGate("test"), ErrorMappingInterceptor()], {})
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(), timeout=5)
+                first = await watch.read()
+                watch.cancel()
+            return first.status
+        finally:
+            await server.stop(0)
+
+    assert run(scenario()) == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_a_draining_server_refuses_new_calls_and_lets_running_ones_finish():
     async def slow(request, context):
         for i in range(5):
