@@ -20,7 +20,7 @@ from tandem.router.policies.base import (Outcome, Policy, PolicyResources, Route
 from tandem.router.policies.cascade import CascadePolicy
 from tandem.router.policies.route import RoutePolicy
 from tandem.router.policies.speculative import SpeculativePolicy
-from tandem.router.policies.spill import or_keep_edge_answer
+from tandem.router.policies.spill import or_edge_answer, or_keep_edge_answer
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
@@ -55,7 +55,8 @@ class AutoPolicy(Policy):
         if self.route is not None and not self.route.predict(request, outcome,
                                                              self.skip_edge_below):
             outcome.decision.escalated = True
-            async with aclosing(self.speculative.decode(request, tiers, outcome)) as chunks:
+            cloud_first = self.speculative.decode(request, tiers, outcome)
+            async with aclosing(or_edge_answer(cloud_first, tiers, request, outcome)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return

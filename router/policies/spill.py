@@ -87,3 +87,26 @@ async def or_keep_edge_answer(escalation: AsyncIterator[Segment], outcome: Outco
     outcome.usage.edge_tokens += len(edge.token_ids)
     outcome.finish_reason = edge.finish_reason
     yield Segment(common_pb2.TIER_EDGE, edge.text, tuple(edge.token_ids))
+
+
+async def or_edge_answer(cloud: AsyncIterator[Segment], tiers: Tiers, request: RoutedRequest,
+                         outcome: Outcome) -> AsyncIterator[Segment]:
+    """A cloud-first stream (a policy that judged the request too hard for the edge), or
+    the edge's own answer when the cloud is down (UNAVAILABLE) before streaming anything:
+    a degraded answer, labelled ``cloud_unavailable``, beats an error for auto."""
+    streamed = False
+    try:
+        async with aclosing(cloud):
+            async for piece in cloud:
+                streamed = True
+                yield piece
+        return
+    except Unavailable:
+        if streamed:
+            raise
+    spill(outcome, CLOUD_UNAVAILABLE)
+    outcome.decision.escalated = False
+    async with aclosing(stream_from_tier(tiers, common_pb2.TIER_EDGE, request,
+                                         outcome)) as edge:
+        async for piece in edge:
+            yield piece
