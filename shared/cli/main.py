@@ -18,7 +18,7 @@ SERVICES = {
 }
 
 # Modules of tandem.shared.cli that each add one subcommand with `add_parser(sub)`.
-COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress", "health")
+COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress", "health", "chaos")
 
 
 def _load(path: str) -> Any:
