@@ -131,8 +131,11 @@ class CloudEngine:
                      deadline: Deadline | None = None) -> VerifyResult:
         """Score ``draft`` after ``tokens`` in one scheduled step, reusing the session's KV
         (and the tenant's prefix cache); rejected positions' KV is rolled back."""
-        self._admit_check(deadline)
         key = (tenant, session_id)
+        if key not in self.sessions:
+            # A session already holding KV is an answer under way (its tokens may be
+            # streamed): its next round is not refused, or the work done so far is lost.
+            self._admit_check(deadline)
         seq = self._session_sequence(key, tokens, draft)
         request = VerificationRequest(
             seq=seq, sampler=TokenSampler(sampling), num_prompt=len(tokens),
@@ -145,7 +148,11 @@ class CloudEngine:
             self._abort(request)
 
     def end_session(self, tenant: str, session_id: str) -> bool:
-        return self.sessions.drop(tenant, session_id)
+        dropped = self.sessions.drop(tenant, session_id)
+        # Outside the loop, which refreshes the gauges only when it wakes: the KV gauge
+        # went on counting an ended session's blocks while the engine sat idle.
+        self._update_gauges()
+        return dropped
 
     def close(self) -> None:
         if self._loop_task is not None:

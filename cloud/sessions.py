@@ -26,6 +26,9 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     @property
     def cached_tokens(self) -> int:
         return sum(seq.num_computed for seq, _ in self._entries.values())

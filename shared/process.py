@@ -26,16 +26,25 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 STOP_TIMEOUT_S = 40.0
 
 
+def _load_prctl():  # type: ignore[no-untyped-def]
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+# Resolved in the parent: loading a library in the forked child (between fork and exec
+# in a process with other threads) crashed it once in the reliability battery.
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In the child: receive SIGTERM when the process that started it dies, so a killed
     test run or `tandem up` leaves no orphaned services holding models and ports (Linux;
     elsewhere children must be stopped explicitly). The signal follows the *thread* that
     started the child, hence ``spawn``."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # Children are started on this one thread, which lives as long as the process: a service
