@@ -98,7 +98,8 @@ def counter_deltas(before: dict[str, float], after: dict[str, float]) -> dict[st
 
 
 class CpuMeter:
-    """CPU seconds of service processes over a run, as average cores busy."""
+    """CPU seconds of service processes over a run, as average cores busy, and their
+    resident memory before and after it."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         import psutil
@@ -106,6 +107,10 @@ class CpuMeter:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.started = time.monotonic()
         self.cpu0 = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.rss_before = self.rss_mb()
+
+    def rss_mb(self) -> dict[str, float]:
+        return {name: round(p.memory_info().rss / 2**20, 1) for name, p in self.procs.items()}
 
     @staticmethod
     def _cpu(proc: Any) -> float:
@@ -138,6 +143,7 @@ def run_load_test(test: LoadTest, metrics: dict[str, str] | None = None,
                               for name, addr in (metrics or {}).items()}
     if meter:
         server["cpu_cores_busy"] = meter.cores_busy()
+        server["rss_mb_before"], server["rss_mb_after"] = meter.rss_before, meter.rss_mb()
     if server:
         summary["server"] = server
     summary["locust"] = {"exit_code": proc.returncode, "output_dir": str(out)}

@@ -21,7 +21,7 @@ from tests.conftest import start_services
 pytestmark = pytest.mark.real_model
 
 KEYS = {"alice": "sk-alice-7f3a", "bob": "sk-bob-91c2", "erin": "sk-erin-55d0",
-        "carol": "sk-carol-edge-only"}
+        "carol": "sk-carol-edge-only", "dave": "sk-dave-sdk-2e4b"}
 # Tenants' rate limit on this router: a burst of 3, then one request per 100 s.
 TENANT_BURST = 3
 
@@ -124,3 +124,17 @@ def test_a_key_is_limited_to_its_policies_and_its_own_rate(keyed_router):
     with pytest.raises(openai.RateLimitError) as limited:
         chat(carol, "hi")
     assert "API key" in limited.value.body["message"]
+
+
+def test_the_sdk_sends_its_api_key(keyed_router):
+    """TandemClient(api_key=...) authenticates to a router with keys; without it the SDK
+    raises the typed authentication error."""
+    from tandem.edge.sdk import TandemClient
+    from tandem.shared.errors import Unauthenticated
+
+    with TandemClient(mode="remote", router_address=keyed_router.address,
+                      api_key=KEYS["dave"], policy="edge") as client:
+        assert client.generate("Say hi.", max_tokens=4).text
+    with TandemClient(mode="remote", router_address=keyed_router.address,
+                      policy="edge") as anonymous, pytest.raises(Unauthenticated):
+        anonymous.generate("Say hi.", max_tokens=4)

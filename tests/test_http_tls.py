@@ -133,3 +133,20 @@ def test_internal_token_guards_a_tier(real_stack, tmp_path):
                 router.stop()
     finally:
         edge.stop()
+
+
+def test_the_sdk_reaches_a_tls_router_and_an_mtls_cloud(mtls_stack, pki):
+    """Remote mode over the router's TLS port; on-device mode to a cloud that asks for a
+    client certificate (presenting one from the CA, as a provisioned device would)."""
+    from tandem.edge.sdk import TandemClient
+
+    with TandemClient(mode="remote", router_address=mtls_stack["router"].address,
+                      tls_ca=pki["ca"], policy="cloud") as remote:
+        assert remote.generate("Say hello.", max_tokens=6).text
+    with TandemClient(mode="on_device", cloud_address=mtls_stack["cloud"].address,
+                      tls_ca=pki["ca"], tls_cert=pki["router"], tls_key=pki["router_key"],
+                      threads=1, policy="cloud", offline_fallback=False) as device:
+        reply = device.generate("Say hello.", max_tokens=6)
+        assert reply.tiers == ("cloud",) and not reply.degraded
+    with pytest.raises(ValueError, match="go together"):
+        TandemClient(mode="remote", tls_cert=pki["router"])

@@ -5,6 +5,7 @@ Tandem router service). Both turn a router GenerateRequest into GenerateChunks."
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tandem.shared.config import option
 from tandem.shared.deadlines import Deadline
+from tandem.shared.grpc_security import ChannelSecurity
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.shared.limits import RequestLimits
 from tandem.shared.models import DEFAULT_MODEL
@@ -59,6 +61,11 @@ class ClientConfig(RequestLimits):
              "the remaining deadline).")
     max_retries: int = option(2, "Retries of a call that failed UNAVAILABLE before streaming.")
     retry_backoff_s: float = option(0.2, "First retry delay; doubles each retry, jittered.")
+    api_key: str = option("", "remote: the router's API key (sent as Authorization: Bearer).")
+    tls_ca: str = option("", "PEM CA that the router's (remote) or the cloud's (on_device) "
+                             "certificate must be signed by; empty: plaintext.")
+    tls_cert: str = option("", "With tls_ca: this client's PEM certificate, for mTLS.")
+    tls_key: str = option("", "With tls_cert: its private key.")
     metadata: dict[str, str] = field(default_factory=dict)  # sent with every call
 
     def __post_init__(self) -> None:
@@ -68,7 +75,17 @@ class ClientConfig(RequestLimits):
             raise ValueError("deadline_s must be > 0 and edge_reserve_s >= 0")
         if self.max_retries < 0 or self.retry_backoff_s < 0:
             raise ValueError("max_retries and retry_backoff_s must be >= 0")
+        if (self.tls_cert or self.tls_key) and not (self.tls_ca and self.tls_cert
+                                                    and self.tls_key):
+            raise ValueError("tls_cert and tls_key go together, with tls_ca")
+        for path in (self.tls_ca, self.tls_cert, self.tls_key):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"TLS file not found: {path}")
         self.check_request_limits()
+
+    def security(self) -> ChannelSecurity:
+        """How this client's channel is secured (plaintext when no tls_ca)."""
+        return ChannelSecurity(self.tls_ca or None, self.tls_cert or None, self.tls_key or None)
 
 
 class Engine(Protocol):
@@ -82,13 +99,14 @@ class RemoteEngine:
     """A Tandem router service over gRPC."""
 
     def __init__(self, config: ClientConfig) -> None:
-        self._channel = grpc.aio.insecure_channel(config.router_address, options=CHANNEL_OPTIONS)
+        self._channel = config.security().aio_channel(config.router_address, CHANNEL_OPTIONS)
+        self._auth = (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
         self._stub = router_pb2_grpc.RouterStub(self._channel)
 
     async def stream(self, request: router_pb2.GenerateRequest, deadline: Deadline,
                      metadata: dict[str, str]) -> AsyncIterator[router_pb2.GenerateChunk]:
         call = self._stub.GenerateStream(request, timeout=deadline.timeout(),
-                                         metadata=tuple(metadata.items()) or None)
+                                         metadata=(*self._auth, *metadata.items()) or None)
         try:
             async for chunk in call:
                 yield chunk
@@ -141,7 +159,8 @@ class LocalEngine:
         tokenizer = resources.tokenizer
         edge = EdgeHandler(edge_config, self.backend, tokenizer, eos_token_ids(tokenizer),
                            CollectorRegistry())
-        self.tiers = LocalTiers(edge, config.cloud_address, config.edge_reserve_s)
+        self.tiers = LocalTiers(edge, config.cloud_address, config.edge_reserve_s,
+                                security=config.security())
         policies = create_policies(router_config, resources)
         if config.policy not in policies:
             raise ValueError(f"policy {config.policy!r} is not one of {sorted(policies)}")

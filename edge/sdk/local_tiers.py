@@ -21,6 +21,7 @@ from tandem.edge.handler import EdgeHandler
 from tandem.router.tiers import GrpcCloud
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import DeadlineExceeded, TandemError
+from tandem.shared.grpc_security import ChannelSecurity
 from tandem.v1 import cloud_pb2, common_pb2, edge_pb2
 
 T = TypeVar("T")
@@ -91,9 +92,9 @@ class LocalTiers:
     """An in-process edge and a remote cloud, as one Tiers."""
 
     def __init__(self, edge: EdgeHandler, cloud_address: str, edge_reserve_s: float = 2.0,
-                 cloud_rtt_s: float = 0.0) -> None:
+                 cloud_rtt_s: float = 0.0, security: ChannelSecurity | None = None) -> None:
         self.edge = InProcessEdge(edge)
-        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s)
+        self.cloud = GrpcCloud(cloud_address, cloud_rtt_s, security)
         self.edge_reserve_s = edge_reserve_s
         # The edge calls are the in-process edge's own methods.
         self.edge_generate = self.edge.edge_generate
