@@ -6,6 +6,7 @@ serving. The kill test runs last (the module's stack keeps one replica afterward
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -158,6 +159,9 @@ def test_chat_workload_uses_both_replicas_and_keeps_its_prefix_hits(fleet):
                                     tier="cloud", replica=c.address)
                    - total(before, "tandem_router_replica_requests_total",
                            tier="cloud", replica=c.address) for c in fleet.clouds}
+    print(json.dumps({"chat_prefix_hit_ratio": {"one_replica": round(one, 3),
+                                                "two_replicas": round(two, 3)},
+                      "requests_per_replica": per_replica}))
     assert all(n > 0 for n in per_replica.values()), per_replica
     assert sum(per_replica.values()) == 24
     assert two >= 0.9 * one, (one, two)
@@ -187,6 +191,7 @@ def test_speculative_sessions_verify_where_their_kv_is(fleet):
                 - total(before, "tandem_router_replica_requests_total", method="verify",
                         replica=c.address) for c in fleet.clouds}
     rounds = sum(a.usage.cloud_forward_passes for a in answers)
+    print(json.dumps({"speculative_verifies_per_replica": verifies, "cloud_passes": rounds}))
     assert sum(verifies.values()) >= len(prompts) and all(n > 0 for n in verifies.values())
     assert sum(verifies.values()) <= rounds  # every round one Verify (none retried)
     for name in ("tandem_router_session_rebuilds_total", "tandem_router_session_kv_misses_total",
