@@ -4,7 +4,6 @@ they serve: used by `tandem up` and by the test fixtures."""
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import json
 import os
 import shutil
@@ -20,31 +19,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 # A stopped service drains for up to its drain_seconds (30 s by default), then gets this
 # much longer before it is killed.
 STOP_TIMEOUT_S = 40.0
 
 
-def _load_prctl():  # type: ignore[no-untyped-def]
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        return None
+# Children get SIGTERM when the process that started them dies, so a killed test run or
+# `tandem up` leaves no orphaned services holding models and ports. util-linux's setpriv
+# sets that (PR_SET_PDEATHSIG) and execs the command: Python code between fork and exec
+# (a preexec_fn) segfaulted children forked while gRPC's threads were running. Without
+# setpriv (not Linux), children must be stopped explicitly. The signal follows the
+# *thread* that started the child, hence ``spawn``.
+_SETPRIV = shutil.which("setpriv")
 
 
-# Resolved in the parent: loading a library in the forked child (between fork and exec
-# in a process with other threads) crashed it once in the reliability battery.
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when the process that started it dies, so a killed
-    test run or `tandem up` leaves no orphaned services holding models and ports (Linux;
-    elsewhere children must be stopped explicitly). The signal follows the *thread* that
-    started the child, hence ``spawn``."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dying_with_parent(command: list[str]) -> list[str]:
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *command] if _SETPRIV else command
 
 
 # Children are started on this one thread, which lives as long as the process: a service
@@ -57,8 +47,8 @@ def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(command)`` in its own process group (a Ctrl-C in the terminal
     reaches only the parent, which stops the children in dependency order), dying with
     this process."""
-    return _SPAWNER.submit(subprocess.Popen, command, preexec_fn=_die_with_parent,
-                           process_group=0, **kwargs).result()
+    return _SPAWNER.submit(subprocess.Popen, _dying_with_parent(command), process_group=0,
+                           **kwargs).result()
 
 
 class ServiceFailed(RuntimeError):

@@ -269,3 +269,29 @@ def test_a_tenant_at_its_concurrency_cap_is_refused_and_others_are_not():
     assert limiter.in_flight("a") == 0
     with TenantLimiter(0).hold("a"), TenantLimiter(0).hold("a"):
         pass  # 0: no cap
+
+
+def test_a_child_dies_with_the_process_that_started_it(tmp_path):
+    """spawn() children get SIGTERM when their parent dies (no orphaned services)."""
+    import subprocess
+    import sys
+    import time
+
+    script = ("from tandem.shared.process import spawn\n"
+              "child = spawn(['sleep', '60'])\n"
+              "print(child.pid, flush=True)\n")
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, check=True)
+    pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
