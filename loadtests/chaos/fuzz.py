@@ -39,7 +39,9 @@ class FuzzSettings:
     edge: int = 500
     raw: int = 300  # raw random byte strings, spread over every method
     concurrency: int = 4
-    timeout_s: float = 60.0  # a request still running then counts as a hang
+    # A request still running then counts as a hang. A 3,000-token prompt takes the edge
+    # ~12 s to prefill alone on 2 cores, and two at once beside the rest took over 60 s.
+    timeout_s: float = 180.0
     seed: int | None = None
 
 
