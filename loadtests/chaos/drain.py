@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from tandem.loadtests.chaos.calls import Result, Router, request, stream, tally
-from tandem.loadtests.chaos.scenario import Report, timed, wait_until
+from tandem.loadtests.chaos.scenario import Report, timed_if_breakable, wait_until
 from tandem.loadtests.chaos.stack import CROWD, ChaosStack, metric
 from tandem.shared.process import health_status
 from tandem.v1 import common_pb2
@@ -36,11 +36,8 @@ class DrainSettings:
 
 async def run(stack: ChaosStack, settings: DrainSettings) -> Report:
     report = Report("graceful_drain", PROMISE)
-    if not stack.can_break():
-        report.skipped = "needs a stack started by chaos (--up): services are stopped"
-        return report
-    await timed(report, _run(stack, settings, report))
-    return report
+    return await timed_if_breakable(report, stack, "services are stopped",
+                                    lambda: _run(stack, settings, report))
 
 
 async def _run(stack: ChaosStack, settings: DrainSettings, report: Report) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem.loadtests.chaos.calls import Result, Router, request, stream, tally
-from tandem.loadtests.chaos.scenario import Report, timed
+from tandem.loadtests.chaos.scenario import Report, timed_if_breakable
 from tandem.loadtests.chaos.stack import CROWD, ChaosStack
 
 PROMISE = ("every request ends within its deadline, OK with a correct answer or UNAVAILABLE/"
@@ -99,11 +99,8 @@ class Faults:
 
 async def run(stack: ChaosStack, settings: FaultSettings) -> Report:
     report = Report("tier_faults", PROMISE)
-    if not stack.can_break():
-        report.skipped = "needs a stack started by chaos (--up): faults are injected"
-        return report
-    await timed(report, _run(Faults(stack, settings, report)))
-    return report
+    return await timed_if_breakable(report, stack, "faults are injected",
+                                    lambda: _run(Faults(stack, settings, report)))
 
 
 async def _run(f: Faults) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tandem.loadtests.chaos.calls import Result, Router, latency_ms, request, stream, tally
-from tandem.loadtests.chaos.scenario import Report, timed
+from tandem.loadtests.chaos.scenario import Report, timed_if_breakable
 from tandem.loadtests.chaos.stack import CROWD, ChaosStack, metric
 
 PROMISE = ("requests succeed through a frozen or restarting Redis (fail-open, labelled and "
@@ -95,11 +95,8 @@ class Conversations:
 
 async def run(stack: ChaosStack, settings: RedisSettings) -> Report:
     report = Report("redis", PROMISE)
-    if not stack.can_break():
-        report.skipped = "needs a stack started by chaos (--up): Redis is frozen and killed"
-        return report
-    await timed(report, _run(stack, settings, report))
-    return report
+    return await timed_if_breakable(report, stack, "Redis is frozen and killed",
+                                    lambda: _run(stack, settings, report))
 
 
 async def _run(stack: ChaosStack, settings: RedisSettings, report: Report) -> None:

@@ -51,6 +51,16 @@ async def timed(report: Report, body: Awaitable[None]) -> Report:
     return report
 
 
+async def timed_if_breakable(report: Report, target: Any, why: str,
+                             body: Callable[[], Awaitable[None]]) -> Report:
+    """``timed(report, body())`` on a stack this machine started (``target.can_break()``);
+    elsewhere the scenario is reported skipped, saying what it would break (``why``)."""
+    if not target.can_break():
+        report.skipped = f"needs a stack started by chaos (--up): {why}"
+        return report
+    return await timed(report, body())
+
+
 async def wait_until(predicate: Callable[[], bool], timeout_s: float,
                      interval_s: float = 0.05) -> float | None:
     """Seconds until ``predicate()`` held (polled), or None when it did not in time."""
