@@ -52,8 +52,8 @@ class AutoPolicy(Policy):
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Segment]:
         assert self.cascade is not None and self.speculative is not None
-        if self.route is not None and not self.route.predict(request, outcome,
-                                                             self.skip_edge_below):
+        if self.route is not None and not await self.route.predict(request, outcome,
+                                                                   self.skip_edge_below):
             outcome.decision.escalated = True
             cloud_first = self.speculative.decode(request, tiers, outcome)
             async with aclosing(or_edge_answer(cloud_first, tiers, request, outcome)) as chunks:

@@ -4,9 +4,11 @@ whether the edge will answer acceptably; send it to the edge or straight to the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from tandem.router.latency import SCORING, spent
+from tandem.router.offload import CoalescedPredictions
 from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
 from tandem.router.policies.spill import edge_or_cloud
@@ -26,6 +28,7 @@ class RoutePolicy(Policy):
     def __init__(self, router: PromptRouter, threshold: float,
                  edge_wait_budget_s: float = float("inf")) -> None:
         self.router = router
+        self.predictions = CoalescedPredictions(router.predict_many)
         self.threshold = threshold
         self.edge_wait_budget_s = edge_wait_budget_s
 
@@ -35,18 +38,21 @@ class RoutePolicy(Policy):
         return cls(resources.prompt_router, config.route_threshold,
                    config.edge_wait_budget_ms / 1e3)
 
-    def predict(self, request: RoutedRequest, outcome: Outcome,
-                threshold: float | None = None) -> bool:
+    async def predict(self, request: RoutedRequest, outcome: Outcome,
+                      threshold: float | None = None) -> bool:
         """True when P(edge suffices) reaches ``threshold`` (default: the route policy's);
         the estimate is recorded in the decision."""
         with spent(outcome.timings, SCORING):  # MiniLM over the prompt, then the head
-            p_edge = float(self.router.predict_many([request.prompt_text])[0])
+            p_edge = await self.predictions.predict(request.tenant, request.prompt_text)
         outcome.decision.route_score = p_edge
         return p_edge >= (self.threshold if threshold is None else threshold)
 
-    def run(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> AsyncIterator[Segment]:
-        to_edge = self.predict(request, outcome)
+    async def run(self, request: RoutedRequest, tiers: Tiers,
+                  outcome: Outcome) -> AsyncIterator[Segment]:
+        to_edge = await self.predict(request, outcome)
         outcome.decision.escalated = not to_edge
-        if to_edge:
-            return edge_or_cloud(tiers, request, outcome, self.edge_wait_budget_s)
-        return stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome)
+        chunks = (edge_or_cloud(tiers, request, outcome, self.edge_wait_budget_s) if to_edge
+                  else stream_from_tier(tiers, common_pb2.TIER_CLOUD, request, outcome))
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
