@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 # Health checks are answered while draining (they say NOT_SERVING).
 from tandem.shared.errors import HEALTH_PREFIX
+from tandem.shared.interceptors import WrappingInterceptor
 
 
-class DrainGate(grpc.aio.ServerInterceptor):
+class DrainGate(WrappingInterceptor):
     """Counts the calls in flight and, once ``close`` is called, refuses new ones."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.in_flight = 0
         self.closed = False
@@ -54,12 +56,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             f"{self.name} is shutting down (draining); retry on another replica")
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method.startswith(HEALTH_PREFIX):
             return handler
         if handler.unary_unary:
             inner = handler.unary_unary

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from tandem.shared.interceptors import WrappingInterceptor
+
 # grpc.health.v1's methods (served by grpc's own servicer).
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -167,18 +169,11 @@ def check_parsed(request: Any) -> None:
                               f"({type(request.error).__name__})")
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Aborts RPCs with the status of the Tandem error they raised; a request whose bytes
     do not parse is INVALID_ARGUMENT before the handler runs."""
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         parse = tolerant(handler.request_deserializer)
         if handler.unary_unary:
             inner = handler.unary_unary
