@@ -25,7 +25,7 @@ from tandem.cloud.sampler import (
 from tandem.cloud.scheduler import ScheduledSeq, Scheduler
 from tandem.cloud.scheduler import Sequence as Seq
 from tandem.cloud.sessions import SessionStore
-from tandem.shared.backpressure import Backpressure
+from tandem.shared.backpressure import Backpressure, Work
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.sampling import SamplingParams, TokenSampler
@@ -62,6 +62,7 @@ class GenerationRequest(EngineRequest):
     job: TokenRequest  # the caller's request (its queue wait is reported back on it)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     max_tokens: int
+    predicted_s: float | None = None  # what admission predicted it would take
     last_token_at: float = 0.0
     first_token_at: float = 0.0
 
@@ -107,12 +108,15 @@ class CloudEngine:
         """Stream sampled tokens continuing ``job.prompt_ids`` until max_tokens, a stop
         token, or the consumer closes the iterator (which frees the KV at the next step).
         The prefix cache is salted by ``job.tenant``: tenants never share cached KV."""
-        self._admit_check(job.deadline)
         prompt_ids, sampler = job.prompt_ids, job.sampler
+        predicted_s = self._admit_check(self.backpressure.generation(
+            len(prompt_ids), self.scheduler.max_batched_tokens, sampler.params.max_tokens, 0,
+            job.deadline))
         sampler.set_prompt(prompt_ids)
         seq = Seq(job.tenant, list(prompt_ids), committed=len(prompt_ids))
         request = GenerationRequest(seq=seq, sampler=sampler, num_prompt=len(prompt_ids),
-                                    max_tokens=sampler.params.max_tokens, job=job)
+                                    max_tokens=sampler.params.max_tokens, job=job,
+                                    predicted_s=predicted_s)
         self._submit(request)
         try:
             while True:
@@ -135,7 +139,7 @@ class CloudEngine:
         if key not in self.sessions:
             # A session already holding KV is an answer under way (its tokens may be
             # streamed): its next round is not refused, or the work done so far is lost.
-            self._admit_check(deadline)
+            self._admit_check(self._pass(len(tokens) + len(draft), deadline))
         seq = self._session_sequence(key, tokens, draft)
         request = VerificationRequest(
             seq=seq, sampler=TokenSampler(sampling), num_prompt=len(tokens),
@@ -160,21 +164,35 @@ class CloudEngine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ----- admission ----------------------------------------------------------------
-    def _queue(self) -> tuple[int, int]:
-        """(requests waiting beyond the batch's free places, requests running)."""
-        running = len(self.scheduler.running)
-        room = max(self.scheduler.max_num_seqs - running, 0)
-        return max(len(self.scheduler.waiting) - room, 0), running
+    def _work(self, seqs: Sequence[Seq]) -> list[Work]:
+        """What each of ``seqs`` still needs of the model (for admission)."""
+        works = []
+        for seq in seqs:
+            request = self._requests.get(seq.seq_id)
+            if isinstance(request, GenerationRequest):
+                works.append(self.backpressure.generation(
+                    max(seq.num_uncomputed - 1, 0), self.scheduler.max_batched_tokens,
+                    request.max_tokens, request.num_output, request.job.deadline))
+            elif request is not None:  # a Verify round: its uncomputed tokens in one pass
+                works.append(self._pass(seq.num_uncomputed))
+        return works
 
-    def _admit_check(self, deadline: Deadline | None) -> None:
+    def _pass(self, tokens: int, deadline: Deadline | None = None) -> Work:
+        """A verification round: ``tokens`` evaluated in as few steps as they fit."""
+        return Work(tokens, max(-(-tokens // self.scheduler.max_batched_tokens), 1), deadline)
+
+    def _admit_check(self, work: Work) -> float | None:
+        """Admit ``work`` or raise ResourceExhausted; the seconds it is predicted to take."""
         try:
-            self.backpressure.admit(*self._queue(), deadline)
+            return self.backpressure.admit(work, self._work(self.scheduler.running),
+                                           self._work(self.scheduler.waiting))
         except ResourceExhausted:
             self.metrics.rejected.inc()
             raise
 
     def load(self) -> common_pb2.TierLoad:
-        return self.backpressure.load(*self._queue())
+        return self.backpressure.load(self._work(self.scheduler.running),
+                                      self._work(self.scheduler.waiting))
 
     def _session_sequence(self, key: tuple[str, str], tokens: Sequence[int],
                           draft: Sequence[int]) -> Seq:
@@ -222,6 +240,7 @@ class CloudEngine:
         loop = asyncio.get_running_loop()
         while True:
             self._reap_aborted()
+            began = time.monotonic()
             out = self.scheduler.schedule() if self.scheduler.has_work() else None
             self._update_gauges()
             if out is None or not out.scheduled:
@@ -246,6 +265,8 @@ class CloudEngine:
             for item, result in zip(out.scheduled, results):
                 if result is not None:
                     self._deliver(self._requests[item.seq.seq_id], result)
+            self.backpressure.stepped(sum(item.num_tokens for item in out.scheduled),
+                                      time.monotonic() - began)
 
     def _execute(self, scheduled: list[ScheduledSeq]) -> list[object]:
         """Model thread: one forward for the whole batch, then sampling per request. A
@@ -344,7 +365,9 @@ class CloudEngine:
         self.scheduler.finish(request.seq)
         self.metrics.e2e.observe(time.monotonic() - request.arrival)
         if isinstance(request, GenerationRequest):
-            self.backpressure.finished(time.monotonic() - request.arrival - request.job.waited_s)
+            if outcome is _END:
+                self.backpressure.generated(request.num_output)
+                self.backpressure.ended(request.predicted_s, time.monotonic() - request.arrival)
             if request.num_output > 1:
                 self.metrics.tpot.observe((request.last_token_at - request.first_token_at)
                                           / (request.num_output - 1))

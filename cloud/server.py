@@ -21,6 +21,7 @@ from tandem.shared.backpressure import Backpressure
 from tandem.shared.grpc_server import request_limit_bytes, serve
 from tandem.shared.log import setup_logging
 from tandem.shared.models import eos_token_ids, load_tokenizer, resolve_model
+from tandem.shared.tier_handler import warm_up
 from tandem.v1 import cloud_pb2_grpc
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ async def run(config: CloudConfig) -> None:
     eos = eos_token_ids(tokenizer)
     registry = CollectorRegistry()
     engine = build_engine(config, model, eos, registry)
+    await warm_up(engine, engine.backpressure, tokenizer.bos_token_id or 0)
     servicer = CloudServicer(config, engine, tokenizer, eos, model.config.vocab_size, registry)
     try:
         await serve("cloud", config,

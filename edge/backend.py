@@ -57,6 +57,10 @@ class EdgeBackend(ABC):
     def load(self) -> common_pb2.TierLoad:
         """How busy the backend is (queue, running, capacity, estimated wait)."""
 
+    @abstractmethod
+    async def warm_up(self, token_id: int) -> None:
+        """Generate a few tokens before serving (times a step for admission)."""
+
     @property
     @abstractmethod
     def vocab_size(self) -> int: ...

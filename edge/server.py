@@ -21,6 +21,7 @@ async def run(config: EdgeConfig) -> None:
     tokenizer = load_tokenizer(source)
     registry = CollectorRegistry()
     backend = create_backend(config, source, registry)
+    await backend.warm_up(tokenizer.bos_token_id or 0)
     servicer = EdgeServicer(EdgeHandler(config, backend, tokenizer, eos_token_ids(tokenizer),
                                         registry))
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tandem.edge.backend import DraftResult
+from tandem.shared.backpressure import Backpressure, Work
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest
 
 # Tokens a generation may run ahead of its consumer: a hop through the event loop per token
@@ -37,6 +38,7 @@ class Job(ABC):
         self.evaluated = 0  # tokens of ``sequence`` whose KV the slot holds
         self.reused = 0  # of those, reused from what the slot held before
         self.arrived = 0.0
+        self.predicted_s: float | None = None  # what admission predicted it would take
         self.started = 0.0
         self.cancelled = threading.Event()
         self.finished = False
@@ -61,6 +63,13 @@ class Job(ABC):
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def prompt_left(self) -> int:
+        return max(len(self.request.prompt_ids) - self.evaluated, 0)
+
+    @abstractmethod
+    def work(self, backpressure: Backpressure, chunk: int) -> Work:
+        """What the job still needs of the model (for admission)."""
 
     @abstractmethod
     def take_logits(self, logits: np.ndarray) -> bool:
@@ -104,6 +113,11 @@ class GenerationJob(Job):
             self._credits += 1
         self.on_ack()
 
+    def work(self, backpressure: Backpressure, chunk: int) -> Work:
+        return backpressure.generation(self.prompt_left(), chunk,
+                                       self.request.sampler.params.max_tokens, self.produced,
+                                       self.request.deadline)
+
     def take_logits(self, logits: np.ndarray) -> bool:
         token = GeneratedToken(*self.request.sampler.sample_with_entropy(logits))
         self.produced += 1
@@ -138,6 +152,11 @@ class DraftJob(Job):
         self.tokens: list[int] = []
         self.probs: list[float] = []
         self.distributions: list[np.ndarray] = []
+
+    def work(self, backpressure: Backpressure, chunk: int) -> Work:
+        left = self.prompt_left()
+        return Work(left, -(-left // chunk) + max(self.count - len(self.tokens), 0),
+                    self.request.deadline)
 
     def take_logits(self, logits: np.ndarray) -> bool:
         token, _, prob, dist = self.request.sampler.sample_with_distribution(logits)

@@ -28,9 +28,9 @@ import numpy as np
 
 from tandem.edge.backend import DraftResult, EdgeBackend
 from tandem.edge.slot_jobs import DraftJob, GenerationJob, Job, common_prefix
-from tandem.shared.backpressure import Backpressure
+from tandem.shared.backpressure import Backpressure, Work
 from tandem.shared.errors import Cancelled
-from tandem.shared.tier_handler import GeneratedToken, TokenRequest
+from tandem.shared.tier_handler import GeneratedToken, TokenRequest, warm_up
 from tandem.v1 import common_pb2
 
 # A request's prompt is evaluated in chunks of this many tokens, one per step, beside the
@@ -95,7 +95,9 @@ class SlotScheduler:
     def submit(self, job: Job) -> None:
         """Queue ``job``, or refuse it (ResourceExhausted) when it cannot be served in time."""
         with self._cond:
-            self.backpressure.admit(len(self._waiting), self.running, job.request.deadline)
+            job.predicted_s = self.backpressure.admit(
+                job.work(self.backpressure, PREFILL_CHUNK), *self._work(),
+                ahead=isinstance(job, DraftJob))
             job.arrived = time.monotonic()
             if isinstance(job, DraftJob):  # a few tokens of a request already under way
                 self._waiting.appendleft(job)
@@ -107,16 +109,25 @@ class SlotScheduler:
         with self._cond:
             self._cond.notify()
 
+    def _live(self) -> list[Job]:
+        """Jobs on a slot serving a live request (one that ended or was cancelled is freed
+        at the model thread's next step)."""
+        return [slot.job for slot in self.slots if slot.job is not None
+                and not slot.job.finished and not slot.job.cancelled.is_set()]
+
     @property
     def running(self) -> int:
-        """Slots serving a live request (one that ended or was cancelled is freed at the
-        model thread's next step)."""
-        return sum(slot.job is not None and not slot.job.finished
-                   and not slot.job.cancelled.is_set() for slot in self.slots)
+        return len(self._live())
+
+    def _work(self) -> tuple[list[Work], list[Work]]:
+        """What the running and the waiting jobs still need (under ``_cond``)."""
+        return ([job.work(self.backpressure, PREFILL_CHUNK) for job in self._live()],
+                [job.work(self.backpressure, PREFILL_CHUNK) for job in self._waiting
+                 if not job.cancelled.is_set()])
 
     def load(self) -> common_pb2.TierLoad:
         with self._cond:
-            return self.backpressure.load(len(self._waiting), self.running)
+            return self.backpressure.load(*self._work())
 
     def close(self) -> None:
         with self._cond:
@@ -182,10 +193,14 @@ class SlotScheduler:
         assert job is not None
         if not job.finished:  # its consumer is gone; tell it anyway, in case it is not
             job.fail(Cancelled("edge: the request was cancelled"))
-        self.backpressure.finished(time.monotonic() - job.started)
+        if isinstance(job, GenerationJob) and job.finished:
+            self.backpressure.generated(job.produced)
+        if job.finished:
+            self.backpressure.ended(job.predicted_s, time.monotonic() - job.arrived)
         slot.job, slot.last_used = None, time.monotonic()
 
     def _step(self, batch: list[tuple[Slot, SlotInput]]) -> None:
+        began = time.monotonic()
         try:
             logits = self.model.evaluate([item for _, item in batch])
         except Exception as exc:  # noqa: BLE001 - the model failed: every job in the step
@@ -206,6 +221,8 @@ class SlotScheduler:
                 job.take_logits(row)
             except Exception as exc:  # noqa: BLE001 - this job's values failed it alone
                 job.fail(exc)
+        self.backpressure.stepped(sum(len(item.tokens) for _, item in batch),
+                                  time.monotonic() - began)
 
 
 class SlotBackend(EdgeBackend):
@@ -252,6 +269,9 @@ class SlotBackend(EdgeBackend):
 
     def load(self) -> common_pb2.TierLoad:
         return self.scheduler.load()
+
+    async def warm_up(self, token_id: int) -> None:
+        await warm_up(self, self.scheduler.backpressure, token_id)
 
     def close(self) -> None:
         self.scheduler.close()  # waits for a running step: freeing the model under it crashes

@@ -23,6 +23,7 @@ from tandem.shared.text import AnswerText
 from tandem.v1 import common_pb2
 
 if TYPE_CHECKING:
+    from tandem.shared.backpressure import Backpressure
     from transformers import PreTrainedTokenizerBase
 
 
@@ -42,6 +43,23 @@ class TokenRequest:
     tenant: str = ""  # whom it is for: a cache shared across requests is salted by it
     deadline: Deadline | None = None  # refused up front when its wait would outlast it
     waited_s: float = 0.0  # set by the backend: time queued before the model started on it
+
+
+# Tokens a tier generates for itself before it serves.
+WARM_UP_TOKENS = 4
+
+
+async def warm_up(generator: TokenGenerator, backpressure: Backpressure, token_id: int) -> None:
+    """One short generation before a tier serves: its steps are timed for admission (a
+    cold tier cannot predict, and one that took a burst up to its queue's length let all
+    of it time out: 48 of 48 cloud requests under a 4x overload) and the first user
+    request does not pay first-call allocations. Its length says nothing of users'
+    answers: it is forgotten."""
+    request = TokenRequest([token_id], TokenSampler(SamplingParams(max_tokens=WARM_UP_TOKENS)),
+                           tenant="tandem-warm-up")
+    async for _ in generator.generate(request):
+        pass
+    backpressure.forget_lengths()
 
 
 class TokenGenerator(Protocol):

@@ -115,8 +115,9 @@ def test_a_full_queue_refuses_before_any_work_with_retry_after() -> None:
         with pytest.raises(ResourceExhausted) as full:
             await generate(backend, greedy(PROMPTS[0], 4, "c"))
         assert "queue is full" in str(full.value) and full.value.retry_after_s
-        # a deadline shorter than the estimated wait is refused the same way
-        backend.scheduler.backpressure.service_s = 5.0
+        # a deadline shorter than the predicted wait + service is refused the same way
+        for _ in range(100):  # steps measured as 5 s each
+            backend.scheduler.backpressure.stepped(1, 5.0)
         late = greedy(PROMPTS[0], 4, "d")
         late.deadline = Deadline(1.0)
         backend.scheduler.backpressure.max_waiting = 10

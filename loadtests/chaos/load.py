@@ -19,7 +19,7 @@ from typing import Any
 from tandem.loadtests.chaos.calls import Result, Router, latency_ms, percentile, request, stream, tally
 from tandem.loadtests.chaos.scenario import Report, timed, wait_until
 from tandem.loadtests.chaos.storm import tier_loads
-from tandem.loadtests.chaos.stack import CROWD, Target
+from tandem.loadtests.chaos.stack import CROWD, Target, metric
 
 OVERLOAD = ("admitted requests finish within their deadline; the rest are refused "
             "RESOURCE_EXHAUSTED with retry-after before model work; idle and healthy after")
@@ -73,16 +73,19 @@ async def overload(target: Target, settings: LoadSettings) -> Report:
 
 
 async def _overload(target: Target, settings: LoadSettings, report: Report) -> None:
-    results: list[Result] = []
+    predictions_before = predictions(target)
     until = time.monotonic() + settings.duration_s
-    policies = ("", "cloud", "edge")
+    by_policy: dict[str, list[Result]] = {policy: [] for policy in ("auto", "cloud", "edge")}
+    policies = list(by_policy)
     async with Router(target.router) as router:
         # Many tenants: the load is the stack's, not one tenant's (whose cap would shed it).
         await asyncio.gather(*(closed_loop(router, target, CROWD[i % len(CROWD)],
-                                           policies[i % 3], settings, until, results)
+                                           policies[i % 3], settings, until,
+                                           by_policy[policies[i % 3]])
                                for i in range(settings.clients)))
         idle_s = await settle(target, report, "overload")
         after = await stream(router.stub, request(PROMPT, "cloud", 4), 60, target.metadata("load"))
+    results = [r for outcomes in by_policy.values() for r in outcomes]
     admitted = [r for r in results if r.code != "RESOURCE_EXHAUSTED"]
     refused = [r for r in results if r.code == "RESOURCE_EXHAUSTED"]
     good = [r for r in admitted if r.ok and r.seconds <= settings.deadline_s]
@@ -95,6 +98,8 @@ async def _overload(target: Target, settings: LoadSettings, report: Report) -> N
         refusal_latency_ms=latency_ms(refused),
         refusals_with_retry_after=sum(1 for r in refused if r.retry_after_ms),
         refused_by=refusal_sources(refused),
+        by_policy={policy: _policy_figures(outcomes) for policy, outcomes in by_policy.items()},
+        admission_time_ratio=prediction_accuracy(predictions_before, predictions(target)),
         goodput_rps=round(len(good) / settings.duration_s, 2),
         slo_met=round(len(good) / max(len(admitted), 1), 3), idle_after_s=idle_s,
         answer_after=after.code)
@@ -116,6 +121,37 @@ def refusal_sources(refused: list[Result]) -> dict[str, int]:
                   else "edge" if "edge" in r.details else "other")
         sources[source] = sources.get(source, 0) + 1
     return sources
+
+
+def predictions(target: Target) -> dict[str, tuple[float, float, float]]:
+    """Per tier: (count, sum, count at most 1.0) of its admission_time_ratio histogram."""
+    out = {}
+    for tier in ("cloud", "edge"):
+        if tier in target.metrics:
+            samples, name = target.scrape(tier), f"tandem_{tier}_admission_time_ratio"
+            out[tier] = (metric(samples, f"{name}_count"), metric(samples, f"{name}_sum"),
+                         metric(samples, f"{name}_bucket", le="1.0"))
+    return out
+
+
+def prediction_accuracy(before: dict[str, tuple[float, float, float]],
+                        after: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
+    """How long admitted requests took over what admission predicted, per tier, in the
+    window: the mean ratio and the share that took no longer than predicted."""
+    out: dict[str, Any] = {}
+    for tier, (count, total, within) in after.items():
+        c0, t0, w0 = before.get(tier, (0.0, 0.0, 0.0))
+        n = count - c0
+        out[tier] = {"requests": int(n), "mean": round((total - t0) / n, 2) if n else None,
+                     "within_prediction": round((within - w0) / n, 3) if n else None}
+    return out
+
+
+def _policy_figures(results: list[Result]) -> dict[str, Any]:
+    refused = [r for r in results if r.code == "RESOURCE_EXHAUSTED"]
+    return {"statuses": tally(results),
+            "admitted_latency_ms": latency_ms([r for r in results if r.code != "RESOURCE_EXHAUSTED"]),
+            "refusal_latency_ms": latency_ms(refused), "refused_by": refusal_sources(refused)}
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -92,8 +92,9 @@ async def or_keep_edge_answer(escalation: AsyncIterator[Segment], outcome: Outco
 async def or_edge_answer(cloud: AsyncIterator[Segment], tiers: Tiers, request: RoutedRequest,
                          outcome: Outcome) -> AsyncIterator[Segment]:
     """A cloud-first stream (a policy that judged the request too hard for the edge), or
-    the edge's own answer when the cloud is down (UNAVAILABLE) before streaming anything:
-    a degraded answer, labelled ``cloud_unavailable``, beats an error for auto."""
+    the edge's own answer when the cloud is down (UNAVAILABLE) or refuses it
+    (RESOURCE_EXHAUSTED: overload) before streaming anything: a degraded answer, labelled
+    ``cloud_unavailable`` or ``cloud_full``, beats an error for auto."""
     streamed = False
     try:
         async with aclosing(cloud):
@@ -101,10 +102,11 @@ async def or_edge_answer(cloud: AsyncIterator[Segment], tiers: Tiers, request: R
                 streamed = True
                 yield piece
         return
-    except Unavailable:
+    except (Unavailable, ResourceExhausted) as exc:
         if streamed:
             raise
-    spill(outcome, CLOUD_UNAVAILABLE)
+        reason = CLOUD_FULL if isinstance(exc, ResourceExhausted) else CLOUD_UNAVAILABLE
+    spill(outcome, reason)
     outcome.decision.escalated = False
     async with aclosing(stream_from_tier(tiers, common_pb2.TIER_EDGE, request,
                                          outcome)) as edge:
