@@ -22,7 +22,7 @@ import grpc
 
 from tandem.router.load import LoadWatch
 from tandem.shared.deadlines import Deadline
-from tandem.shared.errors import from_rpc_error
+from tandem.shared.errors import TandemError, Unavailable, from_rpc_error
 from tandem.shared.grpc_security import ChannelSecurity
 from tandem.shared.grpc_server import CHANNEL_OPTIONS
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, edge_pb2, edge_pb2_grpc
@@ -79,9 +79,23 @@ async def _upstream(service: str, timings: common_pb2.Timings, field: str) -> As
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, service) from exc
+        raise tier_error(exc, service) from exc
     finally:
         setattr(timings, field, getattr(timings, field) + time.perf_counter_ns() - started)
+
+
+# A tier that refuses the router's own credentials (internal token, client certificate)
+# is misconfigured, not the client: to the client it is a dependency that is down (503 over
+# HTTP), never the 401/403 that would say its own key is wrong.
+_ROUTER_CREDENTIALS_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def tier_error(exc: grpc.aio.AioRpcError, service: str) -> TandemError:
+    """The Tandem error a failed tier call raises in the router."""
+    if exc.code() in _ROUTER_CREDENTIALS_REFUSED:
+        return Unavailable(f"{service}: refused the router's credentials "
+                           f"({exc.code().name}: {exc.details()})")
+    return from_rpc_error(exc, service)
 
 
 async def _unary(service: str, call: Callable[..., Awaitable[T]], request: Any,

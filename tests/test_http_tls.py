@@ -126,8 +126,11 @@ def test_internal_token_guards_a_tier(real_stack, tmp_path):
             request = {"model": "tandem-edge", "max_tokens": 4,
                        "messages": [{"role": "user", "content": "Say hi."}]}
             assert with_token.chat.completions.create(**request).choices[0].message.content
-            with pytest.raises(openai.APIStatusError):
+            # the tier refusing the router's credentials is a dependency down (503), not
+            # the client's key (401)
+            with pytest.raises(openai.APIStatusError) as refused:
                 without.chat.completions.create(**request)
+            assert refused.value.status_code == 503
         finally:
             for router in routers:
                 router.stop()
