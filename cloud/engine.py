@@ -9,10 +9,11 @@ rounds share that loop, the paged KV cache and its prefix cache.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from tandem.cloud.block_manager import BlockPool
 from tandem.cloud.metrics import EngineMetrics
 from tandem.cloud.model_runner import ModelRunner
 from tandem.cloud.sampler import (
-    Acceptance, accept_by_rejection, accept_by_target_sampling, accept_greedy, greedy_rows)
+    Acceptance, accept_by_rejection, accept_by_target_sampling, accept_greedy, accept_lenient,
+    draft_scores, greedy_rows)
 from tandem.cloud.scheduler import ScheduledSeq, Scheduler
 from tandem.cloud.scheduler import Sequence as Seq
 from tandem.cloud.sessions import SessionStore
@@ -43,6 +45,8 @@ class VerifyResult:
     next_token: int
     cached_tokens: int
     computed_tokens: int
+    draft_logprobs: tuple[float, ...] = ()
+    draft_ranks: tuple[int, ...] = ()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -80,6 +84,8 @@ class VerificationRequest(EngineRequest):
     draft: list[int]
     draft_probs: list[np.ndarray] | None
     session_key: tuple[str, str]
+    leniency: float = 0.0  # token-level deferral (greedy only); 0: lossless
+    score_draft: bool = False  # also return the target's judgement of each draft token
 
 
 class CloudEngine:
@@ -132,7 +138,8 @@ class CloudEngine:
     async def verify(self, tenant: str, session_id: str, tokens: Sequence[int],
                      draft: Sequence[int], sampling: SamplingParams,
                      draft_probs: list[np.ndarray] | None = None,
-                     deadline: Deadline | None = None) -> VerifyResult:
+                     deadline: Deadline | None = None, leniency: float = 0.0,
+                     score_draft: bool = False) -> VerifyResult:
         """Score ``draft`` after ``tokens`` in one scheduled step, reusing the session's KV
         (and the tenant's prefix cache); rejected positions' KV is rolled back."""
         key = (tenant, session_id)
@@ -144,7 +151,8 @@ class CloudEngine:
         request = VerificationRequest(
             seq=seq, sampler=TokenSampler(sampling), num_prompt=len(tokens),
             future=asyncio.get_running_loop().create_future(), draft=list(draft),
-            draft_probs=draft_probs, session_key=key)
+            draft_probs=draft_probs, session_key=key, leniency=leniency,
+            score_draft=score_draft)
         self._submit(request)
         try:
             return await request.future
@@ -303,7 +311,17 @@ class CloudEngine:
     def _accept(self, request: VerificationRequest, logits: torch.Tensor,
                 greedy: list[int]) -> Acceptance:
         # logits: [k+1, V] at the last context token and each draft
+        acceptance = self._acceptance(request, logits, greedy)
+        if request.score_draft:
+            logprobs, ranks = draft_scores(request.draft, logits)
+            return replace(acceptance, draft_logprobs=logprobs, draft_ranks=ranks)
+        return acceptance
+
+    def _acceptance(self, request: VerificationRequest, logits: torch.Tensor,
+                    greedy: list[int]) -> Acceptance:
         if request.sampler.params.greedy:
+            if request.leniency:
+                return accept_lenient(request.draft, logits, request.leniency)
             return accept_greedy(request.draft, greedy)
         if request.draft_probs is not None:
             return accept_by_rejection(request.draft, logits.numpy(), request.sampler,
@@ -346,7 +364,8 @@ class CloudEngine:
         self.metrics.spec_accepted.inc(result.accepted)
         context = request.num_prompt
         verified = VerifyResult(result.accepted, result.next_token, seq.num_cached,
-                                len(seq.tokens) - seq.num_cached)
+                                len(seq.tokens) - seq.num_cached, result.draft_logprobs,
+                                result.draft_ranks)
         self.scheduler.finish(seq, keep_blocks=True)
         self._requests.pop(seq.seq_id, None)
         # Keep the KV of the context and the accepted drafts; roll back the rest.
@@ -413,7 +432,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def validate_verify(tokens: Sequence[int], draft: Sequence[int], draft_probs: Sequence[float],
                     num_distributions: int, session_id: str, vocab_size: int,
-                    context_window: int, sampling: SamplingParams, max_draft: int = MAX_VERIFY_DRAFT) -> None:
+                    context_window: int, sampling: SamplingParams, max_draft: int = MAX_VERIFY_DRAFT,
+                    leniency: float = 0.0) -> None:
     """Checks of a Verify request before any model work; raises InvalidArgument."""
     if not session_id:
         raise InvalidArgument("session_id: required for Verify")
@@ -433,3 +453,8 @@ def validate_verify(tokens: Sequence[int], draft: Sequence[int], draft_probs: Se
     if sampling.has_penalties:
         raise InvalidArgument(
             "sampling: repetition/presence/frequency penalties are not supported in Verify")
+    if not (math.isfinite(leniency) and 0.0 <= leniency <= 1.0):
+        raise InvalidArgument(f"leniency: must be in [0, 1], got {leniency}")
+    if leniency and not sampling.greedy:
+        raise InvalidArgument("leniency: token-level deferral needs greedy sampling "
+                              "(temperature 0)")

@@ -19,6 +19,9 @@ from tandem.v1 import common_pb2
 class Acceptance:
     accepted: int  # leading draft tokens accepted
     next_token: int  # the target's correction, or a bonus token after all drafts
+    # With score_draft: the target's log-probability and rank of every draft token.
+    draft_logprobs: tuple[float, ...] = ()
+    draft_ranks: tuple[int, ...] = ()
 
 
 def greedy_rows(logits: torch.Tensor) -> tuple[list[int], list[float]]:
@@ -60,6 +63,34 @@ def accept_greedy(draft: Sequence[int], targets: Sequence[int]) -> Acceptance:
     while accepted < len(draft) and draft[accepted] == targets[accepted]:
         accepted += 1
     return Acceptance(accepted, targets[accepted])
+
+
+def accept_lenient(draft: Sequence[int], logits: torch.Tensor, leniency: float) -> Acceptance:
+    """Token-level deferral for greedy decoding (speculative cascades, Narasimhan et al.
+    2024): accept draft token x where the target's p(x) >= leniency x its top probability;
+    at the first one below, the target's own (argmax) token; after all k, a bonus argmax.
+    A token the target would pick itself is always accepted, so leniency 1 is lossless.
+    logits: [k+1, V]."""
+    probs = torch.softmax(logits[:len(draft) + 1].float(), dim=-1)
+    top, top_ids = probs.max(dim=-1)
+    for i, token in enumerate(draft):
+        if probs[i, token] < leniency * top[i]:
+            return Acceptance(i, int(top_ids[i]))
+    return Acceptance(len(draft), int(top_ids[len(draft)]))
+
+
+def draft_scores(draft: Sequence[int], logits: torch.Tensor) -> tuple[tuple[float, ...],
+                                                                     tuple[int, ...]]:
+    """The target's judgement of each draft token: its log-probability under the raw
+    logits and its rank (0: the argmax). logits: [>= k, V]."""
+    if not draft:
+        return (), ()
+    rows = logits[:len(draft)].float()
+    ids = torch.as_tensor(list(draft), dtype=torch.long)[:, None]
+    chosen = rows.gather(1, ids)
+    logprobs = torch.log_softmax(rows, dim=-1).gather(1, ids)[:, 0]
+    ranks = (rows > chosen).sum(dim=-1)
+    return tuple(logprobs.tolist()), tuple(int(r) for r in ranks.tolist())
 
 
 def accept_by_target_sampling(draft: Sequence[int], logits: np.ndarray,

@@ -43,17 +43,20 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
                                           max_tokens_cap=self.config.max_tokens_cap)
         validate_verify(tokens, draft, request.draft_probs, len(request.draft_distributions),
                         request.session_id, self.vocab_size, self.config.context_window,
-                        sampling)
+                        sampling, leniency=request.leniency)
         # draft_probs alone cannot give the residual distribution: without
         # draft_distributions a sampled round uses target sampling (also lossless).
         dists = (dense_distributions(request.draft_distributions, self.vocab_size)
                  if request.draft_distributions and not sampling.greedy else None)
         result = await self.engine.verify(request.tenant, request.session_id, tokens, draft,
-                                          sampling, dists, Deadline(context.time_remaining()))
+                                          sampling, dists, Deadline(context.time_remaining()),
+                                          leniency=request.leniency,
+                                          score_draft=request.score_draft)
         self.metrics.count("Verify", result.accepted + 1, 1)
         return cloud_pb2.VerifyResponse(
             accepted=result.accepted, next_token=result.next_token,
             cached_tokens=result.cached_tokens, computed_tokens=result.computed_tokens,
+            draft_logprobs=result.draft_logprobs, draft_ranks=result.draft_ranks,
             timings=common_pb2.Timings(total_ns=time.perf_counter_ns() - started))
 
     async def EndSession(self, request: cloud_pb2.EndSessionRequest,

@@ -45,6 +45,10 @@ class RouterConfig(ServiceConfig, RequestLimits):
     auto_skip_edge_below: float = option(
         0.1, "auto: prompts the prompt router scores below this (clearly hard) skip the edge "
              "and are decoded speculatively at once.")
+    deferral_leniency: float = option(
+        0.5, "speculative-cascade: keep an edge draft token when the cloud gives it at least "
+             "this share of its own top token's probability (1: lossless, the cloud's output; "
+             "not tuned yet).")
     adaptive_draft: bool = option(
         True, "Speculative: choose the draft length from measured acceptance and round-trip "
               "time, and fall back to cloud-only decoding when speculation would be slower.")
@@ -91,6 +95,8 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("route_threshold and auto_skip_edge_below must be in [0, 1]")
         if not 0 <= self.max_first_draft <= 64:
             raise ValueError("max_first_draft must be in [0, 64]")
+        if not 0.0 < self.deferral_leniency <= 1.0:
+            raise ValueError("deferral_leniency must be in (0, 1]")
         if not 1 <= self.draft_tokens <= 32:
             raise ValueError("draft_tokens must be in [1, 32]")
         if not 0.0 <= self.target_escalation_rate < 1.0:

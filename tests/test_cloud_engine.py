@@ -163,6 +163,55 @@ def test_verify_accepts_target_tokens_and_rolls_back_rejections(model, engine):
     assert m.spec_draft_tokens._value.get() >= 9
 
 
+def hf_logits(model, tokens):
+    with torch.inference_mode():
+        return model(torch.tensor([tokens])).logits[0].float()  # [S, V]
+
+
+def test_verify_scores_each_draft_token_in_the_same_pass(model, engine):
+    """score_draft: the target's log-probability and rank of every draft token (the
+    cloud judging an answer it did not write), equal to the model's own log-softmax."""
+    target = hf_greedy(model, PROMPT, 6)
+    draft = target[:2] + [(target[2] + 7) % 1000] + target[3:6]
+    logits = hf_logits(model, PROMPT + draft)[len(PROMPT) - 1:-1]  # at each draft position
+    result = asyncio.run(engine.verify("t", "scored", PROMPT, draft, GREEDY,
+                                       score_draft=True))
+    assert (result.accepted, result.next_token) == (2, target[2])  # judging changes nothing
+    expected = torch.log_softmax(logits, -1)[torch.arange(len(draft)), torch.tensor(draft)]
+    assert result.draft_logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+    assert result.draft_ranks[:2] == (0, 0) and result.draft_ranks[2] > 0
+    engine.end_session("t", "scored")
+
+
+def test_lenient_verify_keeps_a_near_tie_and_leniency_one_is_greedy(model, engine):
+    """Token-level deferral: the target's second choice is accepted when its probability
+    reaches leniency x the top one; leniency 1 accepts only the target's own tokens."""
+    probs = torch.softmax(hf_logits(model, PROMPT)[-1], -1)
+    top2 = probs.topk(2)
+    second, ratio = int(top2.indices[1]), float(top2.values[1] / top2.values[0])
+
+    def verify(leniency, session):
+        result = asyncio.run(engine.verify("t", session, PROMPT, [second], GREEDY,
+                                           leniency=leniency))
+        engine.end_session("t", session)
+        return result.accepted, result.next_token
+
+    assert verify(1.0, "l1") == (0, int(top2.indices[0]))
+    assert verify(ratio * 1.01, "l2")[0] == 0  # just below the bar: the target's token
+    assert verify(ratio * 0.99, "l3")[0] == 1  # within it: the draft's token is kept
+
+
+def test_verify_leniency_is_checked_before_any_work():
+    from tandem.cloud.engine import validate_verify
+
+    sampled = SamplingParams(max_tokens=1, temperature=0.7)
+    for leniency, sampling in ((1.5, GREEDY), (-0.1, GREEDY), (float("nan"), GREEDY),
+                               (0.5, sampled)):
+        with pytest.raises(InvalidArgument, match="leniency"):
+            validate_verify(PROMPT, [1, 2], [], 0, "s", 49152, 512, sampling,
+                            leniency=leniency)
+
+
 def test_verify_sessions_are_per_tenant(engine):
     async def both():
         await engine.verify("tenant-a", "shared-id", PROMPT, [], GREEDY)

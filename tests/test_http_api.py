@@ -20,7 +20,7 @@ from tests.test_real_stack import BAD_REQUESTS, metric
 
 pytestmark = pytest.mark.real_model
 
-POLICIES = ["auto", "edge", "cloud", "cascade", "route", "speculative"]
+POLICIES = ["auto", "edge", "cloud", "cascade", "route", "speculative", "speculative-cascade"]
 PROMPT = "Name one planet of the solar system."
 
 

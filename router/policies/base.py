@@ -112,7 +112,8 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 
 def create_policies(config: RouterConfig, resources: PolicyResources) -> dict[str, Policy]:
     """One instance of every registered policy, configured from ``config``."""
-    from tandem.router.policies import auto, cascade, route, single_tier, speculative  # noqa: F401
+    from tandem.router.policies import (  # noqa: F401
+        auto, cascade, route, single_tier, speculative, speculative_cascade)
 
     policies: dict[str, Policy] = {}
     for name, cls in POLICIES.items():

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 @register_policy
 class SpeculativePolicy(Policy):
     name = "speculative"
+    leniency = 0.0  # the cloud's acceptance rule: 0 is lossless (speculative-cascade relaxes it)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, draft_length: DraftLengthController,
                  edge_wait_budget_s: float = float("inf")) -> None:
@@ -202,7 +203,8 @@ class SpeculativePolicy(Policy):
         verdict = await tiers.verify(cloud_pb2.VerifyRequest(
             session_id=session, tokens=tokens, draft_tokens=draft,
             sampling=request.sampling.to_pb(), tenant=request.tenant,
-            draft_distributions=distributions), request.deadline, outcome.timings)
+            draft_distributions=distributions, leniency=self.leniency),
+            request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
             self.draft_length.observe_verify(rounds, time.perf_counter() - started,
                                              verdict.timings.total_ns / 1e9, len(draft),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/cloud.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"7\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\xd6\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x03 \x03(\x05\x12\x13\n\x0b\x64raft_probs\x18\x04 \x03(\x02\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x39\n\x13\x64raft_distributions\x18\x07 \x03(\x0b\x32\x1c.tandem.v1.TokenDistribution\"\x8b\x01\n\x0eVerifyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\x05\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings2\x9b\x03\n\x05\x43loud\x12K\n\x08Generate\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1f.tandem.v1.TierGenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1c.tandem.v1.TierGenerateChunk0\x01\x12=\n\x06Verify\x12\x18.tandem.v1.VerifyRequest\x1a\x19.tandem.v1.VerifyResponse\x12\x34\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x33\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x13.tandem.v1.TierLoad\x12I\n\nEndSession\x12\x1c.tandem.v1.EndSessionRequest\x1a\x1d.tandem.v1.EndSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/cloud.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"7\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\xfd\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x03 \x03(\x05\x12\x13\n\x0b\x64raft_probs\x18\x04 \x03(\x02\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x39\n\x13\x64raft_distributions\x18\x07 \x03(\x0b\x32\x1c.tandem.v1.TokenDistribution\x12\x10\n\x08leniency\x18\x08 \x01(\x02\x12\x13\n\x0bscore_draft\x18\t \x01(\x08\"\xb8\x01\n\x0eVerifyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\x05\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x16\n\x0e\x64raft_logprobs\x18\x06 \x03(\x02\x12\x13\n\x0b\x64raft_ranks\x18\x07 \x03(\x05\x32\x9b\x03\n\x05\x43loud\x12K\n\x08Generate\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1f.tandem.v1.TierGenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.tandem.v1.TierGenerateRequest\x1a\x1c.tandem.v1.TierGenerateChunk0\x01\x12=\n\x06Verify\x12\x18.tandem.v1.VerifyRequest\x1a\x19.tandem.v1.VerifyResponse\x12\x34\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x33\n\x04Load\x12\x16.tandem.v1.LoadRequest\x1a\x13.tandem.v1.TierLoad\x12I\n\nEndSession\x12\x1c.tandem.v1.EndSessionRequest\x1a\x1d.tandem.v1.EndSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDSESSIONRESPONSE']._serialized_start=117
   _globals['_ENDSESSIONRESPONSE']._serialized_end=152
   _globals['_VERIFYREQUEST']._serialized_start=155
-  _globals['_VERIFYREQUEST']._serialized_end=369
-  _globals['_VERIFYRESPONSE']._serialized_start=372
-  _globals['_VERIFYRESPONSE']._serialized_end=511
-  _globals['_CLOUD']._serialized_start=514
-  _globals['_CLOUD']._serialized_end=925
+  _globals['_VERIFYREQUEST']._serialized_end=408
+  _globals['_VERIFYRESPONSE']._serialized_start=411
+  _globals['_VERIFYRESPONSE']._serialized_end=595
+  _globals['_CLOUD']._serialized_start=598
+  _globals['_CLOUD']._serialized_end=1009
 # @@protoc_insertion_point(module_scope)
