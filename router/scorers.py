@@ -5,6 +5,10 @@ from the prompt alone, before generation. Both sit behind small registries.
   probability of its answer).
 - ``learned``: all-MiniLM-L6-v2 embeddings of (query, answer) plus the confidence features,
   into a logistic head trained by `tandem eval train-scorer` on labelled answers.
+- ``cloud_mean_prob`` / ``cloud_min_prob`` / ``cloud_top1_share``: the cloud's judgement
+  of the answer (one Verify pass with ``score_draft``, no generation): its geometric-mean
+  and minimum probability of the answer's tokens, and the share of them it would have
+  picked itself. The cascade asks the cloud for it before deciding (``needs_cloud``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ class EdgeAnswer:
     text: str
     logprobs: Sequence[float]
     entropies: Sequence[float] = ()  # nats, per token (empty when the edge sent none)
+    # The cloud's judgement of each answer token (cloud-judged scorers only).
+    cloud_logprobs: Sequence[float] = ()
+    cloud_ranks: Sequence[int] = ()
 
+
+# Most answer tokens the cloud judges in one Verify (its draft limit).
+JUDGED_TOKENS = 64
 
 # An answer without a signal counts as unconfident: a log-probability of -10, and the
 # entropy of a uniform choice over e^5 tokens.
@@ -111,6 +121,35 @@ class EntropyScorer(ConfidenceScorer):
         return math.exp(-(math.fsum(ent) / len(ent) if ent else NO_ENTROPY))
 
 
+class CloudJudgedScorer(ConfidenceScorer):
+    """A statistic of the cloud's judgement of the answer (``EdgeAnswer.cloud_*``)."""
+
+    needs_cloud: ClassVar[bool] = True
+
+
+class CloudMeanProbabilityScorer(CloudJudgedScorer):
+    name = "cloud_mean_prob"
+
+    def score(self, answer: EdgeAnswer) -> float:
+        lp = answer.cloud_logprobs
+        return math.exp(math.fsum(lp) / len(lp) if lp else NO_LOGPROB)
+
+
+class CloudMinProbabilityScorer(CloudJudgedScorer):
+    name = "cloud_min_prob"
+
+    def score(self, answer: EdgeAnswer) -> float:
+        return math.exp(min(answer.cloud_logprobs) if answer.cloud_logprobs else NO_LOGPROB)
+
+
+class CloudTopOneScorer(CloudJudgedScorer):
+    name = "cloud_top1_share"
+
+    def score(self, answer: EdgeAnswer) -> float:
+        ranks = answer.cloud_ranks
+        return sum(r == 0 for r in ranks) / len(ranks) if ranks else 0.0
+
+
 class EmbeddingHead:
     """A trained logistic head over MiniLM features (loaded from router/data)."""
 
@@ -148,7 +187,8 @@ class PromptRouter(EmbeddingHead):
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (MeanProbabilityScorer, MinProbabilityScorer, EntropyScorer,
-                              LearnedScorer)}
+                              LearnedScorer, CloudMeanProbabilityScorer,
+                              CloudMinProbabilityScorer, CloudTopOneScorer)}
 
 
 def create_scorer(name: str, encoder: object | None = None) -> Scorer:

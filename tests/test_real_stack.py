@@ -44,6 +44,12 @@ def metric(stack, service, name, labels=""):
     return float(match.group(1)) if match else 0.0
 
 
+def cloud_passes(stack) -> float:
+    """The cloud's forward passes, every method together."""
+    return sum(metric(stack, "cloud", "tandem_cloud_forward_passes_total", f'{{method="{m}"}}')
+               for m in ("Generate", "GenerateStream", "Verify"))
+
+
 def test_every_service_reports_serving(real_stack):
     for name in ("cloud", "edge", "router"):
         assert health_status(real_stack[name].address) == health_pb2.HealthCheckResponse.SERVING
@@ -121,6 +127,29 @@ def test_speculative_cascade_defers_to_the_cloud_token_by_token(real_stack, tmp_
     with pytest.raises(grpc.RpcError) as sampled:
         ask(real_stack, UNSEEN_PROMPTS[0], policy="speculative-cascade", temperature=0.7)
     assert sampled.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_cloud_judged_cascade_costs_one_cloud_pass_per_answer(real_stack, tmp_path):
+    """--scorer cloud_top1_share: the cloud scores the edge answer in one Verify pass (its
+    forward-pass counter moves by one), the decision carries that score, and an accepted
+    answer is the edge's."""
+    router = start_services(tmp_path, [("router", [
+        "--cloud-address", real_stack["cloud"].address,
+        "--edge-address", real_stack["edge"].address, "--scorer", "cloud_top1_share",
+        "--cascade-threshold", "0"])])[0]
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for prompt in UNSEEN_PROMPTS[:2]:
+                before = cloud_passes(real_stack)
+                reply = stub.Generate(build_request(prompt, policy="cascade", max_tokens=24,
+                                                    temperature=0.0), timeout=300)
+                after = cloud_passes(real_stack)
+                assert after - before == 1 and reply.usage.cloud_forward_passes == 1
+                assert 0.0 <= reply.decision.score <= 1.0 and not reply.decision.escalated
+                assert [s.tier for s in reply.segments] == [common_pb2.TIER_EDGE]
+    finally:
+        router.stop()
 
 
 def test_edge_and_cloud_policies_label_their_tier(real_stack):

@@ -10,6 +10,7 @@ import numpy as np
 from tandem.router.embeddings import SentenceEncoder
 from tandem.router.eval.cascade import plot, random_baseline, summarise
 from tandem.router.eval.collect import read_jsonl
+from tandem.router.eval.judge import judge_scores
 from tandem.router.eval.train import answers_of
 from tandem.router.scorers import SCORERS, LearnedScorer, PromptRouter
 
@@ -26,10 +27,12 @@ def cascade_report(labels: Path, quality: str, bar: float, edge: str, plot_path:
     answers = answers_of(rows)
     encoder = SentenceEncoder()
     scores = {name: cls().score_many(answers) for name, cls in SCORERS.items()
-              if name != LearnedScorer.name}
+              if name != LearnedScorer.name and not getattr(cls, "needs_cloud", False)}
     scores[LearnedScorer.name] = LearnedScorer.load(encoder=encoder).score_many(answers)
     # The prompt router scores before generation (what `route` uses).
     scores["route"] = PromptRouter.load(encoder=encoder).predict_many([r["prompt"] for r in rows])
+    if all("cloud_logprobs" in r for r in rows):  # the cloud judged each answer (judge.py)
+        scores |= judge_scores(rows, (agreement >= (bar or 0.5)).astype(float))
     report: dict[str, Any] = {
         "prompts": len(rows), "quality": quality, "bar": bar, "edge": edge,
         "edge_only_quality": round(float(edge_quality.mean()), 4),

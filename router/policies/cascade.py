@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tandem.router.controller import ThresholdController
 from tandem.router.latency import DECISION, STATE, scorer_part, spent
 from tandem.router.policies.base import (Outcome, Policy, PolicyResources, RoutedRequest,
                                          register_policy, stream_from_tier)
-from tandem.router.policies.spill import (EDGE_BUSY, EDGE_REFUSED, edge_too_busy,
-                                          or_keep_edge_answer, spill)
-from tandem.router.scorers import EdgeAnswer, Scorer
-from tandem.shared.errors import ResourceExhausted
+from tandem.router.policies.spill import (CLOUD_FULL, CLOUD_UNAVAILABLE, EDGE_BUSY,
+                                          EDGE_REFUSED, edge_too_busy, or_keep_edge_answer,
+                                          spill)
+from tandem.router.scorers import JUDGED_TOKENS, EdgeAnswer, Scorer
+from tandem.shared.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from tandem.shared.segments import Segment
-from tandem.v1 import common_pb2
+from tandem.v1 import cloud_pb2, common_pb2
 
 if TYPE_CHECKING:
     from tandem.router.config import RouterConfig
@@ -61,8 +64,18 @@ class CascadePolicy(Policy):
             threshold_read.cancel()
             raise
         outcome.usage.edge_generated_tokens += len(edge.token_ids)
+        answer = EdgeAnswer(request.prompt_text, edge.text, edge.logprobs, edge.entropies)
+        if getattr(self.scorer, "needs_cloud", False):
+            try:
+                answer = await self._judged(answer, edge, request, tiers, outcome)
+            except (ResourceExhausted, Unavailable, DeadlineExceeded) as exc:
+                threshold_read.cancel()  # no judge, and no cloud to escalate to: keep it
+                spill(outcome, CLOUD_FULL if isinstance(exc, ResourceExhausted)
+                      else CLOUD_UNAVAILABLE)
+                outcome.usage.edge_tokens += len(edge.token_ids)
+                outcome.finish_reason = edge.finish_reason
+                return edge, True
         with spent(timings, scorer_part(self.scorer)):
-            answer = EdgeAnswer(request.prompt_text, edge.text, edge.logprobs, edge.entropies)
             score = self.scorer.score(answer)
         with spent(timings, STATE):
             threshold = await threshold_read
@@ -77,6 +90,24 @@ class CascadePolicy(Policy):
             outcome.usage.edge_tokens += len(edge.token_ids)
             outcome.finish_reason = edge.finish_reason
         return edge, accepted
+
+    @staticmethod
+    async def _judged(answer: EdgeAnswer, edge: common_pb2.TierGenerateResponse,
+                      request: RoutedRequest, tiers: Tiers, outcome: Outcome) -> EdgeAnswer:
+        """``answer`` with the cloud's judgement of its tokens: one Verify pass over them
+        (no generation); the session's KV is freed after the reply."""
+        if not edge.token_ids:
+            return answer
+        session = f"judge-{request.request_id}"
+        verdict = await tiers.verify(cloud_pb2.VerifyRequest(
+            session_id=session, tokens=list(request.prompt_ids),
+            draft_tokens=list(edge.token_ids)[:JUDGED_TOKENS], score_draft=True,
+            sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0.0),
+            tenant=request.tenant), request.deadline, outcome.timings)
+        outcome.usage.cloud_forward_passes += 1
+        outcome.after_reply.append(partial(tiers.end_session, request.tenant, session))
+        return replace(answer, cloud_logprobs=tuple(verdict.draft_logprobs),
+                       cloud_ranks=tuple(verdict.draft_ranks))
 
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Segment]:

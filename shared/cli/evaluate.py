@@ -44,11 +44,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="An edge answer is acceptable (quality 1) when its agreement reaches "
                         "this; 0 = quality is the agreement itself.")
     e.add_argument("--scorer", default="mean_prob",
-                   choices=["mean_prob", "min_prob", "entropy", "learned", "route"],
+                   choices=["mean_prob", "min_prob", "entropy", "learned", "route",
+                            "cloud_mean_prob", "cloud_min_prob", "cloud_top1_share",
+                            "cloud_top5_share", "cloud_combined"],
                    help="Whose APGR and cost reduction head the report (all are listed).")
+    e.add_argument("--taus", default="", type=leniencies,
+                   help="Comma-separated speculative-cascade leniencies to evaluate (e.g. "
+                        "1,0.5,0.2,0.05; each starts a router over one edge and cloud).")
+    e.add_argument("--no-judge", action="store_true",
+                   help="Skip the cloud-judged scorers (they start a cloud when the labels "
+                        "lack its judgements, and write them into the labels).")
     e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
     e.add_argument("--json", action="store_true", help="Print only the JSON report.")
     e.set_defaults(run=run_cascade)
+
+
+def leniencies(text: str) -> str:
+    """``--taus``: comma-separated numbers in (0, 1]."""
+    try:
+        values = [float(t) for t in text.split(",")] if text else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"each leniency must be in (0, 1]: {text!r}")
+    return text
 
 
 def edge_model_for(quant: str) -> str:
@@ -105,8 +124,17 @@ def run_cascade(args: argparse.Namespace) -> int:
                                           cloud=None, edge_quant=args.edge_quant,
                                           max_tokens=args.max_tokens)
         collect_labels(collect_args)  # stdout carries only the report
+    if not args.no_judge:
+        judge_labels(labels)
     report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot,
                             args.scorer)
+    if args.taus:
+        from tandem.router.eval.collect import read_jsonl
+        from tandem.router.eval.deferral import deferral_curve
+
+        report["speculative_cascade"] = deferral_curve(
+            read_jsonl(labels), [float(t) for t in args.taus.split(",")],
+            edge_model_for(args.edge_quant), args.max_tokens, args.quality, args.bar)
     if not args.json:
         print(format_cascade(report), file=sys.stderr)
     def no_curve(result: dict) -> dict:
@@ -117,13 +145,40 @@ def run_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
+def judge_labels(labels: Path) -> None:
+    """Have a cloud judge every edge answer in ``labels`` that it has not judged yet."""
+    from tandem.router.eval.collect import read_jsonl
+    from tandem.router.eval.judge import judge_rows
+    from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+    from tandem.shared.process import ServiceProcess
+
+    rows = read_jsonl(labels)
+    if all("cloud_logprobs" in r for r in rows):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cloud = ServiceProcess("cloud", ["--port", "0", "--metrics-port", "-1"], Path(tmp))
+        try:
+            cloud.wait_ready(600)
+            judge_rows(rows, cloud.address, load_tokenizer(resolve_model(DEFAULT_MODEL)),
+                       labels)
+        finally:
+            cloud.stop()
+    print(f"the cloud judged {len(rows)} edge answers in {labels}", file=sys.stderr)
+
+
 def format_cascade(report: dict) -> str:
     lines = [f"{report['prompts']} prompts, edge-only quality {report['edge_only_quality']:.3f} "
              f"(share of edge answers with {report['quality']} >= {report['bar']} vs cloud; "
              f"mean {report['quality']} {report['edge_only_agreement']:.3f})",
-             f"{'router':<12} {'APGR':>6} {'saved@95%':>10}"]
+             f"{'router':<18} {'APGR':>6} {'saved@95%':>10}"]
     rows = list(report["scorers"].items()) + [("random", report["random"]),
                                               ("oracle", report["oracle"])]
     for name, r in rows:
-        lines.append(f"{name:<12} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f}")
+        lines.append(f"{name:<18} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f}")
+    if report.get("speculative_cascade"):
+        lines.append(f"{'speculative-cascade τ':<22} {'quality':>8} {'passes saved':>13} "
+                     f"{'cloud tokens saved':>19}")
+        for p in report["speculative_cascade"]:
+            lines.append(f"{p['tau']:<22g} {p['quality']:>8.3f} {p['cloud_pass_reduction']:>13.3f} "
+                         f"{p['cloud_token_reduction']:>19.3f}")
     return "\n".join(lines)
