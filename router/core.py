@@ -30,7 +30,7 @@ from tandem.router.response_cache import cache_key, replay, snapshot
 from tandem.router.state import Completion, StateStore, Turn
 from tandem.router.tiers import Tiers
 from tandem.shared.deadlines import Deadline
-from tandem.shared.errors import InvalidArgument, status_for
+from tandem.shared.errors import InvalidArgument, ResourceExhausted, status_for
 from tandem.shared.log import log_event
 from tandem.shared.prompting import PromptInput, max_token_bytes, render_off_loop
 from tandem.shared.sampling import SamplingParams
@@ -187,6 +187,9 @@ class RouterCore:
             if reservation is not None:  # a tier refused or failed it: give the admission back
                 await self._give_back(reservation, chunks)
                 reservation = None
+            if isinstance(exc, ResourceExhausted):
+                self.metrics.refusals.labels(label).observe(
+                    (time.perf_counter_ns() - started) / 1e9)
             raise
         finally:
             if reservation is not None:  # cancelled by its client: give back in the background

@@ -52,6 +52,9 @@ class RouterMetrics:
                                 ["policy", "code"], registry=registry)
         self.latency = Histogram("tandem_router_request_seconds", "End-to-end request latency.",
                                  ["policy"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.refusals = Histogram("tandem_router_refusal_seconds",
+                                  "Arrival to a RESOURCE_EXHAUSTED refusal (overload, limits).",
+                                  ["policy"], buckets=LATENCY_BUCKETS, registry=registry)
         self.ttft = Histogram("tandem_router_time_to_first_token_seconds",
                               "Time to the first answer chunk.", ["policy"],
                               buckets=LATENCY_BUCKETS, registry=registry)

@@ -74,6 +74,7 @@ async def overload(target: Target, settings: LoadSettings) -> Report:
 
 async def _overload(target: Target, settings: LoadSettings, report: Report) -> None:
     predictions_before = predictions(target)
+    refusals_before = router_refusals(target)
     until = time.monotonic() + settings.duration_s
     by_policy: dict[str, list[Result]] = {policy: [] for policy in ("auto", "cloud", "edge")}
     policies = list(by_policy)
@@ -100,6 +101,7 @@ async def _overload(target: Target, settings: LoadSettings, report: Report) -> N
         refused_by=refusal_sources(refused),
         by_policy={policy: _policy_figures(outcomes) for policy, outcomes in by_policy.items()},
         admission_time_ratio=prediction_accuracy(predictions_before, predictions(target)),
+        router_refusal_ms=bucket_quantiles(refusals_before, router_refusals(target)),
         goodput_rps=round(len(good) / settings.duration_s, 2),
         slo_met=round(len(good) / max(len(admitted), 1), 3), idle_after_s=idle_s,
         answer_after=after.code)
@@ -132,6 +134,32 @@ def predictions(target: Target) -> dict[str, tuple[float, float, float]]:
             out[tier] = (metric(samples, f"{name}_count"), metric(samples, f"{name}_sum"),
                          metric(samples, f"{name}_bucket", le="1.0"))
     return out
+
+
+def router_refusals(target: Target) -> dict[float, float]:
+    """The router's refusal-latency histogram: cumulative count per bucket bound."""
+    if "router" not in target.metrics:
+        return {}
+    samples = target.scrape("router")
+    bounds = {key.split('le="')[1].split('"')[0] for key in samples
+              if key.startswith("tandem_router_refusal_seconds_bucket")}
+    return {float(b): metric(samples, "tandem_router_refusal_seconds_bucket", le=b)
+            for b in bounds}
+
+
+def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """p50 / p99 of the refusals in the window, as the bucket bound (ms) they fall under:
+    the router's own time from arrival to refusal, without the load generator's lag."""
+    counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = counts[-1][1] if counts else 0.0
+
+    def under(q: float) -> float | None:
+        for bound, count in counts:
+            if total and count >= q * total:
+                return bound * 1e3 if bound != float("inf") else None
+        return None
+
+    return {"refusals": int(total), "p50_at_most": under(0.5), "p99_at_most": under(0.99)}
 
 
 def prediction_accuracy(before: dict[str, tuple[float, float, float]],
