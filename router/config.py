@@ -48,9 +48,10 @@ class RouterConfig(ServiceConfig, RequestLimits):
         0.1, "auto: prompts the prompt router scores below this (clearly hard) skip the edge "
              "and are decoded speculatively at once.")
     deferral_leniency: float = option(
-        0.5, "speculative-cascade: keep an edge draft token when the cloud gives it at least "
+        1.0, "speculative-cascade: keep an edge draft token when the cloud gives it at least "
              "this share of its own top token's probability (1: lossless, the cloud's output; "
-             "not tuned yet).")
+             "on the held-out prompts 0.9 saved 1.7 points more cloud passes for 8.5 points "
+             "of quality, so lossless is the default).")
     adaptive_draft: bool = option(
         True, "Speculative: choose the draft length from measured acceptance and round-trip "
               "time, and fall back to cloud-only decoding when speculation would be slower.")
