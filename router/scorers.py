@@ -96,19 +96,26 @@ class ConfidenceScorer(Scorer):
         return np.array([self.score(a) for a in answers], dtype=np.float64)
 
 
+def geometric_mean_prob(logprobs: Sequence[float]) -> float:
+    return math.exp(math.fsum(logprobs) / len(logprobs) if logprobs else NO_LOGPROB)
+
+
+def min_prob(logprobs: Sequence[float]) -> float:
+    return math.exp(min(logprobs) if logprobs else NO_LOGPROB)
+
+
 class MeanProbabilityScorer(ConfidenceScorer):
     name = "mean_prob"
 
     def score(self, answer: EdgeAnswer) -> float:
-        lp = answer.logprobs
-        return math.exp(math.fsum(lp) / len(lp) if lp else NO_LOGPROB)
+        return geometric_mean_prob(answer.logprobs)
 
 
 class MinProbabilityScorer(ConfidenceScorer):
     name = "min_prob"
 
     def score(self, answer: EdgeAnswer) -> float:
-        return math.exp(min(answer.logprobs) if answer.logprobs else NO_LOGPROB)
+        return min_prob(answer.logprobs)
 
 
 class EntropyScorer(ConfidenceScorer):
@@ -131,15 +138,14 @@ class CloudMeanProbabilityScorer(CloudJudgedScorer):
     name = "cloud_mean_prob"
 
     def score(self, answer: EdgeAnswer) -> float:
-        lp = answer.cloud_logprobs
-        return math.exp(math.fsum(lp) / len(lp) if lp else NO_LOGPROB)
+        return geometric_mean_prob(answer.cloud_logprobs)
 
 
 class CloudMinProbabilityScorer(CloudJudgedScorer):
     name = "cloud_min_prob"
 
     def score(self, answer: EdgeAnswer) -> float:
-        return math.exp(min(answer.cloud_logprobs) if answer.cloud_logprobs else NO_LOGPROB)
+        return min_prob(answer.cloud_logprobs)
 
 
 class CloudTopOneScorer(CloudJudgedScorer):
