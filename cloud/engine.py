@@ -117,7 +117,7 @@ class CloudEngine:
         prompt_ids, sampler = job.prompt_ids, job.sampler
         predicted_s = self._admit_check(self.backpressure.generation(
             len(prompt_ids), self.scheduler.max_batched_tokens, sampler.params.max_tokens, 0,
-            job.deadline))
+            job.deadline, job.tenant))
         sampler.set_prompt(prompt_ids)
         seq = Seq(job.tenant, list(prompt_ids), committed=len(prompt_ids))
         request = GenerationRequest(seq=seq, sampler=sampler, num_prompt=len(prompt_ids),
@@ -146,7 +146,7 @@ class CloudEngine:
         if key not in self.sessions:
             # A session already holding KV is an answer under way (its tokens may be
             # streamed): its next round is not refused, or the work done so far is lost.
-            self._admit_check(self._pass(len(tokens) + len(draft), deadline))
+            self._admit_check(self._pass(len(tokens) + len(draft), deadline, tenant))
         seq = self._session_sequence(key, tokens, draft)
         request = VerificationRequest(
             seq=seq, sampler=TokenSampler(sampling), num_prompt=len(tokens),
@@ -180,14 +180,15 @@ class CloudEngine:
             if isinstance(request, GenerationRequest):
                 works.append(self.backpressure.generation(
                     max(seq.num_uncomputed - 1, 0), self.scheduler.max_batched_tokens,
-                    request.max_tokens, request.num_output, request.job.deadline))
+                    request.max_tokens, request.num_output, request.job.deadline, seq.tenant))
             elif request is not None:  # a Verify round: its uncomputed tokens in one pass
-                works.append(self._pass(seq.num_uncomputed))
+                works.append(self._pass(seq.num_uncomputed, tenant=seq.tenant))
         return works
 
-    def _pass(self, tokens: int, deadline: Deadline | None = None) -> Work:
+    def _pass(self, tokens: int, deadline: Deadline | None = None, tenant: str = "") -> Work:
         """A verification round: ``tokens`` evaluated in as few steps as they fit."""
-        return Work(tokens, max(-(-tokens // self.scheduler.max_batched_tokens), 1), deadline)
+        return Work(tokens, max(-(-tokens // self.scheduler.max_batched_tokens), 1), deadline,
+                    tenant)
 
     def _admit_check(self, work: Work) -> float | None:
         """Admit ``work`` or raise ResourceExhausted; the seconds it is predicted to take."""

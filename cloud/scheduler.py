@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tandem.cloud.block_manager import BlockPool
+from tandem.shared.backpressure import fair_place
 
 
 class SeqStatus(enum.Enum):
@@ -91,8 +92,10 @@ class Scheduler:
         self.running: list[Sequence] = []
 
     def add(self, seq: Sequence) -> None:
+        """Queue ``seq`` where its tenant's fair share puts it (shared/backpressure.py)."""
         seq.status = SeqStatus.WAITING
-        self.waiting.append(seq)
+        self.waiting.insert(fair_place(seq.tenant, [s.tenant for s in self.running],
+                                       [s.tenant for s in self.waiting]), seq)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -116,7 +116,7 @@ class GenerationJob(Job):
     def work(self, backpressure: Backpressure, chunk: int) -> Work:
         return backpressure.generation(self.prompt_left(), chunk,
                                        self.request.sampler.params.max_tokens, self.produced,
-                                       self.request.deadline)
+                                       self.request.deadline, self.tenant)
 
     def take_logits(self, logits: np.ndarray) -> bool:
         token = GeneratedToken(*self.request.sampler.sample_with_entropy(logits))
@@ -156,7 +156,7 @@ class DraftJob(Job):
     def work(self, backpressure: Backpressure, chunk: int) -> Work:
         left = self.prompt_left()
         return Work(left, -(-left // chunk) + max(self.count - len(self.tokens), 0),
-                    self.request.deadline)
+                    self.request.deadline, self.tenant)
 
     def take_logits(self, logits: np.ndarray) -> bool:
         token, _, prob, dist = self.request.sampler.sample_with_distribution(logits)

@@ -28,7 +28,7 @@ import numpy as np
 
 from tandem.edge.backend import DraftResult, EdgeBackend
 from tandem.edge.slot_jobs import DraftJob, GenerationJob, Job, common_prefix
-from tandem.shared.backpressure import Backpressure, Work
+from tandem.shared.backpressure import Backpressure, Work, fair_place
 from tandem.shared.errors import Cancelled
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest, warm_up
 from tandem.v1 import common_pb2
@@ -95,14 +95,16 @@ class SlotScheduler:
     def submit(self, job: Job) -> None:
         """Queue ``job``, or refuse it (ResourceExhausted) when it cannot be served in time."""
         with self._cond:
+            # A draft (a few tokens of a request already under way) goes first; the rest
+            # where their tenant's fair share puts them.
+            draft = isinstance(job, DraftJob)
             job.predicted_s = self.backpressure.admit(
                 job.work(self.backpressure, PREFILL_CHUNK), *self._work(),
-                ahead=isinstance(job, DraftJob))
+                place=0 if draft else None)
             job.arrived = time.monotonic()
-            if isinstance(job, DraftJob):  # a few tokens of a request already under way
-                self._waiting.appendleft(job)
-            else:
-                self._waiting.append(job)
+            self._waiting.insert(0 if draft else fair_place(
+                job.tenant, [j.tenant for j in self._live()], [j.tenant for j in self._waiting]),
+                job)
             self._cond.notify()
 
     def wake(self) -> None:

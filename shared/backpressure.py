@@ -20,12 +20,19 @@ retry-after hint, before any model work, when
 - it would make an admitted request that ends in time miss its deadline (``protect``):
   admitted requests keep their latency under overload, the rest are refused at once.
 
+Tenants share the tier fairly: a request joins the waiting queue ahead of the requests
+further down their tenant's line than it is in its own (``fair_place``), and it is not
+refused to protect the requests of a tenant holding more of the tier than its own would:
+a tenant flooding the tier cannot make another tenant's requests wait behind, or be
+refused for, its backlog.
+
 The same simulation gives the wait a tier reports in Load for load-aware routing.
 """
 
 from __future__ import annotations
 
 import math
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +72,28 @@ class Work:
     prompt_tokens: int  # prompt tokens not yet evaluated
     steps: int  # steps still to run: one per prompt chunk, then one per token to generate
     deadline: Deadline | None = None
+    tenant: str = ""
+
+
+def tenant_ranks(tenants: Sequence[str]) -> list[int]:
+    """For each request (by tenant; running first, then waiting in queue order), its
+    place in its own tenant's line: 1 for a tenant's first, 2 for its second..."""
+    held: collections.Counter[str] = collections.Counter()
+    ranks = []
+    for tenant in tenants:
+        held[tenant] += 1
+        ranks.append(held[tenant])
+    return ranks
+
+
+def fair_place(tenant: str, running: Sequence[str], waiting: Sequence[str]) -> int:
+    """Where a new request of ``tenant`` joins the waiting queue: after its own tenant's
+    waiting requests, before the first one further down its tenant's line than this one
+    is in its own (a tenant's n-th request waits behind every tenant's (n-1)-th)."""
+    ranks = tenant_ranks([*running, *waiting])[len(running):]
+    mine = sum(1 for t in [*running, *waiting] if t == tenant) + 1
+    after_own = max((i + 1 for i, t in enumerate(waiting) if t == tenant), default=0)
+    return next((i for i in range(after_own, len(waiting)) if ranks[i] > mine), len(waiting))
 
 
 class StepTimes:
@@ -157,7 +186,7 @@ class Backpressure:
                                     buckets=LATENCY_BUCKETS, registry=registry)
 
     def generation(self, prompt_left: int, chunk: int, max_tokens: int, produced: int,
-                   deadline: Deadline | None) -> Work:
+                   deadline: Deadline | None, tenant: str = "") -> Work:
         """The work left of a generation: its prompt's chunks, then its tokens, expected
         to end by ``LENGTH_MARGIN`` x the mean output length when that is below
         max_tokens (a request past that is expected to go on a quarter as long again)."""
@@ -165,7 +194,7 @@ class Backpressure:
         if self.mean_output:
             expected = min(max_tokens, math.ceil(LENGTH_MARGIN * self.mean_output))
             left = min(left, max(expected - produced, math.ceil(expected / 4)))
-        return Work(prompt_left, -(-prompt_left // chunk) + max(left, 0), deadline)
+        return Work(prompt_left, -(-prompt_left // chunk) + max(left, 0), deadline, tenant)
 
     def generated(self, tokens: int) -> None:
         """A generation ended after ``tokens`` tokens."""
@@ -180,13 +209,18 @@ class Backpressure:
         starts, _ = timeline(running, [*waiting, Work(0, 1)], self.capacity, self.steps)
         return starts[-1]
 
+    def place(self, work: Work, running: Sequence[Work], waiting: Sequence[Work]) -> int:
+        """Where ``work`` joins the waiting queue (``fair_place``)."""
+        return fair_place(work.tenant, [w.tenant for w in running], [w.tenant for w in waiting])
+
     def admit(self, work: Work, running: Sequence[Work], waiting: Sequence[Work],
-              ahead: bool = False) -> float | None:
+              place: int | None = None) -> float | None:
         """Raise ResourceExhausted (with retry-after) for ``work`` when the queue is full,
         it would miss its deadline, or it would make an admitted request miss its own;
         else return the seconds it is predicted to take (None: nothing to predict with).
-        ``ahead``: it goes before the waiting ones (a draft: a few tokens that a request
-        under way waits on; a refused draft only makes its request go on without it)."""
+        ``place``: where it joins the waiting queue (default ``self.place``; 0 for a draft:
+        a few tokens that a request under way waits on, whose refusal only makes that
+        request go on without it)."""
         queued = max(len(running) + len(waiting) - self.capacity, 0)
         _, base_ends = timeline(running, waiting, self.capacity, self.steps)
         ends_running = base_ends[:len(running)]
@@ -197,9 +231,11 @@ class Backpressure:
                          f"{len(running)} running)", retry)
         if not self.steps.measured:  # the tiers time steps before serving (warm_up)
             return None
-        queue = [work, *waiting] if ahead else [*waiting, work]
-        mine = len(running) + (0 if ahead else len(waiting))
-        starts, ends = timeline(running, queue, self.capacity, self.steps)
+        if place is None:
+            place = self.place(work, running, waiting)
+        mine = len(running) + place
+        starts, ends = timeline(running, [*waiting[:place], work, *waiting[place:]],
+                                self.capacity, self.steps)
         mine_start, mine_end = starts[mine], ends[mine]
         others, ends_with = [*running, *waiting], ends[:mine] + ends[mine + 1:]
         remaining = work.deadline.remaining() if work.deadline is not None else None
@@ -209,9 +245,14 @@ class Backpressure:
                          f"+ service {mine_end - mine_start:.2f} s exceeds the request's "
                          f"remaining {max(remaining, 0.0):.2f} s ({queued} waiting, "
                          f"{len(running)} running)", retry)
+        # The requests of a tenant that holds more of the tier than this one's tenant
+        # would are not protected from it.
+        held = collections.Counter(w.tenant for w in others)
+        mine_held = held[work.tenant] + 1
         for other, before, after in zip(others, base_ends, ends_with):
             left = other.deadline.remaining() if other.deadline is not None else None
-            if left is not None and before <= HEADROOM * left < after:
+            if (left is not None and before <= HEADROOM * left < after
+                    and held[other.tenant] <= mine_held):
                 self._refuse("protect", f"{self.tier} is busy: admitting this request would "
                              f"make an admitted one miss its deadline ({queued} waiting, "
                              f"{len(running)} running)", retry)

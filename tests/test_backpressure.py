@@ -3,7 +3,8 @@
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tandem.shared.backpressure import HEADROOM, Backpressure, StepTimes, Work, timeline
+from tandem.shared.backpressure import (HEADROOM, Backpressure, StepTimes, Work, fair_place,
+                                        timeline)
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import ResourceExhausted
 
@@ -66,9 +67,30 @@ def test_a_full_queue_refuses_and_a_draft_goes_before_the_waiting() -> None:
     with pytest.raises(ResourceExhausted, match="queue is full"):
         backpressure.admit(Work(0, 1), running, waiting)
     backpressure.max_waiting = 2
-    backpressure.admit(Work(0, 1), running, waiting, ahead=False)  # after it: no harm
+    backpressure.admit(Work(0, 1), running, waiting)  # after it: no harm
     with pytest.raises(ResourceExhausted, match="miss its deadline"):  # before it: 7 s > 6.4 s
-        backpressure.admit(Work(0, 1), running, waiting, ahead=True)
+        backpressure.admit(Work(0, 1), running, waiting, place=0)
+
+
+def test_a_newcomer_waits_behind_each_tenants_first_requests_not_a_floods_backlog() -> None:
+    running = ["mallory", "mallory"]
+    waiting = ["alice", "mallory", "mallory", "mallory"]
+    assert fair_place("bob", running, waiting) == 1  # behind alice's 1st, before mallory's 3rd
+    assert fair_place("alice", running, waiting) == 1  # her 2nd: behind her 1st
+    assert fair_place("mallory", running, waiting) == 4  # a tenant's own order is kept
+    assert fair_place("bob", [], []) == 0
+
+
+def test_a_flooding_tenants_requests_are_not_protected_from_another_tenants_first() -> None:
+    backpressure = tier(capacity=8, fixed=0.1, per_token=0.1)
+    # Three of mallory's, each ending just within its deadline: 10 steps of 0.4 s.
+    flood = [Work(0, 10, Deadline(4.1 / HEADROOM), "mallory") for _ in range(3)]
+    with pytest.raises(ResourceExhausted, match="miss its deadline"):  # her 4th: refused
+        backpressure.admit(Work(0, 10, Deadline(60), "mallory"), flood, [])
+    backpressure.admit(Work(0, 10, Deadline(60), "bob"), flood, [])  # bob's 1st: admitted
+    shared = [Work(0, 10, Deadline(4.1 / HEADROOM), "alice"), *flood[:2]]
+    with pytest.raises(ResourceExhausted, match="miss its deadline"):  # alice holds 1: kept
+        backpressure.admit(Work(0, 10, Deadline(60), "bob"), shared, [])
 
 
 def test_an_idle_or_unmeasured_tier_admits_anything_it_has_room_for() -> None:
