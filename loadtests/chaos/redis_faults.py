@@ -25,6 +25,11 @@ PROMISE = ("requests succeed through a frozen or restarting Redis (fail-open, la
 FALLBACKS = "tandem_router_state_fallbacks_total"
 AOF_WINDOW_S = 1.5  # everysec: turns acknowledged longer ago than this must survive
 ACK_AFTER_WRITE_S = 0.5  # a turn written before the kill may be acknowledged this much later
+# An outage lasts until a turn sent during it has had this long to reach the store (its
+# session is read before any model work), so that the outage is met however slowly the
+# machine answers the turns already under way; at most OUTAGE_LIMIT_S.
+MET_AFTER_S = 0.5
+OUTAGE_LIMIT_S = 30.0
 
 
 @dataclass
@@ -74,6 +79,9 @@ class Conversations:
                 30.0, self.stack.metadata(CROWD[client]))
             turn.acked = time.monotonic()
 
+    def sent_between(self, start: float, end: float) -> bool:
+        return any(start <= turn.sent <= end for turn in self.turns)
+
     def stored(self) -> dict[int, list[int]]:
         """The user turns Redis holds for each client's session, in order."""
         import json
@@ -104,21 +112,30 @@ async def _run(stack: ChaosStack, settings: RedisSettings, report: Report) -> No
     report.measured["kill"] = await _outage(stack, settings, report, "kill")
 
 
-async def _fault(stack: ChaosStack, settings: RedisSettings, kind: str) -> float:
+async def _fault(stack: ChaosStack, settings: RedisSettings, kind: str,
+                 talk: Conversations) -> float:
     """Freeze or kill Redis; returns when it went away. Back when this returns."""
     started = time.monotonic()
     if kind == "freeze":
         stack.signal("redis", signal.SIGSTOP)
         try:
-            await asyncio.sleep(settings.freeze_s)
+            await _until_met(talk, started, settings.freeze_s)
         finally:
             stack.signal("redis", signal.SIGCONT)
     else:
         stack.signal("redis", signal.SIGKILL)
         await asyncio.to_thread(stack.wait_exit, "redis", 10)
-        await asyncio.sleep(settings.down_s)
+        await _until_met(talk, started, settings.down_s)
         await asyncio.to_thread(stack.restart, "redis")
     return started
+
+
+async def _until_met(talk: Conversations, started: float, least_s: float) -> None:
+    """Wait ``least_s``, then until a turn sent since ``started`` has met the outage."""
+    await asyncio.sleep(least_s)
+    while (not talk.sent_between(started, time.monotonic() - MET_AFTER_S)
+           and time.monotonic() - started < OUTAGE_LIMIT_S):
+        await asyncio.sleep(0.1)
 
 
 async def _outage(stack: ChaosStack, settings: RedisSettings, report: Report,
@@ -127,7 +144,7 @@ async def _outage(stack: ChaosStack, settings: RedisSettings, report: Report,
     fallbacks0 = metric(stack.scrape("router"), FALLBACKS)
     task = asyncio.ensure_future(talk.run())
     await asyncio.sleep(settings.before_s)
-    fault_at = await _fault(stack, settings, kind)
+    fault_at = await _fault(stack, settings, kind, talk)
     back_at = time.monotonic()
     await asyncio.sleep(settings.after_s)
     talk.running = False
