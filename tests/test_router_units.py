@@ -13,6 +13,7 @@ from tandem.router.policies.base import Outcome, RoutedRequest
 from tandem.router.policies.draft_length import (DraftLengthController, RequestRounds,
                                                  expected_tokens, predicted_speedup)
 from tandem.router.policies.emitter import Emitter
+from tandem.router.policies.spill import edge_too_busy
 from tandem.router.response_cache import cache_key
 from tandem.shared.deadlines import Deadline
 from tandem.shared.sampling import SamplingParams
@@ -311,3 +312,22 @@ def test_speculative_ceiling_costs_rounds_of_k_drafts_and_a_verify():
     costs = Namespace(step_ms=20.0, verify_slope=0.0, cloud_prefill_ms=0.0)
     assert ceiling.speedup([[16] * 10], 4, 0.0, 0.0, costs, 0.0) == pytest.approx(5.0)
     assert ceiling.speedup([[0] * 10], 4, 0.0, 0.005, costs, 0.0) < 1.0
+
+
+class Loads:
+    """The two tiers' latest loads, as the policies read them."""
+
+    def __init__(self, edge: common_pb2.TierLoad | None,
+                 cloud: common_pb2.TierLoad | None) -> None:
+        self.edge_load = lambda: edge
+        self.cloud_load = lambda: cloud
+
+
+def test_a_busy_edge_spills_only_to_a_cloud_whose_load_is_known() -> None:
+    busy = common_pb2.TierLoad(queued=4, max_queued=4, estimated_wait_ms=5000)
+    idle = common_pb2.TierLoad(max_queued=4)
+    assert edge_too_busy(Loads(busy, idle), 1.0)  # type: ignore[arg-type]
+    assert not edge_too_busy(Loads(idle, idle), 1.0)  # type: ignore[arg-type]
+    # The cloud's load went unknown (down, or too busy to answer Load): the edge's queue
+    # beats an error.
+    assert not edge_too_busy(Loads(busy, None), 1.0)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ PROMPTS = ["Name three colours of the rainbow.", "What is the capital city of Fr
 CLEAN = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 RECOVERY_LIMIT_S = 5.0
 END_MARGIN_S = 1.0  # a request may end this long after its deadline (scheduling noise)
+DOWN_DEADLINE_S = 60.0  # of the requests sent while a tier is down
 
 
 @dataclass
@@ -188,7 +189,10 @@ async def _while_down(f: Faults, tier: str) -> dict[str, Any]:
     """Requests while ``tier`` is dead: the other tier's policies still answer; cascade
     and auto answer from the edge while the cloud is down."""
     policies = ("cascade", "auto", "cloud") if tier == "cloud" else ("cloud", "edge")
-    results = await f.mixed(f"{tier} down", 20.0, policies)
+    # What is promised is the fallback, not its speed: the deadline leaves the remaining
+    # tier room to answer on a loaded machine (its admission wants twice the time it
+    # predicts, and a busy CI machine made one edge answer take ~10 s).
+    results = await f.mixed(f"{tier} down", DOWN_DEADLINE_S, policies)
     out: dict[str, Any] = {}
     for policy in policies:
         mine = [r for p, _, r in results if p == policy]

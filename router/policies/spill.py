@@ -33,10 +33,12 @@ def spill(outcome: Outcome, reason: str) -> None:
 
 def edge_too_busy(tiers: Tiers, budget_s: float) -> bool:
     """Whether the edge would refuse a request or make it wait longer than ``budget_s``
-    (from its latest Load; an unknown load counts as not busy)."""
+    (from its latest Load; an unknown load counts as not busy) while the cloud could take
+    it instead: a cloud whose load is unknown is down or too busy to answer Load, and
+    the edge's queue beats an error."""
     load = tiers.edge_load()
-    return load is not None and (load.queued >= load.max_queued
-                                 or load.estimated_wait_ms > budget_s * 1e3)
+    return (load is not None and tiers.cloud_load() is not None
+            and (load.queued >= load.max_queued or load.estimated_wait_ms > budget_s * 1e3))
 
 
 async def edge_or_cloud(tiers: Tiers, request: RoutedRequest, outcome: Outcome,
