@@ -30,6 +30,7 @@ from tandem.cloud.sessions import SessionStore
 from tandem.shared.backpressure import Backpressure, Work
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
+from tandem.shared.memory import release_free_memory
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest
 from tandem.v1 import common_pb2
@@ -37,6 +38,8 @@ from tandem.v1 import common_pb2
 _END = object()
 # Most draft tokens one Verify may carry.
 MAX_VERIFY_DRAFT = 64
+# Idle this long after a step, the engine returns freed heap memory to the OS.
+IDLE_TRIM_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class CloudEngine:
         self._loop_task: asyncio.Task | None = None
         # One thread: steps run one at a time and each uses every torch thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model")
+        self._stepped_since_trim = False
 
     # ----- entry points -------------------------------------------------------------
     async def generate(self, job: TokenRequest) -> AsyncIterator[GeneratedToken]:
@@ -257,8 +261,12 @@ class CloudEngine:
                     self._fail_unschedulable()
                     continue
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if self._stepped_since_trim:
+                    await self._trim_when_idle(loop)
+                else:
+                    await self._wakeup.wait()
                 continue
+            self._stepped_since_trim = True
             self.metrics.preemptions.inc(len(out.preempted))
             try:
                 results = await loop.run_in_executor(self._executor, self._execute,
@@ -276,6 +284,16 @@ class CloudEngine:
                     self._deliver(self._requests[item.seq.seq_id], result)
             self.backpressure.stepped(sum(item.num_tokens for item in out.scheduled),
                                       time.monotonic() - began)
+
+    async def _trim_when_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for work; if none comes within IDLE_TRIM_AFTER_S, give the memory the
+        finished batches freed back to the OS (shared/memory.py), on the model thread."""
+        assert self._wakeup is not None
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), IDLE_TRIM_AFTER_S)
+        except asyncio.TimeoutError:
+            self._stepped_since_trim = False
+            await loop.run_in_executor(self._executor, release_free_memory)
 
     def _execute(self, scheduled: list[ScheduledSeq]) -> list[object]:
         """Model thread: one forward for the whole batch, then sampling per request. A

@@ -3,14 +3,19 @@
 KV cache is freed on cancel, reused per tenant only, and preempts when full."""
 
 import asyncio
+import platform
+import sys
 
 import pytest
 import torch
 
+from tandem.cloud import engine as engine_module
 from tandem.cloud.config import CloudConfig
 from tandem.shared.model_loader import load_causal_lm
 from tandem.cloud.server import build_engine
+from tandem.shared import memory as memory_module
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
+from tandem.shared.memory import release_free_memory
 from tandem.shared.models import resolve_model
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_handler import TokenRequest
@@ -96,6 +101,32 @@ def test_cancelled_stream_frees_its_blocks(engine):
 
     assert len(asyncio.run(cancel_early())) == 3
     assert engine.pool.num_used == 0 and not engine.scheduler.running
+
+
+def test_an_engine_gone_idle_gives_freed_memory_back_once(model, monkeypatch):
+    trims = []
+    monkeypatch.setattr(engine_module, "IDLE_TRIM_AFTER_S", 0.05)
+    monkeypatch.setattr(engine_module, "release_free_memory", lambda: trims.append(1) or True)
+    eng = make_engine(model)
+
+    async def run_then_idle():
+        await collect(eng, PROMPT, 3)
+        await asyncio.sleep(0.5)  # idle: one trim, not one per wait
+        trimmed_once = len(trims)
+        await collect(eng, PROMPT, 3)  # work again, then idle again: one more
+        await asyncio.sleep(0.5)
+        return trimmed_once, len(trims)
+
+    try:
+        assert asyncio.run(run_then_idle()) == (1, 2)
+    finally:
+        eng.close()
+
+
+def test_memory_is_released_to_the_os_where_the_c_library_can():
+    assert release_free_memory() in (True, False)  # glibc: malloc_trim(0) ran
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert memory_module._malloc_trim() is not None
 
 
 def test_prefix_cache_is_reused_within_a_tenant_only(model):

@@ -1,0 +1,33 @@
+"""Give the heap's freed memory back to the operating system.
+
+A tier's batches come in many shapes, and glibc's malloc keeps what they free in its
+arenas for reuse rather than returning it: over a one-hour soak the cloud's RSS rose
+~11 % and then stayed there, with no session, KV block or descriptor left behind. A
+tier calls ``release_free_memory`` when it goes idle, so that its RSS follows what it
+holds, not the largest batch it once ran."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim with
+        logger.debug("malloc_trim is not available")
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return free heap memory of every arena to the OS (glibc ``malloc_trim(0)``);
+    whether any was released (False where the C library has no malloc_trim)."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
