@@ -123,6 +123,19 @@ def test_an_engine_gone_idle_gives_freed_memory_back_once(model, monkeypatch):
         eng.close()
 
 
+def test_an_engine_under_steady_load_trims_between_steps(model, monkeypatch):
+    trims = []
+    monkeypatch.setattr(engine_module, "IDLE_TRIM_AFTER_S", 3600.0)
+    monkeypatch.setattr(engine_module, "TRIM_EVERY_S", 0.0)  # after every step
+    monkeypatch.setattr(engine_module, "release_free_memory", lambda: trims.append(1) or True)
+    eng = make_engine(model)
+    try:
+        tokens = asyncio.run(collect(eng, PROMPT, 4))
+        assert len(tokens) == 4 and len(trims) >= 3  # after each step (the last may end first)
+    finally:
+        eng.close()
+
+
 def test_memory_is_released_to_the_os_where_the_c_library_can():
     assert release_free_memory() in (True, False)  # glibc: malloc_trim(0) ran
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
