@@ -31,8 +31,8 @@ The same simulation gives the wait a tier reports in Load for load-aware routing
 
 from __future__ import annotations
 
-import math
 import collections
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
