@@ -97,18 +97,20 @@ def run_policies(router: str, prompts: list[str], policies: list[str], max_token
                 run.texts.append(reply.text)
     report: dict[str, Any] = {"max_tokens": max_tokens, "prompts": len(prompts),
                               "policies": [r.summary() for r in runs.values()]}
-    if "cloud" in runs and "speculative" in runs:
-        report["speculative_identical_to_cloud"] = runs["cloud"].texts == runs["speculative"].texts
-        cloud_tok_s = runs["cloud"].summary()["tok_s"]
-        if cloud_tok_s:
-            report["speculative_speedup"] = round(runs["speculative"].summary()["tok_s"] / cloud_tok_s, 2)
+    cloud_tok_s = runs["cloud"].summary()["tok_s"] if "cloud" in runs else 0.0
+    for policy in ("speculative", "speculative-cascade"):  # lossless when greedy (and τ = 1)
+        if "cloud" in runs and policy in runs:
+            key = policy.replace("-", "_")
+            report[f"{key}_identical_to_cloud"] = runs["cloud"].texts == runs[policy].texts
+            if cloud_tok_s:
+                report[f"{key}_speedup"] = round(runs[policy].summary()["tok_s"] / cloud_tok_s, 2)
     return report
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"{'policy':<12} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'passes/tok':>10} {'accept':>7}"]
+    lines = [f"{'policy':<19} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'passes/tok':>10} {'accept':>7}"]
     for row in report["policies"]:
-        lines.append(f"{row['policy']:<12} {row['output_tokens']:>7} {row['seconds']:>8.2f} "
+        lines.append(f"{row['policy']:<19} {row['output_tokens']:>7} {row['seconds']:>8.2f} "
                      f"{row['tok_s']:>8.2f} {row['cloud_passes_per_token']:>10.3f} "
                      f"{row.get('acceptance_rate', ''):>7}")
     return "\n".join(lines)

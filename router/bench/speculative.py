@@ -1,6 +1,8 @@
 """`tandem bench speculative`: speculative decoding against cloud-only through one router,
-at injected router→cloud round-trip times. The cloud and edge start once; a fresh router
-per RTT (its draft-length controller learns that link from scratch)."""
+at injected router→cloud round-trip times, with `speculative-cascade` beside them (at the
+router's default leniency, 1: with greedy decoding it must give the cloud's output at the
+speed of `speculative`). The cloud and edge start once; a fresh router per RTT (its
+draft-length controller learns that link from scratch)."""
 
 from __future__ import annotations
 
@@ -54,10 +56,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: float
                     ) -> dict[str, Any]:
-    """Cloud-only vs speculative through one router (whose cloud link has ``rtt_ms``)."""
-    report = run_policies(router, prompts, ["cloud", "speculative"], max_tokens)
+    """Cloud-only vs speculative (and speculative-cascade) through one router, whose
+    cloud link has ``rtt_ms``; each prompt goes through every policy in turn."""
+    report = run_policies(router, prompts, ["cloud", "speculative", "speculative-cascade"],
+                          max_tokens)
     rows = {r["policy"]: r for r in report["policies"]}
-    spec, cloud = rows["speculative"], rows["cloud"]
+    spec, cloud, cascade = rows["speculative"], rows["cloud"], rows["speculative-cascade"]
     with grpc.insecure_channel(router) as channel:  # the draft length the router settled on
         reply = router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
             prompt=prompts[0], policy="speculative",
@@ -75,15 +79,23 @@ def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: fl
         "cloud_passes_per_token": spec["cloud_passes_per_token"],
         "draft_len": reply.decision.draft_length,
         "identical": report["speculative_identical_to_cloud"],
+        "speculative_cascade_tok_s": cascade["tok_s"],
+        "speculative_cascade_vs_speculative": (round(cascade["tok_s"] / spec["tok_s"], 3)
+                                               if spec["tok_s"] else None),
+        "speculative_cascade_identical": report["speculative_cascade_identical_to_cloud"],
     }
 
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"{'rtt_ms':>6} {'cloud tok/s':>11} {'spec tok/s':>10} {'speedup':>7} "
-             f"{'accept':>6} {'acc.len':>7} {'passes/tok':>10} {'k':>3} identical"]
+             f"{'accept':>6} {'acc.len':>7} {'passes/tok':>10} {'k':>3} identical "
+             f"{'spec-casc tok/s':>15} {'vs spec':>7} identical"]
     for r in report["results"]:
         lines.append(f"{r['rtt_ms']:>6g} {r['cloud_only_tok_s']:>11.2f} "
                      f"{r['speculative_tok_s']:>10.2f} {r['speedup']:>7.2f} "
                      f"{r['acceptance_rate']:>6.3f} {r['mean_accepted_len']:>7.2f} "
-                     f"{r['cloud_passes_per_token']:>10.3f} {r['draft_len']:>3} {r['identical']}")
+                     f"{r['cloud_passes_per_token']:>10.3f} {r['draft_len']:>3} "
+                     f"{str(r['identical']):>9} {r['speculative_cascade_tok_s']:>15.2f} "
+                     f"{r['speculative_cascade_vs_speculative']:>7.2f} "
+                     f"{r['speculative_cascade_identical']}")
     return "\n".join(lines)
