@@ -81,7 +81,12 @@ class RouterConfig(ServiceConfig, RequestLimits):
     target_escalation_rate: float = option(
         0.0, "Budget controller: steer the fleet's cascade escalation rate to this fraction by "
              "moving the shared threshold online; 0 = off (threshold fixed).")
-    controller_step: float = option(0.01, "Budget controller step per cascade decision.")
+    target_cloud_pass_share: float = option(
+        0.0, "Budget controller for speculative-cascade: steer the fleet's cloud forward "
+             "passes per output token to this share by moving the shared leniency online "
+             "(starting from deferral_leniency); 0 = off (leniency fixed).")
+    controller_step: float = option(0.01, "Budget controller step per cascade decision "
+                                          "(and per speculative-cascade request).")
     http_port: int = option(
         0, "Port of the OpenAI-compatible HTTP API (/v1/chat/completions, ...); 0 picks a "
            "free one (see --ready-file), -1 turns it off. `tandem up` uses 8000.")
@@ -102,8 +107,9 @@ class RouterConfig(ServiceConfig, RequestLimits):
             raise ValueError("deferral_leniency must be in (0, 1]")
         if not 1 <= self.draft_tokens <= 32:
             raise ValueError("draft_tokens must be in [1, 32]")
-        if not 0.0 <= self.target_escalation_rate < 1.0:
-            raise ValueError("target_escalation_rate must be in [0, 1)")
+        if not (0.0 <= self.target_escalation_rate < 1.0
+                and 0.0 <= self.target_cloud_pass_share < 1.0):
+            raise ValueError("target_escalation_rate and target_cloud_pass_share must be in [0, 1)")
         if self.rate_limit_rps < 0 or self.token_budget < 0 or self.response_cache_seconds < 0:
             raise ValueError("rate_limit_rps, token_budget and response_cache_seconds must be >= 0")
         if self.tenant_max_concurrency < 0:

@@ -103,6 +103,7 @@ def test_speculative_cascade_defers_to_the_cloud_token_by_token(real_stack, tmp_
         cloud = ask(real_stack, prompt, policy="cloud", temperature=0.0, max_tokens=32)
         assert [t for s in exact.segments for t in s.token_ids] == \
             [t for s in cloud.segments for t in s.token_ids]
+        assert exact.decision.threshold == 1.0  # the leniency it verified with
     router = start_services(tmp_path, [("router", [
         "--cloud-address", real_stack["cloud"].address,
         "--edge-address", real_stack["edge"].address, "--deferral-leniency", "0.5",
@@ -123,11 +124,37 @@ def test_speculative_cascade_defers_to_the_cloud_token_by_token(real_stack, tmp_
                     assert written[parted][0] == common_pb2.TIER_EDGE
                 assert lenient.usage.cloud_forward_passes >= 1
                 assert lenient.decision.policy == "speculative-cascade"
+                assert lenient.decision.threshold == pytest.approx(0.5)
     finally:
         router.stop()
     with pytest.raises(grpc.RpcError) as sampled:
         ask(real_stack, UNSEEN_PROMPTS[0], policy="speculative-cascade", temperature=0.7)
     assert sampled.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_budget_controller_lowers_the_leniency_when_the_cloud_is_over_budget(
+        real_stack, tmp_path):
+    """--target-cloud-pass-share: the cloud verifies far more than 2 % of the tokens, so
+    each speculative-cascade request lowers the fleet's leniency for the next one."""
+    router = start_services(tmp_path, [("router", [
+        "--cloud-address", real_stack["cloud"].address,
+        "--edge-address", real_stack["edge"].address, "--no-adaptive-draft",
+        "--target-cloud-pass-share", "0.02", "--controller-step", "0.2"])])[0]
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            leniencies = []
+            for prompt in UNSEEN_PROMPTS[:3]:
+                reply = stub.Generate(build_request(prompt, policy="speculative-cascade",
+                                                    temperature=0.0, max_tokens=16), timeout=300)
+                share = reply.usage.cloud_forward_passes / (reply.usage.edge_tokens
+                                                            + reply.usage.cloud_tokens)
+                assert share > 0.02
+                leniencies.append(reply.decision.threshold)
+    finally:
+        router.stop()
+    assert leniencies[0] == 1.0
+    assert leniencies[1] < leniencies[0] and leniencies[2] < leniencies[1]
 
 
 def test_a_cloud_judged_cascade_costs_one_cloud_pass_per_answer(real_stack, tmp_path):

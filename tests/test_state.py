@@ -141,6 +141,41 @@ def test_budget_controller_converges_to_target_rate(make_store):
     assert late_rate == pytest.approx(0.25, abs=0.06)
 
 
+def test_leniency_controller_steers_the_cloud_pass_share_to_its_target(make_store):
+    """speculative-cascade's τ: a request's cloud share rises with τ (here 0.1 + 0.3 τ,
+    with noise); the controller must settle τ where the share meets the target, beside
+    the cascade threshold (a separate shared value), and never hand out less than its
+    floor."""
+    async def scenario():
+        import numpy as np
+
+        store = make_store()
+        if isinstance(store, RedisStateStore):
+            await store._redis.delete("tandem:v2:leniency", "tandem:v2:threshold")
+        leniency = ThresholdController(store, initial=1.0, target_rate=0.19, step=0.05,
+                                       name="leniency", floor=0.01)
+        cascade = ThresholdController(store, initial=0.4, target_rate=0.5)
+        rng = np.random.default_rng(0)
+        shares = []
+        for _ in range(1500):
+            tau = await leniency.current()
+            shares.append(float(np.clip(0.1 + 0.3 * tau + rng.normal(0, 0.05), 0, 1)))
+            await leniency.observe(shares[-1])
+        settled, threshold = await leniency.current(), await cascade.current()
+        floor = ThresholdController(store, initial=1.0, target_rate=0.05, step=1.0,
+                                    name="leniency", floor=0.01)
+        await floor.observe(1.0)  # far over budget: the shared value hits 0
+        floored = await floor.current()
+        await store.close()
+        return settled, float(np.mean(shares[-500:])), threshold, floored
+
+    tau, late_share, threshold, floored = run(scenario())
+    assert tau == pytest.approx(0.3, abs=0.1)
+    assert late_share == pytest.approx(0.19, abs=0.02)
+    assert threshold == 0.4  # the cascade's threshold is its own value
+    assert floored == 0.01
+
+
 def test_redis_down_is_unavailable_quickly():
     async def scenario():
         store = RedisStateStore("redis://127.0.0.1:1/0")  # nothing listens on port 1

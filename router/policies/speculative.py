@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 @register_policy
 class SpeculativePolicy(Policy):
     name = "speculative"
-    leniency = 0.0  # the cloud's acceptance rule: 0 is lossless (speculative-cascade relaxes it)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, draft_length: DraftLengthController,
                  edge_wait_budget_s: float = float("inf")) -> None:
@@ -67,9 +66,11 @@ class SpeculativePolicy(Policy):
         return self.decode(request, tiers, outcome)
 
     async def decode(self, request: RoutedRequest, tiers: Tiers, outcome: Outcome,
-                     first_draft: list[int] | None = None) -> AsyncIterator[Segment]:
+                     first_draft: list[int] | None = None,
+                     leniency: float = 0.0) -> AsyncIterator[Segment]:
         """Speculative rounds until the answer ends; ``first_draft`` (e.g. an escalated edge
-        answer) is verified first instead of asking the edge for a draft."""
+        answer) is verified first instead of asking the edge for a draft. ``leniency`` is
+        the cloud's acceptance rule: 0 is lossless (speculative-cascade relaxes it)."""
         session = f"spec-{request.request_id}"
         tokens = list(request.prompt_ids)
         emitter = Emitter(self.tokenizer, request.sampling.stop, request.sampling.max_tokens,
@@ -106,7 +107,7 @@ class SpeculativePolicy(Policy):
                                           emitter.remaining - len(draft) - 1)
                 accepted, next_token = await self._verify(tiers, request, session, tokens,
                                                           draft, distributions, outcome,
-                                                          rounds)
+                                                          rounds, leniency)
                 drafted_ahead = await self._continuation(ahead, draft, accepted, next_token,
                                                          outcome)
                 ahead = None
@@ -197,13 +198,14 @@ class SpeculativePolicy(Policy):
     async def _verify(self, tiers: Tiers, request: RoutedRequest, session: str,
                       tokens: list[int], draft: list[int],
                       distributions: list[common_pb2.TokenDistribution],
-                      outcome: Outcome, rounds: RequestRounds) -> tuple[list[int], int]:
+                      outcome: Outcome, rounds: RequestRounds,
+                      leniency: float) -> tuple[list[int], int]:
         """One cloud pass over ``draft``; returns (accepted drafts, the cloud's next token)."""
         started = time.perf_counter()
         verdict = await tiers.verify(cloud_pb2.VerifyRequest(
             session_id=session, tokens=tokens, draft_tokens=draft,
             sampling=request.sampling.to_pb(), tenant=request.tenant,
-            draft_distributions=distributions, leniency=self.leniency),
+            draft_distributions=distributions, leniency=leniency),
             request.deadline, outcome.timings)
         with spent(outcome.timings, DECISION):
             self.draft_length.observe_verify(rounds, time.perf_counter() - started,

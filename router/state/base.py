@@ -96,14 +96,15 @@ class StateStore(ABC):
     @abstractmethod
     async def cache_put(self, tenant: str, key: str, value: bytes, ttl_s: float) -> None: ...
 
-    # -- cascade threshold and its budget controller --------------------------------
+    # -- thresholds the budget controllers steer (the cascade's, speculative-cascade's) --
     @abstractmethod
-    async def threshold(self, default: float) -> float:
-        """The fleet's current cascade threshold (initialised to ``default``)."""
+    async def threshold(self, default: float, name: str = "threshold") -> float:
+        """The fleet's current value of threshold ``name`` (initialised to ``default``)."""
 
     @abstractmethod
-    async def nudge_threshold(self, delta: float, default: float) -> float:
-        """Add ``delta`` to the threshold atomically, clamped to [0, 1]; returns it."""
+    async def nudge_threshold(self, delta: float, default: float,
+                              name: str = "threshold") -> float:
+        """Add ``delta`` to threshold ``name`` atomically, clamped to [0, 1]; returns it."""
 
     # -- statistics -----------------------------------------------------------------
     @abstractmethod

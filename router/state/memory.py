@@ -16,7 +16,7 @@ class MemoryStateStore(StateStore):
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
         self._budgets: dict[tuple[str, int], int] = {}  # (tenant, window index) -> used
         self._cache: dict[tuple[str, str], tuple[float, bytes]] = {}
-        self._threshold: float | None = None
+        self._thresholds: dict[str, float] = {}
         self._stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._affinity: dict[tuple[str, str, str], tuple[float, str]] = {}
 
@@ -107,14 +107,14 @@ class MemoryStateStore(StateStore):
     async def drop_affinity(self, tier: str, tenant: str, session_id: str) -> None:
         self._affinity.pop((tier, tenant, session_id), None)
 
-    async def threshold(self, default: float) -> float:
-        if self._threshold is None:
-            self._threshold = default
-        return self._threshold
+    async def threshold(self, default: float, name: str = "threshold") -> float:
+        return self._thresholds.setdefault(name, default)
 
-    async def nudge_threshold(self, delta: float, default: float) -> float:
-        self._threshold = min(1.0, max(0.0, await self.threshold(default) + delta))
-        return self._threshold
+    async def nudge_threshold(self, delta: float, default: float,
+                              name: str = "threshold") -> float:
+        value = min(1.0, max(0.0, await self.threshold(default, name) + delta))
+        self._thresholds[name] = value
+        return value
 
     async def add_stats(self, policy: str, counts: dict[str, int]) -> None:
         for name, value in counts.items():

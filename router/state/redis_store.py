@@ -25,7 +25,7 @@ T = TypeVar("T")
 # tenant was the tenant "-".
 PREFIX = "tandem:v2"
 STATS_TTL_S = 30 * 24 * 3600
-# How long this replica trusts the fleet's cascade threshold it last saw. Its own nudges
+# How long this replica trusts the fleet's value of a threshold it last saw. Its own nudges
 # refresh it (a nudge returns the fleet's value, every replica's nudges included), so a
 # busy replica never reads it separately; the budget controller tolerates the staleness.
 THRESHOLD_FRESH_S = 1.0
@@ -57,7 +57,8 @@ class RedisStateStore(StateStore):
         self._unadmit = self._redis.register_script(UNADMIT)
         self._complete = self._redis.register_script(COMPLETE)
         self._append_once = self._redis.register_script(APPEND_ONCE)
-        self._threshold_seen: tuple[float, float] | None = None  # (value, monotonic time)
+        # threshold name -> (value, monotonic time seen)
+        self._thresholds_seen: dict[str, tuple[float, float]] = {}
 
     @staticmethod
     def _key(kind: str, tenant: str, name: str = "") -> str:
@@ -126,20 +127,21 @@ class RedisStateStore(StateStore):
         await self._call("affinity", lambda: self._redis.delete(
             self._key("affinity", tenant, f"{tier}:{session_id}")))
 
-    async def threshold(self, default: float) -> float:
-        seen = self._threshold_seen
+    async def threshold(self, default: float, name: str = "threshold") -> float:
+        seen = self._thresholds_seen.get(name)
         if seen is not None and time.monotonic() - seen[1] < THRESHOLD_FRESH_S:
             return seen[0]
-        raw = await self._call("threshold", lambda: self._redis.get(f"{PREFIX}:threshold"))
+        raw = await self._call("threshold", lambda: self._redis.get(f"{PREFIX}:{name}"))
         if raw is None:
             return default
-        self._threshold_seen = (float(raw), time.monotonic())
+        self._thresholds_seen[name] = (float(raw), time.monotonic())
         return float(raw)
 
-    async def nudge_threshold(self, delta: float, default: float) -> float:
+    async def nudge_threshold(self, delta: float, default: float,
+                              name: str = "threshold") -> float:
         raw = await self._call("threshold", lambda: self._nudge(
-            keys=[f"{PREFIX}:threshold"], args=[delta, default]))
-        self._threshold_seen = (float(raw), time.monotonic())
+            keys=[f"{PREFIX}:{name}"], args=[delta, default]))
+        self._thresholds_seen[name] = (float(raw), time.monotonic())
         return float(raw)
 
     async def admit(self, limits: Limits) -> Allowance:
