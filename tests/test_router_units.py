@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from tandem.router.eval.agreement import rouge_l, token_f1
-from tandem.router.eval.cascade import apgr, cost_reduction_at, curve, random_baseline
+from tandem.router.eval.cascade import (Costs, apgr, cost_reduction_at, curve, random_baseline,
+                                        summarise)
+from tandem.router.eval.checkable import is_correct
 from tandem.router.eval.train import threshold_for_budget, threshold_for_quality
 from tandem.router.head import LogisticHead
 from tandem.router.policies.base import Outcome, RoutedRequest
@@ -163,7 +165,38 @@ def test_curve_apgr_and_cost_reduction_of_a_perfect_and_a_random_router():
     assert list(cost) == [0.0, 0.25, 0.5, 0.75, 1.0] and q[1] == 1.0
     assert cost_reduction_at(cost, q, 0.95) == pytest.approx(0.75)
     assert apgr(cost, q, q_edge=0.75) == pytest.approx(0.875, abs=0.01)
-    assert random_baseline(quality, tokens)["apgr"] == pytest.approx(0.5, abs=0.1)
+    costs = Costs(tokens, tokens, np.zeros(4), np.ones(4))
+    assert random_baseline(quality, costs)["apgr"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_judged_scorer_pays_the_judging_on_the_pass_axis_and_the_cloud_may_be_wrong():
+    """Pass axis: a cloud-judged scorer's curve starts at the judging's share. Checkable
+    answers: escalating gains the cloud's quality, which may be lower than the edge's."""
+    edge = np.array([1.0, 0.0, 0.0, 1.0])
+    cloud = np.array([1.0, 1.0, 1.0, 0.0])  # the cloud is wrong where the edge is right
+    costs = Costs(tokens=np.full(4, 10.0), passes=np.full(4, 10.0),
+                  judge_passes=np.full(4, 1.0), cloud_quality=cloud)
+    cost, quality = curve(np.array([0.9, 0.1, 0.5, 0.8]), edge, costs.passes, cloud, 0.1)
+    assert list(cost) == pytest.approx([0.1, 0.35, 0.6, 0.85, 1.1])
+    assert list(quality) == [0.5, 0.75, 1.0, 0.75, 0.75]
+    judged = summarise(np.array([0.9, 0.1, 0.5, 0.8]), edge, costs, judged=True)
+    free = summarise(np.array([0.9, 0.1, 0.5, 0.8]), edge, costs)
+    assert judged["passes"]["judge_share"] == 0.1 and free["passes"]["judge_share"] == 0.0
+    assert judged["apgr"] == free["apgr"] > judged["passes"]["apgr"]
+    assert free["passes"]["apgr"] == free["apgr"]  # same costs on both axes here
+
+
+def test_checkable_answers_are_graded_whatever_the_wording():
+    assert is_correct("12 plus 7 equals 19.", "What is 12 plus 7?", ["19"])
+    assert not is_correct("The answer is 21, not 19.", "What is 12 plus 7?", ["19"])
+    assert is_correct("There are five letters in it.", 'How many letters in "apple"?',
+                      ["5", "five"])
+    assert is_correct("7 weeks have 49 days.", "How many days are in 7 weeks?", ["49"])
+    assert is_correct("That is 3,000 meters.", "How many meters are in 3 kilometers?", ["3000"])
+    assert not is_correct("I do not know.", "What is 2 plus 2?", ["4", "four"])
+    assert is_correct("The capital of Colombia is Bogotá.", "Capital of Colombia?", ["Bogota"])
+    assert not is_correct("It is Bogotana.", "Capital of Colombia?", ["Bogota"])
+    assert is_correct("The opposite of hot is COLD!", 'Opposite of "hot"?', ["cold"])
 
 
 def test_budget_threshold_escalates_at_most_the_budget():

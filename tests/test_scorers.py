@@ -44,6 +44,31 @@ def test_cascade_report_judges_acceptability_at_the_bar(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_cascade_report_grades_checkable_answers_and_counts_forward_passes(tmp_path):
+    """--quality correct: each answer is right or wrong (the cloud's too); both cost axes
+    and the cost model are in the report."""
+    import json
+
+    from tandem.router.eval.report import cascade_report
+
+    rows = [{"prompt": f"What is {i + 10} plus 1? Answer with the number.",
+             "answers": [str(i + 11)], "edge_text": f"It is {i + 11 if i < 2 else 0}.",
+             "cloud_text": f"{i + 11}.",
+             "cloud_tokens": 4, "edge_logprobs": [-0.1 * (i + 1)] * 4, "rouge_l": 0.5}
+            for i in range(4)]
+    rows[0]["cloud_text"] = "No idea."  # the cloud is wrong where the edge is right
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = cascade_report(labels, "correct", 0.5, "test", None)
+    assert report["edge_only_quality"] == 0.5 and report["cloud_only_quality"] == 0.75
+    assert report["cost_model"]["prefill_token_cost"] == 0.035
+    for result in [report["oracle"], report["random"], *report["scorers"].values()]:
+        assert {"apgr", "cost_reduction_at_95"} <= set(result["passes"])
+    # Confidence falls with i: the wrong edge answers (i = 2, 3) are escalated first.
+    assert report["scorers"]["mean_prob"]["apgr"] == report["oracle"]["apgr"]
+    assert "mean_prob" in report["by_agreement"]
+
+
 def test_eval_cascade_json_is_one_object_on_stdout(tmp_path, monkeypatch, capsys):
     """`tandem eval cascade --json` after collecting labels itself: stdout is the report
     alone (the collection's summary goes to stderr), so it pipes into a JSON reader."""

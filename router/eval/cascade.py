@@ -1,14 +1,17 @@
 """The cascade's cost/quality evaluation, in RouteLLM's terms.
 
 Quality of an answer = its agreement with the cloud-only answer (the cloud's own answer
-scores 1). Cost = share of the cloud tokens that cloud-only serving would spend. Sorting
-prompts by scorer score and escalating the lowest first traces the cost/quality curve;
-APGR is the mean, over cost in [0, 1], of the performance gap recovered
-(q − q_edge) / (q_cloud − q_edge) by the best point at or under that cost.
+scores 1), or, on a checkable-answer set, whether it is right (the cloud's answer may be
+wrong too). Cost = share of what cloud-only serving would spend: its generated tokens, or
+its forward passes (report.py states that cost model). Sorting prompts by scorer score and
+escalating the lowest first traces the cost/quality curve; a scorer the cloud judges adds
+the judging to every point. APGR is the mean, over cost in [0, 1], of the performance gap
+recovered (q − q_edge) / (q_cloud − q_edge) by the best point at or under that cost.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,13 +19,18 @@ import numpy as np
 COST_GRID = np.linspace(0.0, 1.0, 101)
 
 
-def curve(scores: np.ndarray, edge_quality: np.ndarray, cloud_tokens: np.ndarray
+def curve(scores: np.ndarray, edge_quality: np.ndarray, cloud_cost: np.ndarray,
+          cloud_quality: np.ndarray | None = None, fixed_cost: float = 0.0
           ) -> tuple[np.ndarray, np.ndarray]:
-    """(cost, quality) after escalating the 0, 1, ..., N lowest-scored prompts."""
+    """(cost, quality) after escalating the 0, 1, ..., N lowest-scored prompts; cost is a
+    share of ``cloud_cost``'s total (cloud-only serving), plus ``fixed_cost`` (a share
+    spent whatever is escalated, e.g. the cloud judging every answer)."""
+    if cloud_quality is None:
+        cloud_quality = np.ones_like(edge_quality)
     order = np.argsort(scores, kind="stable")
-    tokens = cloud_tokens[order].astype(float)
-    cost = np.concatenate([[0.0], np.cumsum(tokens) / tokens.sum()])
-    gain = 1.0 - edge_quality[order]  # quality gained by escalating that prompt
+    spent = cloud_cost[order].astype(float)
+    cost = fixed_cost + np.concatenate([[0.0], np.cumsum(spent) / spent.sum()])
+    gain = cloud_quality[order] - edge_quality[order]  # gained by escalating that prompt
     quality = edge_quality.mean() + np.concatenate([[0.0], np.cumsum(gain)]) / len(scores)
     return cost, quality
 
@@ -44,27 +52,48 @@ def cost_reduction_at(cost: np.ndarray, quality: np.ndarray, fraction: float,
     return float(1.0 - cost[reached].min()) if len(reached) else 0.0
 
 
-def summarise(scores: np.ndarray, edge_quality: np.ndarray, cloud_tokens: np.ndarray
-              ) -> dict[str, Any]:
-    cost, quality = curve(scores, edge_quality, cloud_tokens)
-    q_edge = float(edge_quality.mean())
-    return {"apgr": round(apgr(cost, quality, q_edge), 4),
-            "cost_reduction_at_95": round(cost_reduction_at(cost, quality, 0.95), 4),
+@dataclass(frozen=True)
+class Costs:
+    """What escalating each prompt costs the cloud, on both axes (report.py's cost model),
+    and the quality its answer has."""
+
+    tokens: np.ndarray  # cloud-only generated tokens
+    passes: np.ndarray  # cloud-only forward passes, prefill weighted by its tokens
+    judge_passes: np.ndarray  # the cloud judging the edge answer (judged scorers only)
+    cloud_quality: np.ndarray
+
+
+def _axis(scores: np.ndarray, edge_quality: np.ndarray, cloud_cost: np.ndarray,
+          cloud_quality: np.ndarray, fixed_cost: float = 0.0) -> dict[str, float]:
+    cost, quality = curve(scores, edge_quality, cloud_cost, cloud_quality, fixed_cost)
+    q_edge, q_cloud = float(edge_quality.mean()), float(cloud_quality.mean())
+    return {"apgr": round(apgr(cost, quality, q_edge, q_cloud), 4),
+            "cost_reduction_at_95": round(cost_reduction_at(cost, quality, 0.95, q_cloud), 4)}
+
+
+def summarise(scores: np.ndarray, edge_quality: np.ndarray, costs: Costs,
+              judged: bool = False) -> dict[str, Any]:
+    """APGR and cost saved at 95 % of cloud quality on the token axis (with the curve), and
+    on the forward-pass axis (``passes``), where a ``judged`` scorer also pays the judging."""
+    cost, quality = curve(scores, edge_quality, costs.tokens, costs.cloud_quality)
+    judging = float(costs.judge_passes.sum() / costs.passes.sum()) if judged else 0.0
+    return {**_axis(scores, edge_quality, costs.tokens, costs.cloud_quality),
+            "passes": _axis(scores, edge_quality, costs.passes, costs.cloud_quality, judging)
+            | {"judge_share": round(judging, 4)},
             "curve": [[round(float(c), 4), round(float(q), 4)] for c, q in zip(cost, quality)]}
 
 
-def random_baseline(edge_quality: np.ndarray, cloud_tokens: np.ndarray, trials: int = 200,
+def random_baseline(edge_quality: np.ndarray, costs: Costs, trials: int = 200,
                     seed: int = 0) -> dict[str, Any]:
-    """A router that escalates in random order: mean APGR and cost reduction."""
+    """A router that escalates in random order: mean APGR and cost reduction (both axes)."""
     rng = np.random.default_rng(seed)
-    q_edge = float(edge_quality.mean())
-    apgrs, reductions = [], []
-    for _ in range(trials):
-        cost, quality = curve(rng.random(len(edge_quality)), edge_quality, cloud_tokens)
-        apgrs.append(apgr(cost, quality, q_edge))
-        reductions.append(cost_reduction_at(cost, quality, 0.95))
-    return {"apgr": round(float(np.mean(apgrs)), 4),
-            "cost_reduction_at_95": round(float(np.mean(reductions)), 4)}
+    runs = [summarise(rng.random(len(edge_quality)), edge_quality, costs)
+            for _ in range(trials)]
+    return {"apgr": round(float(np.mean([r["apgr"] for r in runs])), 4),
+            "cost_reduction_at_95": round(float(np.mean(
+                [r["cost_reduction_at_95"] for r in runs])), 4),
+            "passes": {key: round(float(np.mean([r["passes"][key] for r in runs])), 4)
+                       for key in ("apgr", "cost_reduction_at_95")}}
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -81,13 +110,17 @@ def plot(report: dict[str, Any], path: str) -> None:
         points = np.asarray(report["oracle"]["curve"])
         ax.plot(points[:, 0], points[:, 1], color="grey", lw=1,
                 label=f"oracle (APGR {report['oracle']['apgr']:.2f})")
-    q_edge = report["edge_only_quality"]
-    ax.plot([0, 1], [q_edge, 1.0], "k--", label=f"random (APGR {report['random']['apgr']:.2f})")
-    ax.axhline(0.95, color="grey", lw=0.8, ls=":")
+    q_edge, q_cloud = report["edge_only_quality"], report.get("cloud_only_quality", 1.0)
+    ax.plot([0, 1], [q_edge, q_cloud], "k--",
+            label=f"random (APGR {report['random']['apgr']:.2f})")
+    ax.axhline(0.95 * q_cloud, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("cost (share of cloud-only tokens)")
-    judged = (f"share with {report['quality']} >= {report['bar']}" if report.get("bar")
-              else f"{report['quality']}")
-    ax.set_ylabel(f"quality ({judged} vs cloud answer)")
+    if report["quality"] == "correct":
+        ax.set_ylabel("quality (share of right answers)")
+    else:
+        judged = (f"share with {report['quality']} >= {report['bar']}" if report.get("bar")
+                  else f"{report['quality']}")
+        ax.set_ylabel(f"quality ({judged} vs cloud answer)")
     ax.set_title(f"Cascade on {report['prompts']} prompts (edge {report['edge']})")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -3,7 +3,9 @@
 For each leniency a router with ``--deferral-leniency`` over one edge and one cloud
 answers every prompt greedily (fixed draft length: speculation never backs off, so the
 counts do not depend on the machine's load). Quality is the answer's agreement with the
-cloud-only answer in the labels, at the report's bar. Cost is counted two ways against
+cloud-only answer in the labels, at the report's bar, or on a checkable-answer set whether
+the answer is right (``relative_quality`` then compares it with the cloud-only answers'
+share of right ones). Cost is counted two ways against
 cloud-only serving, which spends one forward pass per token it generates (the prefill
 pass yields the first): the cloud forward passes the policy used, and the tokens the cloud
 wrote (its corrections and bonus tokens; the edge wrote the rest)."""
@@ -18,6 +20,7 @@ import grpc
 from tqdm import tqdm
 
 from tandem.router.eval.agreement import rouge_l, token_f1
+from tandem.router.eval.checkable import is_correct
 from tandem.router.eval.collect import edge_and_cloud
 from tandem.shared.process import ServiceProcess
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -54,10 +57,20 @@ def _point(rows: list[dict[str, Any]], leniency: float, edge: str, cloud: str, w
                 passes += reply.usage.cloud_forward_passes
                 cloud_tokens += reply.usage.cloud_tokens
                 cloud_only += max(row["cloud_tokens"], 1)
-                agreement = AGREEMENT[quality](reply.text, row["cloud_text"])
-                scores.append(float(agreement >= bar) if bar > 0 else agreement)
+                scores.append(answer_quality(reply.text, row, quality, bar))
     finally:
         router.stop()
-    return {"tau": leniency, "quality": round(sum(scores) / max(len(scores), 1), 4),
-            "cloud_pass_reduction": round(1 - passes / max(cloud_only, 1), 4),
-            "cloud_token_reduction": round(1 - cloud_tokens / max(cloud_only, 1), 4)}
+    point = {"tau": leniency, "quality": round(sum(scores) / max(len(scores), 1), 4),
+             "cloud_pass_reduction": round(1 - passes / max(cloud_only, 1), 4),
+             "cloud_token_reduction": round(1 - cloud_tokens / max(cloud_only, 1), 4)}
+    if quality == "correct":
+        cloud = sum(answer_quality(row["cloud_text"], row, quality, bar) for row in rows)
+        point["relative_quality"] = round(sum(scores) / max(cloud, 1e-9), 4)
+    return point
+
+
+def answer_quality(text: str, row: dict[str, Any], quality: str, bar: float) -> float:
+    if quality == "correct":
+        return float(is_correct(text, row["prompt"], row["answers"]))
+    agreement = AGREEMENT[quality](text, row["cloud_text"])
+    return float(agreement >= bar) if bar > 0 else agreement

@@ -39,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--labels", help="Labels for those prompts (collected when missing).")
     e.add_argument("--edge-quant", default="Q3_K_M")
     e.add_argument("--max-tokens", type=int, default=32)
-    e.add_argument("--quality", default="rouge_l", choices=["rouge_l", "f1"])
+    e.add_argument("--quality", default="rouge_l", choices=["rouge_l", "f1", "correct"],
+                   help="Agreement with the cloud's answer, or (checkable-answer sets, "
+                        "scripts/make_checkable_prompts.py) whether the answer is right.")
+    e.add_argument("--prefill-token-cost", type=unit_interval, default=None,
+                   help="Forward-pass cost axis: what one prefill token costs in batch-1 "
+                        "decode passes (default: measured on this machine kind, 0.035).")
     e.add_argument("--bar", type=float, default=0.5,
                    help="An edge answer is acceptable (quality 1) when its agreement reaches "
                         "this; 0 = quality is the agreement itself.")
@@ -57,6 +62,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
     e.add_argument("--json", action="store_true", help="Print only the JSON report.")
     e.set_defaults(run=run_cascade)
+
+
+def unit_interval(text: str) -> float:
+    """A number in [0, 1] (argparse type: anything else is a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
 
 
 def leniencies(text: str) -> str:
@@ -126,8 +142,11 @@ def run_cascade(args: argparse.Namespace) -> int:
         collect_labels(collect_args)  # stdout carries only the report
     if not args.no_judge:
         judge_labels(labels)
+    from tandem.router.eval.report import PREFILL_TOKEN_COST
+
+    cost = PREFILL_TOKEN_COST if args.prefill_token_cost is None else args.prefill_token_cost
     report = cascade_report(labels, args.quality, args.bar, args.edge_quant, args.plot,
-                            args.scorer)
+                            args.scorer, cost)
     if args.taus:
         from tandem.router.eval.collect import read_jsonl
         from tandem.router.eval.deferral import deferral_curve
@@ -167,14 +186,20 @@ def judge_labels(labels: Path) -> None:
 
 
 def format_cascade(report: dict) -> str:
-    lines = [f"{report['prompts']} prompts, edge-only quality {report['edge_only_quality']:.3f} "
-             f"(share of edge answers with {report['quality']} >= {report['bar']} vs cloud; "
-             f"mean {report['quality']} {report['edge_only_agreement']:.3f})",
-             f"{'router':<18} {'APGR':>6} {'saved@95%':>10}"]
+    judged = ("share of right answers" if report["quality"] == "correct" else
+              f"share of edge answers with {report['quality']} >= {report['bar']} vs cloud")
+    lines = [f"{report['prompts']} prompts, edge-only quality {report['edge_only_quality']:.3f}, "
+             f"cloud-only {report['cloud_only_quality']:.3f} ({judged}; mean agreement with "
+             f"the cloud answer {report['edge_only_agreement']:.3f})",
+             f"{'router':<18} {'APGR':>6} {'saved@95%':>10} {'APGR(passes)':>13} "
+             f"{'saved@95%(passes)':>18}"]
     rows = list(report["scorers"].items()) + [("random", report["random"]),
                                               ("oracle", report["oracle"])]
     for name, r in rows:
-        lines.append(f"{name:<18} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f}")
+        lines.append(f"{name:<18} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f} "
+                     f"{r['passes']['apgr']:>13.3f} {r['passes']['cost_reduction_at_95']:>18.3f}")
+    lines.append(f"best scorer {report['best_scorer']} closes {report['gap_closed']} of the gap "
+                 "from random to the oracle (token axis)")
     if report.get("speculative_cascade"):
         lines.append(f"{'speculative-cascade τ':<22} {'quality':>8} {'passes saved':>13} "
                      f"{'cloud tokens saved':>19}")
