@@ -1,6 +1,7 @@
 """Confidence scorers: each ranks a confident edge answer above an unsure one."""
 
 import numpy as np
+import pytest
 
 from tandem.router.scorers import SCORERS, EdgeAnswer, confidence_features
 
@@ -93,3 +94,44 @@ def test_eval_cascade_json_is_one_object_on_stdout(tmp_path, monkeypatch, capsys
                  "--plot", str(tmp_path / "curve.png")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and json.loads(out[0])["prompts"] == 59
+
+
+def test_a_cloud_judged_scorer_calibrates_to_a_budget(tmp_path):
+    """`tandem eval train-scorer --scorer cloud_mean_prob --budget 0.3` on labels the cloud
+    judged: the threshold escalates at most 30 % of the requests, and says whose it is."""
+    import json
+
+    from tandem.router.embeddings import SentenceEncoder
+    from tandem.router.eval.collect import read_jsonl
+    from tandem.router.eval.train import answers_of, train
+    from tandem.router.scorers import DATA, SCORERS
+
+    rows = read_jsonl(DATA / "labels_q3km_heldout.jsonl")  # carries the cloud's judgement
+    report = train(rows, SentenceEncoder(), tmp_path, budget=0.3, scorer="cloud_mean_prob")
+    scores = SCORERS["cloud_mean_prob"]().score_many(answers_of(rows))
+    escalated = float(np.mean(np.asarray(scores) < report["threshold"]))
+    assert 0.25 <= escalated <= 0.3
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["scorer"] == "cloud_mean_prob" and saved["threshold"] == report["threshold"]
+    unjudged = [{k: v for k, v in r.items() if not k.startswith("cloud_l")} for r in rows]
+    with pytest.raises(ValueError, match="needs the cloud's judgement"):
+        train(unjudged, SentenceEncoder(), tmp_path, scorer="cloud_top1_share")
+
+
+def test_leniency_calibrates_to_a_pass_budget():
+    from tandem.router.eval.train import leniency_for_budget
+
+    curve = [{"tau": 1.0, "quality": 1.0, "cloud_pass_reduction": 0.73},
+             {"tau": 0.9, "quality": 0.91, "cloud_pass_reduction": 0.75},
+             {"tau": 0.5, "quality": 0.71, "cloud_pass_reduction": 0.79}]
+    assert leniency_for_budget(curve, 0.3)["tau"] == 1.0
+    chosen = leniency_for_budget(curve, 0.25)
+    assert chosen["tau"] == 0.9 and chosen["cloud_pass_share"] == 0.25
+    assert leniency_for_budget(curve, 0.1) is None
+
+
+def test_the_cli_lists_every_registered_scorer():
+    from tandem.router.scorers import SCORERS
+    from tandem.shared.cli.evaluate import SCORER_NAMES
+
+    assert sorted(SCORER_NAMES) == sorted(SCORERS)

@@ -1,5 +1,7 @@
 """`tandem eval train-scorer`: fit the learned cascade scorer and the prompt router on
-labelled answers, and calibrate the cascade threshold to a cloud budget."""
+labelled answers, and calibrate a scorer's cascade threshold to a cloud budget (the learned
+scorer's, or any other's, the cloud-judged ones included); and speculative-cascade's
+leniency τ to a budget of cloud forward passes, from its measured curve."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ from typing import Any
 import numpy as np
 
 from tandem.router.head import LogisticHead, cross_validated_l2, out_of_fold_predictions
-from tandem.router.scorers import EdgeAnswer, answer_features, prompt_features
+from tandem.router.scorers import SCORERS, EdgeAnswer, answer_features, prompt_features
 
 
 def answers_of(rows: list[dict[str, Any]]) -> list[EdgeAnswer]:
+    """The labelled edge answers, with the cloud's judgement where the labels carry it."""
     return [EdgeAnswer(r["prompt"], r["edge_text"], r["edge_logprobs"],
-                       r.get("edge_entropies", ())) for r in rows]
+                       r.get("edge_entropies", ()), r.get("cloud_logprobs", ()),
+                       r.get("cloud_ranks", ())) for r in rows]
 
 
 def acceptable(rows: list[dict[str, Any]], metric: str, bar: float) -> np.ndarray:
@@ -53,34 +57,54 @@ def threshold_for_quality(scores: np.ndarray, edge_quality: np.ndarray, target: 
     return float((scores[order[count - 1]] + scores[order[count]]) / 2)
 
 
+def leniency_for_budget(points: list[dict[str, Any]], pass_budget: float
+                        ) -> dict[str, Any] | None:
+    """From speculative-cascade's measured curve (`tandem eval cascade --taus`): the
+    strictest τ (the best quality) whose cloud passes stay within ``pass_budget``, a share
+    of cloud-only serving's; None when no measured τ is that cheap."""
+    within = [p for p in points if 1.0 - p["cloud_pass_reduction"] <= pass_budget + 1e-12]
+    if not within:
+        return None
+    best = max(within, key=lambda p: (p["tau"], p["quality"]))
+    return {"pass_budget": pass_budget, "tau": best["tau"], "quality": best["quality"],
+            "cloud_pass_share": round(1.0 - best["cloud_pass_reduction"], 4)}
+
+
 def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: str = "rouge_l",
-          bar: float = 0.5, budget: float = 0.3,
-          quality_target: float | None = None) -> dict[str, Any]:
-    """Fit and save both heads; returns a report (CV-chosen L2, label balance, threshold)."""
+          bar: float = 0.5, budget: float = 0.3, quality_target: float | None = None,
+          scorer: str = "learned") -> dict[str, Any]:
+    """Fit and save both heads, and calibrate ``scorer``'s threshold (the learned one by
+    its out-of-fold scores); returns a report (CV-chosen L2, label balance, threshold)."""
     labels = acceptable(rows, metric, bar)
     if len(np.unique(labels)) < 2:
         raise ValueError(f"all {len(rows)} labels are equal at {metric} >= {bar}; cannot train")
-    x_answer = answer_features(encoder, answers_of(rows))
+    if getattr(SCORERS[scorer], "needs_cloud", False) and not all(
+            "cloud_logprobs" in r for r in rows):
+        raise ValueError(f"scorer {scorer} needs the cloud's judgement of every labelled "
+                         "answer (`tandem eval cascade` writes it into the labels)")
+    answers = answers_of(rows)
+    x_answer = answer_features(encoder, answers)
     x_prompt = prompt_features(encoder, [r["prompt"] for r in rows])
     report: dict[str, Any] = {"rows": len(rows), "acceptable_share": float(labels.mean()),
-                              "metric": metric, "bar": bar}
+                              "metric": metric, "bar": bar, "scorer": scorer}
+    scores = SCORERS[scorer]().score_many(answers) if scorer != "learned" else None
     for name, x in (("cascade", x_answer), ("route", x_prompt)):
         l2 = cross_validated_l2(x, labels)
         head = LogisticHead.fit(x, labels, l2)
         head.save(out_dir / f"{name}_head.npz")
         report[f"{name}_l2"] = l2
-        if name == "cascade":
+        if name == "cascade" and scores is None:
             scores = out_of_fold_predictions(x, labels, l2)  # in-sample would be overconfident
-            cloud_tokens = np.asarray([r["cloud_tokens"] for r in rows])
-            if quality_target is None:
-                report["threshold"] = threshold_for_budget(scores, cloud_tokens, budget)
-                report["budget"] = budget
-            else:
-                quality = np.asarray([r[metric] for r in rows], dtype=float)
-                report["threshold"] = threshold_for_quality(scores, quality, quality_target)
-                report["quality_target"] = quality_target
-    calibration = {k: report[k] for k in ("threshold", "budget", "quality_target", "metric",
-                                          "bar") if k in report}
-    (out_dir / "calibration.json").write_text(
-        json.dumps({"scorer": "learned", **calibration}, indent=2) + "\n")
+    assert scores is not None
+    if quality_target is None:
+        cloud_tokens = np.asarray([r["cloud_tokens"] for r in rows])
+        report["threshold"] = threshold_for_budget(np.asarray(scores), cloud_tokens, budget)
+        report["budget"] = budget
+    else:
+        quality = np.asarray([r[metric] for r in rows], dtype=float)
+        report["threshold"] = threshold_for_quality(np.asarray(scores), quality, quality_target)
+        report["quality_target"] = quality_target
+    calibration = {k: report[k] for k in ("scorer", "threshold", "budget", "quality_target",
+                                          "metric", "bar") if k in report}
+    (out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     return report

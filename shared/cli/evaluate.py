@@ -9,6 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The cascade's scorers (router/scorers.py's registry; kept here so that `--help` does not
+# import the models).
+SCORER_NAMES = ["mean_prob", "min_prob", "entropy", "learned", "cloud_mean_prob",
+                "cloud_min_prob", "cloud_top1_share"]
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="Routing cost/quality evaluation.")
@@ -33,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="Calibrate the threshold to escalate at most this share of requests.")
     t.add_argument("--quality-target", type=float, default=None,
                    help="Instead: the fewest escalations whose mean quality reaches this.")
+    t.add_argument("--scorer", default="learned", choices=SCORER_NAMES,
+                   help="Whose threshold to calibrate (a cloud_* scorer has a cloud judge "
+                        "the labelled answers first, written into the labels).")
     t.set_defaults(run=run_train)
     e = kinds.add_parser("cascade", help="Cost/quality curve, APGR and cost reduction.")
     e.add_argument("--prompts", required=True, help="JSONL prompts (need not be seen before).")
@@ -49,13 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="An edge answer is acceptable (quality 1) when its agreement reaches "
                         "this; 0 = quality is the agreement itself.")
     e.add_argument("--scorer", default="mean_prob",
-                   choices=["mean_prob", "min_prob", "entropy", "learned", "route",
-                            "cloud_mean_prob", "cloud_min_prob", "cloud_top1_share",
-                            "cloud_top5_share", "cloud_combined"],
+                   choices=[*SCORER_NAMES, "route", "cloud_top5_share", "cloud_combined"],
                    help="Whose APGR and cost reduction head the report (all are listed).")
     e.add_argument("--taus", default="", type=leniencies,
                    help="Comma-separated speculative-cascade leniencies to evaluate (e.g. "
                         "1,0.5,0.2,0.05; each starts a router over one edge and cloud).")
+    e.add_argument("--pass-budget", type=unit_interval, default=None,
+                   help="With --taus: calibrate τ to this share of cloud-only serving's cloud "
+                        "forward passes (the strictest measured τ within it).")
     e.add_argument("--no-judge", action="store_true",
                    help="Skip the cloud-judged scorers (they start a cloud when the labels "
                         "lack its judgements, and write them into the labels).")
@@ -125,8 +134,10 @@ def run_train(args: argparse.Namespace) -> int:
     from tandem.router.scorers import DATA
 
     out_dir = Path(args.out_dir) if args.out_dir else DATA
+    if args.scorer.startswith("cloud_"):
+        judge_labels(Path(args.labels))
     report = train(read_jsonl(args.labels), SentenceEncoder(), out_dir, args.metric, args.bar,
-                   args.budget, args.quality_target)
+                   args.budget, args.quality_target, args.scorer)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -134,6 +145,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_cascade(args: argparse.Namespace) -> int:
     from tandem.router.eval.report import cascade_report
 
+    if args.pass_budget is not None and not args.taus:
+        raise SystemExit("--pass-budget calibrates τ on the curve --taus measures: give both")
     labels = Path(args.labels) if args.labels else Path(args.prompts).with_suffix(".labels.jsonl")
     if not labels.exists() or args.labels is None:
         collect_args = argparse.Namespace(prompts=args.prompts, out=str(labels), edge=None,
@@ -151,9 +164,14 @@ def run_cascade(args: argparse.Namespace) -> int:
         from tandem.router.eval.collect import read_jsonl
         from tandem.router.eval.deferral import deferral_curve
 
+        from tandem.router.eval.train import leniency_for_budget
+
         report["speculative_cascade"] = deferral_curve(
             read_jsonl(labels), [float(t) for t in args.taus.split(",")],
             edge_model_for(args.edge_quant), args.max_tokens, args.quality, args.bar)
+        if args.pass_budget is not None:
+            report["calibrated_leniency"] = leniency_for_budget(report["speculative_cascade"],
+                                                                args.pass_budget)
     if not args.json:
         print(format_cascade(report), file=sys.stderr)
     def no_curve(result: dict) -> dict:
@@ -206,4 +224,10 @@ def format_cascade(report: dict) -> str:
         for p in report["speculative_cascade"]:
             lines.append(f"{p['tau']:<22g} {p['quality']:>8.3f} {p['cloud_pass_reduction']:>13.3f} "
                          f"{p['cloud_token_reduction']:>19.3f}")
+    if "calibrated_leniency" in report:
+        chosen = report["calibrated_leniency"]
+        lines.append("no measured τ is within the pass budget" if chosen is None else
+                     f"τ for a pass budget of {chosen['pass_budget']}: {chosen['tau']} "
+                     f"(--deferral-leniency; cloud pass share {chosen['cloud_pass_share']}, "
+                     f"quality {chosen['quality']})")
     return "\n".join(lines)
