@@ -135,3 +135,11 @@ def test_the_cli_lists_every_registered_scorer():
     from tandem.shared.cli.evaluate import SCORER_NAMES
 
     assert sorted(SCORER_NAMES) == sorted(SCORERS)
+
+
+def test_the_agreed_prefix_counts_tokens_the_cloud_would_pick_itself():
+    from tandem.router.eval.judge import agreed_prefix
+
+    assert agreed_prefix([0, 0, 3, 0]) == 2
+    assert agreed_prefix([1, 0]) == 0
+    assert agreed_prefix([0, 0]) == 2 and agreed_prefix([]) == 0

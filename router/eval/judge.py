@@ -49,14 +49,22 @@ def judge_rows(rows: list[dict[str, Any]], cloud_address: str, tokenizer: Any,
     return rows
 
 
+def agreed_prefix(ranks: list[int]) -> int:
+    """How many answer tokens come before the first one the cloud would not pick itself:
+    so far the answer is the cloud's own greedy answer, word for word."""
+    return next((i for i, rank in enumerate(ranks) if rank != 0), len(ranks))
+
+
 def judge_features(row: dict[str, Any]) -> list[float]:
     """[mean and min cloud log-prob, top-1 and top-k share, edge mean and min log-prob,
-    answer length / 32]."""
+    answer length / 32, the agreed prefix / 10 and as a share of the answer]."""
     cloud, ranks = row["cloud_logprobs"] or [0.0], row["cloud_ranks"] or [0]
     edge = row["edge_logprobs"] or [0.0]
+    agreed = agreed_prefix(row["cloud_ranks"])
     return [float(np.mean(cloud)), float(np.min(cloud)),
             float(np.mean([r == 0 for r in ranks])), float(np.mean([r < TOP_K for r in ranks])),
-            float(np.mean(edge)), float(np.min(edge)), len(row["cloud_ranks"]) / 32.0]
+            float(np.mean(edge)), float(np.min(edge)), len(row["cloud_ranks"]) / 32.0,
+            agreed / 10.0, agreed / max(len(row["cloud_ranks"]), 1)]
 
 
 def judge_scores(rows: list[dict[str, Any]], acceptable: np.ndarray) -> dict[str, np.ndarray]:
