@@ -364,3 +364,12 @@ def test_a_busy_edge_spills_only_to_a_cloud_whose_load_is_known() -> None:
     # The cloud's load went unknown (down, or too busy to answer Load): the edge's queue
     # beats an error.
     assert not edge_too_busy(Loads(busy, None), 1.0)  # type: ignore[arg-type]
+
+
+def test_apgr_is_undefined_where_the_cloud_is_no_better_than_the_edge():
+    edge, cloud = np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0])
+    costs = Costs(np.ones(3), np.ones(3), np.zeros(3), cloud)
+    result = summarise(np.array([0.1, 0.2, 0.3]), edge, costs)
+    assert result["apgr"] is None and result["passes"]["apgr"] is None
+    assert result["cost_reduction_at_95"] == 1.0  # the edge alone already reaches it
+    assert random_baseline(edge, costs)["apgr"] is None

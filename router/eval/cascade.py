@@ -64,10 +64,13 @@ class Costs:
 
 
 def _axis(scores: np.ndarray, edge_quality: np.ndarray, cloud_cost: np.ndarray,
-          cloud_quality: np.ndarray, fixed_cost: float = 0.0) -> dict[str, float]:
+          cloud_quality: np.ndarray, fixed_cost: float = 0.0) -> dict[str, float | None]:
+    """APGR (None where the cloud is no better than the edge: there is no gap to recover)
+    and the cost saved at 95 % of cloud-only quality."""
     cost, quality = curve(scores, edge_quality, cloud_cost, cloud_quality, fixed_cost)
     q_edge, q_cloud = float(edge_quality.mean()), float(cloud_quality.mean())
-    return {"apgr": round(apgr(cost, quality, q_edge, q_cloud), 4),
+    gap = q_cloud - q_edge > 1e-12
+    return {"apgr": round(apgr(cost, quality, q_edge, q_cloud), 4) if gap else None,
             "cost_reduction_at_95": round(cost_reduction_at(cost, quality, 0.95, q_cloud), 4)}
 
 
@@ -89,10 +92,13 @@ def random_baseline(edge_quality: np.ndarray, costs: Costs, trials: int = 200,
     rng = np.random.default_rng(seed)
     runs = [summarise(rng.random(len(edge_quality)), edge_quality, costs)
             for _ in range(trials)]
-    return {"apgr": round(float(np.mean([r["apgr"] for r in runs])), 4),
-            "cost_reduction_at_95": round(float(np.mean(
-                [r["cost_reduction_at_95"] for r in runs])), 4),
-            "passes": {key: round(float(np.mean([r["passes"][key] for r in runs])), 4)
+
+    def mean(values: list[float | None]) -> float | None:
+        return None if None in values else round(float(np.mean(values)), 4)
+
+    return {"apgr": mean([r["apgr"] for r in runs]),
+            "cost_reduction_at_95": mean([r["cost_reduction_at_95"] for r in runs]),
+            "passes": {key: mean([r["passes"][key] for r in runs])
                        for key in ("apgr", "cost_reduction_at_95")}}
 
 
@@ -105,14 +111,14 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, result in report["scorers"].items():
         points = np.asarray(result["curve"])
-        ax.plot(points[:, 0], points[:, 1], label=f"{name} (APGR {result['apgr']:.2f})")
+        ax.plot(points[:, 0], points[:, 1], label=f"{name} (APGR {result['apgr']})")
     if "oracle" in report:
         points = np.asarray(report["oracle"]["curve"])
         ax.plot(points[:, 0], points[:, 1], color="grey", lw=1,
-                label=f"oracle (APGR {report['oracle']['apgr']:.2f})")
+                label=f"oracle (APGR {report['oracle']['apgr']})")
     q_edge, q_cloud = report["edge_only_quality"], report.get("cloud_only_quality", 1.0)
     ax.plot([0, 1], [q_edge, q_cloud], "k--",
-            label=f"random (APGR {report['random']['apgr']:.2f})")
+            label=f"random (APGR {report['random']['apgr']})")
     ax.axhline(0.95 * q_cloud, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("cost (share of cloud-only tokens)")
     if report["quality"] == "correct":

@@ -123,11 +123,15 @@ def cascade_report(labels: Path, quality: str, bar: float, edge: str, plot_path:
     report["cost_reduction_at_95"] = report["scorers"][headline]["cost_reduction_at_95"]
     report["random_apgr"] = report["random"]["apgr"]
     report["random_cost_reduction_at_95"] = report["random"]["cost_reduction_at_95"]
-    gap = report["oracle"]["apgr"] - report["random_apgr"]
-    best = max(report["scorers"], key=lambda n: report["scorers"][n]["apgr"])
-    report["best_scorer"] = best
-    report["gap_closed"] = (round((report["scorers"][best]["apgr"] - report["random_apgr"]) / gap, 4)
-                            if gap > 1e-9 else None)
+    # The share of the random-to-oracle APGR gap the best scorer closes (None where the
+    # cloud is no better than the edge, so that there is no gap).
+    report["best_scorer"] = report["gap_closed"] = None
+    if report["random_apgr"] is not None:
+        gap = report["oracle"]["apgr"] - report["random_apgr"]
+        best = max(report["scorers"], key=lambda n: report["scorers"][n]["apgr"])
+        report["best_scorer"] = best
+        report["gap_closed"] = (round((report["scorers"][best]["apgr"] - report["random_apgr"])
+                                      / gap, 4) if gap > 1e-9 else None)
     if plot_path:
         plot(report, plot_path)
         report["plot"] = plot_path

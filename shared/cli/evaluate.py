@@ -213,11 +213,18 @@ def format_cascade(report: dict) -> str:
              f"{'saved@95%(passes)':>18}"]
     rows = list(report["scorers"].items()) + [("random", report["random"]),
                                               ("oracle", report["oracle"])]
+    def figure(value: float | None, width: int) -> str:
+        return f"{value:>{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+
     for name, r in rows:
-        lines.append(f"{name:<18} {r['apgr']:>6.3f} {r['cost_reduction_at_95']:>10.3f} "
-                     f"{r['passes']['apgr']:>13.3f} {r['passes']['cost_reduction_at_95']:>18.3f}")
-    lines.append(f"best scorer {report['best_scorer']} closes {report['gap_closed']} of the gap "
-                 "from random to the oracle (token axis)")
+        lines.append(f"{name:<18} {figure(r['apgr'], 6)} {figure(r['cost_reduction_at_95'], 10)} "
+                     f"{figure(r['passes']['apgr'], 13)} "
+                     f"{figure(r['passes']['cost_reduction_at_95'], 18)}")
+    if report["best_scorer"] is None:
+        lines.append("APGR n/a: the cloud is no better than the edge on these prompts")
+    else:
+        lines.append(f"best scorer {report['best_scorer']} closes {report['gap_closed']} of the "
+                     "gap from random to the oracle (token axis)")
     if report.get("speculative_cascade"):
         lines.append(f"{'speculative-cascade τ':<22} {'quality':>8} {'passes saved':>13} "
                      f"{'cloud tokens saved':>19}")
