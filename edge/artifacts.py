@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tandem.edge.activation_quant import W8A8Linear
 from tandem.edge.flash import AlignedBuffer, FlashStore, Int8Selector, Predictor
 from tandem.edge.flash_window import capacity_for, choose_window
 from tandem.edge.flash_ffn import NaiveFlashFFN, WindowedFlashFFN
@@ -26,7 +27,8 @@ MANIFEST = "manifest.json"
 # Bumped when saved tensors change meaning (2: INT4 as bf16 scale and zero, not fp16 minimum)
 FORMAT = 2
 WEIGHTS = "weights.safetensors"
-LINEARS: dict[str, Any] = {"dense": DenseLinear, "int8": Int8Linear, "int4": Int4Linear}
+LINEARS: dict[str, Any] = {"dense": DenseLinear, "int8": Int8Linear, "int4": Int4Linear,
+                           "w8a8": W8A8Linear}
 
 
 @dataclass

@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from tandem.edge.activation_quant import (W8A8Linear, check_alpha, outlier_columns,
+                                          smoothquant_scale)
 from tandem.edge.artifacts import Built
 from tandem.edge.compress.calibration import (Calibration, activation_thresholds,
                                               awq_input_scale, fit_predictor, wanda_prune)
@@ -27,9 +29,13 @@ Progress = Callable[[str, int], None]  # (stage, steps done) for progress bars
 class Recipe:
     """What to do to the dense model (every field is independent of the others)."""
 
-    weights: str = "fp32"  # fp32 | int8 | int4 (decoder linears; INT8 embedding when not fp32)
+    # fp32 | int8 | int4 | w8a8 (decoder linears; INT8 embedding and LM head when not fp32)
+    weights: str = "fp32"
     group_size: int = 32  # INT4 group of input channels
     awq: bool = True  # INT4: activation-aware input scaling from calibration
+    smoothquant: bool = False  # W8A8: SmoothQuant's input smoothing
+    smooth_alpha: float | None = None  # SmoothQuant's α in [0, 1]; None: chosen per linear
+    outlier_threshold: float = 0.0  # W8A8: LLM.int8()'s outlier columns above this; 0 = off
     prune: str | None = None  # Wanda: "unstructured" (50%) | "2:4"
     act_sparsity: float = 0.0  # target fraction of zeroed FFN activations
     flash: str | None = None  # None | "naive" | "windowed"
@@ -43,12 +49,30 @@ class Recipe:
     io_engine: str = "aio"  # flash reads: Linux AIO batches | a thread pool of preadv
     flash_dtype: str = "fp32"  # flash: storage format of the bundles (fp32 | fp16)
 
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {self.weights!r}; known: {WEIGHT_FORMATS}")
+        check_alpha(self.smooth_alpha)
+        if self.outlier_threshold < 0:
+            raise ValueError(f"outlier_threshold must be >= 0, got {self.outlier_threshold}")
+        if self.weights != "w8a8" and (self.smoothquant or self.outlier_threshold):
+            raise ValueError("SmoothQuant and LLM.int8() outliers are W8A8 options "
+                             "(weights='w8a8')")
+
+
+WEIGHT_FORMATS = ("fp32", "int8", "int4", "w8a8")
+
 
 RECIPES: dict[str, Recipe] = {
     "resident": Recipe(),
     "int8": Recipe(weights="int8"),
     "int4": Recipe(weights="int4"),
     "int4-noawq": Recipe(weights="int4", awq=False),
+    # W8A8: per-token INT8 activations as they come (the baseline the remedies are for),
+    # with SmoothQuant's smoothing, and with LLM.int8()'s floating-point outlier columns.
+    "w8a8": Recipe(weights="w8a8"),
+    "w8a8-smoothquant": Recipe(weights="w8a8", smoothquant=True),
+    "w8a8-llm-int8": Recipe(weights="w8a8", outlier_threshold=6.0),
     "wanda50": Recipe(prune="unstructured"),
     "wanda-2:4": Recipe(prune="2:4"),
     "act-sparse50": Recipe(act_sparsity=0.5),
@@ -72,8 +96,6 @@ def quantize_runtime(runtime: LlamaRuntime, calib: Calibration | None, recipe: R
     """Replace the dense linears (and the embedding) by the recipe's weight format."""
     if recipe.weights == "fp32":
         return
-    if recipe.weights not in ("int8", "int4"):
-        raise ValueError(f"unknown weight format {recipe.weights!r}")
     runtime.embedding = Int8Embedding.from_dense(runtime.embedding.weight)  # type: ignore[attr-defined]
     for index, layer in enumerate(runtime.layers):
         names = ["q", "k", "v", "o"] + (["gate", "up", "down"] if include_ffn else [])
@@ -82,6 +104,8 @@ def quantize_runtime(runtime: LlamaRuntime, calib: Calibration | None, recipe: R
             weight = getattr(owner, name).weight
             if recipe.weights == "int8":
                 new = Int8Linear.from_dense(weight)
+            elif recipe.weights == "w8a8":
+                new = _w8a8(weight, calib, index, name, recipe)
             else:
                 scale = None
                 if recipe.awq:
@@ -90,6 +114,20 @@ def quantize_runtime(runtime: LlamaRuntime, calib: Calibration | None, recipe: R
                     scale = awq_input_scale(weight, calib.of(index, name), recipe.group_size)
                 new = Int4Linear.from_dense(weight, recipe.group_size, scale)
             setattr(owner, name, new)
+
+
+def _w8a8(weight: torch.Tensor, calib: Calibration | None, layer: int, name: str,
+          recipe: Recipe) -> W8A8Linear:
+    if not (recipe.smoothquant or recipe.outlier_threshold):
+        return W8A8Linear.from_dense(weight)
+    if calib is None:
+        raise ValueError("SmoothQuant and LLM.int8() need calibration inputs")
+    inputs = calib.of(layer, name)
+    if recipe.smoothquant:
+        scale, _ = smoothquant_scale(weight, inputs, recipe.smooth_alpha)
+        return W8A8Linear.from_dense(weight, input_scale=scale)
+    return W8A8Linear.from_dense(weight, outliers=outlier_columns(inputs,
+                                                                  recipe.outlier_threshold))
 
 
 def build(shape: LlamaShape, state: dict[str, torch.Tensor], calib: Calibration, recipe: Recipe,
