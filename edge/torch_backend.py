@@ -3,7 +3,8 @@
 
 One runtime holds one sequence (a SlotModel of one slot); each request keeps the KV of the
 longest common prefix with the previous one and truncates the rest, so rejected drafts are
-rolled back without re-processing the prefix.
+rolled back without re-processing the prefix. With KV eviction (H2O, ``kv_budget``) the
+cache is bounded; a rollback further back than its recent window re-reads the sequence.
 """
 
 from __future__ import annotations
@@ -38,15 +39,28 @@ class TorchSlots:
         self.runtime = built.runtime
         self.vocab_size = built.runtime.shape.vocab
         self._threads = threads
+        self._sequence: list[int] = []  # every token of the slot's sequence, evicted or not
 
     def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
         (item,) = batch
         torch.set_num_threads(self._threads)  # per thread: the scheduler's thread runs this
-        self.runtime.truncate(item.start)
+        self._resume_at(item.start)
+        self._sequence[item.start:] = item.tokens
         return [self.runtime.forward(item.tokens)[-1].numpy()]  # logits: [V]
 
+    def _resume_at(self, start: int) -> None:
+        """Leave the runtime at position ``start`` of the sequence: roll back, or, where
+        eviction dropped what a rollback needs, read the sequence again (bounded)."""
+        runtime = self.runtime
+        if runtime.position > start:
+            runtime.truncate(start if runtime.can_truncate(start) else 0)
+        if runtime.position < start:
+            runtime.forward(self._sequence[runtime.position:start])
+
     def forget(self, slot: int, keep: int) -> None:
-        self.runtime.truncate(keep)
+        del self._sequence[keep:]
+        if self.runtime.can_truncate(keep):
+            self.runtime.truncate(keep)
 
     def close(self) -> None:
         self.built.close()
@@ -79,6 +93,7 @@ class TorchBackend(SlotBackend):
         from tandem.shared.models import eos_token_ids, load_tokenizer
 
         end_ids = frozenset(eos_token_ids(load_tokenizer(source)))
+        built.runtime.set_kv_eviction(config.kv_eviction())
         return cls(built, dtype, threads, end_ids, config.max_waiting, registry)
 
 

@@ -4,7 +4,9 @@ attention/KV-cache implementation.
 
 Shapes: T = tokens in this call, H = hidden, F = FFN width, V = vocab, D = head dim.
 The KV cache is preallocated and truncated in place, so rolling back to a prefix costs
-nothing and never re-processes it.
+nothing and never re-processes it. With a KV eviction policy (edge/kv_eviction.py, H2O)
+the cache holds a bounded subset of the positions seen: positions (RoPE) and cache slots
+are then counted apart, and a rollback can only undo the recent window.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from tandem.edge.kv_eviction import KVEviction
 from tandem.shared.linear import Linear as PackedMatmul
 
 
@@ -184,8 +187,21 @@ class LlamaRuntime:
                  final_norm: torch.Tensor, capacity: int = 1024) -> None:
         self.shape, self.embedding, self.layers, self.final_norm = shape, embedding, layers, final_norm
         self.recorder = None  # optional callable(layer, site, x) for calibration
-        self.length = 0  # tokens whose KV is cached
+        self.length = 0  # cache slots in use (= position unless tokens were evicted)
+        self.position = 0  # tokens of the sequence seen so far
+        self.eviction: KVEviction | None = None
+        self.attention_mass: torch.Tensor | None = None  # [L, KVH, capacity] with eviction
+        self._rollback_limit = 0  # the last slots that are the last positions, in order
+        self._rope_length = 0
         self._alloc(capacity)
+
+    def set_kv_eviction(self, eviction: KVEviction | None) -> None:
+        """Bound the cache (H2O or recent-window eviction) from the next token on; the
+        cache starts empty."""
+        self.truncate(0)
+        self.eviction = eviction
+        self.attention_mass = (torch.zeros(self.k_cache.shape[:3]) if eviction is not None
+                               else None)
 
     def _alloc(self, capacity: int) -> None:
         s = self.shape
@@ -196,15 +212,40 @@ class LlamaRuntime:
         if old_k is not None:
             self.k_cache[:, :, : self.length] = old_k[:, :, : self.length]
             self.v_cache[:, :, : self.length] = old_v[:, :, : self.length]
-        inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2).double() / s.head_dim))
-        angles = torch.outer(torch.arange(capacity).double(), inv_freq)  # [capacity, D/2]
-        emb = torch.cat([angles, angles], dim=-1)
-        self._cos, self._sin = emb.cos().float(), emb.sin().float()  # [capacity, D]
+        mass = getattr(self, "attention_mass", None)
+        if mass is not None:
+            self.attention_mass = torch.zeros(self.k_cache.shape[:3])
+            self.attention_mass[..., : self.length] = mass[..., : self.length]
         self.capacity = capacity
+        self._rope_tables(max(capacity, self._rope_length))
+
+    def _rope_tables(self, length: int) -> None:
+        """cos/sin tables for positions [0, length) (positions outrun slots with eviction)."""
+        if length <= self._rope_length:
+            return
+        s = self.shape
+        inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2).double() / s.head_dim))
+        angles = torch.outer(torch.arange(length).double(), inv_freq)  # [length, D/2]
+        emb = torch.cat([angles, angles], dim=-1)
+        self._cos, self._sin = emb.cos().float(), emb.sin().float()  # [length, D]
+        self._rope_length = length
+
+    def can_truncate(self, position: int) -> bool:
+        """Whether the KV of positions < ``position`` is still all there to roll back to
+        (always, without eviction; with it, within the recent window, or to empty)."""
+        return position == 0 or position >= self.position - self._rollback_limit
 
     def truncate(self, length: int) -> None:
         """Drop the KV of positions >= length (a rollback; nothing is recomputed)."""
-        self.length = min(self.length, length)
+        if length >= self.position:
+            return
+        if not self.can_truncate(length):
+            raise ValueError(f"cannot roll back to position {length}: evicted KV (the "
+                             f"recent window covers positions >= "
+                             f"{self.position - self._rollback_limit})")
+        drop = self.position - length
+        self.position, self.length = length, self.length - drop if length else 0
+        self._rollback_limit = self._rollback_limit - drop if length else 0
 
     @property
     def weight_bytes(self) -> int:
@@ -221,6 +262,10 @@ class LlamaRuntime:
         start, count = self.length, len(ids)
         if start + count > self.capacity:
             self._alloc(max(self.capacity * 2, start + count))
+        if self.position + count > self._rope_length:
+            self._rope_tables(2 * (self.position + count))
+        if self.attention_mass is not None:  # slots a rollback freed held other tokens
+            self.attention_mass[..., start:start + count] = 0.0
         h = self.embedding.lookup(torch.tensor(ids))  # [T, H]
         for index, layer in enumerate(self.layers):
             h = h + self._attention(index, layer, self._norm(h, layer.attn_norm), start)
@@ -228,7 +273,10 @@ class LlamaRuntime:
             if self.recorder is not None:
                 self.recorder(index, "ffn", x)
             h = h + layer.ffn(x)
-        self.length = start + count
+        self.length, self.position = start + count, self.position + count
+        self._rollback_limit += count
+        if self.eviction is not None:
+            self._evict()
         if last_only:
             h = h[-1:]
         return self.embedding.logits(self._norm(h, self.final_norm))
@@ -237,7 +285,23 @@ class LlamaRuntime:
         variance = x.pow(2).mean(-1, keepdim=True)
         return x * torch.rsqrt(variance + self.shape.rms_eps) * weight
 
-    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def _evict(self) -> None:
+        """Shrink every layer's and KV head's cache to the budget, keeping its choice of
+        slots (in order) and their accumulated attention."""
+        assert self.eviction is not None and self.attention_mass is not None
+        budget = self.eviction.tokens(self.position)
+        if self.length <= budget:
+            return
+        mass = self.attention_mass[..., : self.length]
+        keep = self.eviction.keep(mass, budget)  # [L, KVH, budget]
+        rows = keep.unsqueeze(-1).expand(-1, -1, -1, self.shape.head_dim)
+        self.k_cache[:, :, :budget] = self.k_cache[:, :, : self.length].gather(2, rows)
+        self.v_cache[:, :, :budget] = self.v_cache[:, :, : self.length].gather(2, rows)
+        self.attention_mass[..., :budget] = mass.gather(2, keep)
+        self.length = budget
+        self._rollback_limit = min(self._rollback_limit, self.eviction.window(budget))
+
+    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         # x: [heads, T, D]
         count = x.shape[1]
         cos, sin = self._cos[start:start + count], self._sin[start:start + count]
@@ -252,17 +316,20 @@ class LlamaRuntime:
         q = layer.q(x).view(count, s.heads, s.head_dim).transpose(0, 1)  # [Hq, T, D]
         k = layer.k(x).view(count, s.kv_heads, s.head_dim).transpose(0, 1)  # [Hkv, T, D]
         v = layer.v(x).view(count, s.kv_heads, s.head_dim).transpose(0, 1)
-        end = start + count
-        self.k_cache[index, :, start:end] = self._rope(k, start)
+        end, position = start + count, self.position  # cache slots; RoPE positions
+        self.k_cache[index, :, start:end] = self._rotate(k, position)
         self.v_cache[index, :, start:end] = v
         keys, values = self.k_cache[index, :, :end], self.v_cache[index, :, :end]  # [Hkv, S, D]
-        scores = self._rope(q, start).view(s.kv_heads, -1, count, s.head_dim) @ keys.transpose(
+        scores = self._rotate(q, position).view(s.kv_heads, -1, count, s.head_dim) @ keys.transpose(
             1, 2).unsqueeze(1)  # [Hkv, G, T, S]
         scores = scores * (s.head_dim ** -0.5)
         if count > 1:  # causal within this call; every cached position is visible
             visible = torch.ones(count, end, dtype=torch.bool).tril(diagonal=start)
             scores = scores.masked_fill(~visible, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ values.unsqueeze(1)  # [Hkv, G, T, D]
+        probs = torch.softmax(scores, dim=-1)
+        if self.attention_mass is not None:  # H2O: attention each slot has received
+            self.attention_mass[index, :, :end] += probs.sum(dim=(1, 2))
+        out = probs @ values.unsqueeze(1)  # [Hkv, G, T, D]
         out = out.view(1, s.heads, count, s.head_dim)
         out = out[0].transpose(0, 1).reshape(count, s.heads * s.head_dim)
         if self.recorder is not None:

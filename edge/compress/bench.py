@@ -23,6 +23,9 @@ TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("torch-resident-fp32", "resident", {}),
     ("torch-int8", "int8", {}),
     ("torch-int4-awq-g32", "int4", {}),
+    ("torch-w8a8-naive", "w8a8", {}),
+    ("torch-w8a8-smoothquant", "w8a8-smoothquant", {}),
+    ("torch-w8a8-llm_int8", "w8a8-llm-int8", {}),
     ("torch-wanda50", "wanda50", {}),
     ("torch-wanda-2:4", "wanda-2:4", {}),
     ("torch-act-sparse50", "act-sparse50", {}),
@@ -99,6 +102,11 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
     try:
         ppl = runtime_perplexity(runtime, token_windows(eval_ids, 256, settings.eval_tokens))
         eval_peak = _peak_rss()  # scoring 256 positions holds [256, V] logits in fp64
+        prefill = eval_ids[:256]  # where integer matmuls pay: many tokens per product
+        runtime.truncate(0)
+        started = time.perf_counter()
+        runtime.forward(prefill)
+        prefill_tok_s = len(prefill) / (time.perf_counter() - started)
         _reset_peak_rss()
         runtime.truncate(0)
         logits = runtime.forward(eval_ids[: settings.prompt_tokens])
@@ -114,7 +122,8 @@ def measure_torch(folder: str, overrides: dict[str, Any], eval_ids: list[int],
                 "peak_rss_eval_bytes": eval_peak,
                 "bytes_read_per_token": (store.bytes_read - bytes0) / n if store else 0,
                 "reads_per_token": (store.reads - reads0) / n if store else 0,
-                "tok_s": n / elapsed, "window": built.window, "capacity": built.capacity}
+                "tok_s": n / elapsed, "prefill_tok_s": prefill_tok_s,
+                "window": built.window, "capacity": built.capacity}
         if store is not None:  # measured profile of a decoded token (ms)
             phases = {k: (v - phases0.get(k, 0.0)) * 1e3 / n for k, v in store.phase_seconds.items()}
             phases["outside_ffn"] = elapsed * 1e3 / n - sum(phases.values())
@@ -284,18 +293,26 @@ def run_concurrency(source: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
+    if "kv_eviction" in report:
+        kv = report["kv_eviction"]
+        return "\n".join([f"{kv['tokens']} tokens, full cache perplexity {kv['full_ppl']:.3f}",
+                          f"{'budget':>6} {'method':>7} {'ppl':>8} {'vs full':>8}"] + [
+            f"{r['budget']:>6g} {r['method']:>7} {r['ppl']:>8.3f} {100 * r['vs_full']:>+7.1f}%"
+            for r in kv["rows"]])
     if "concurrency" in report:
         return "\n".join([f"{'streams':>7} {'tok/s':>8} {'vs 1':>6} identical"] + [
             f"{r['streams']:>7} {r['tok_s']:>8.1f} {r['vs_one_stream']:>6.2f} {r['identical']}"
             for r in report["concurrency"]])
     lines = [f"{'config':31} {'ppl':>7} {'model MB':>9} {'DRAM MB':>8} {'peakRSS':>8} "
-             f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7} {'k':>3} {'x resident':>10}"]
+             f"{'read MB/tok':>11} {'reads/tok':>9} {'tok/s':>7} {'prefill':>8} {'k':>3} "
+             f"{'x resident':>10}"]
     for c in report["configs"]:
         paired = f"{c['latency_vs_resident']:10.2f}" if "latency_vs_resident" in c else f"{'':10}"
         lines.append(f"{c['name']:31} {c['ppl']:7.2f} {c['model_bytes'] / 1e6:9.1f} "
                      f"{c['dram_bytes'] / 1e6:8.1f} {c['peak_rss_bytes'] / 1e6:8.0f} "
                      f"{c['bytes_read_per_token'] / 1e6:11.2f} {c['reads_per_token']:9.0f} "
-                     f"{c['tok_s']:7.2f} {c.get('window', 0):3d} {paired}")
+                     f"{c['tok_s']:7.2f} {c.get('prefill_tok_s', 0):8.1f} "
+                     f"{c.get('window', 0):3d} {paired}")
         if "flash_ms_per_token" in c:
             lines.append("  ms/token: " + ", ".join(f"{k} {v:.1f}" for k, v in c["flash_ms_per_token"].items()))
         if "tandem_vs_plain" in c:
@@ -361,9 +378,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "stream's greedy output checked against decoding it alone.")
     p.add_argument("--stream-tokens", type=int, default=64,
                    help="--concurrency: tokens each stream decodes.")
+    p.add_argument("--kv-budget", default="", type=kv_budgets,
+                   help="Instead: perplexity of a long text with the KV cache held to these "
+                        "shares of the sequence (e.g. 0.5,0.2), by H2O and by the recent "
+                        "window alone, against the full cache (the fp32 torch runtime).")
+    p.add_argument("--kv-tokens", type=int, default=2048,
+                   help="--kv-budget: length of the long text (the evaluation text continued "
+                        "by the model).")
     p.add_argument("--weights", default="",
                    help="--concurrency: the GGUF re-quantized to this format first (as the "
                         "edge's --weights), e.g. Q8_0.")
+
+
+def kv_budgets(text: str) -> str:
+    """``--kv-budget``: comma-separated shares in (0, 1]."""
+    try:
+        values = [float(v) for v in text.split(",")] if text else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"each KV budget must be in (0, 1]: {text!r}")
+    return text
+
+
+def run_kv_eviction(source: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from tandem.edge.compress.kv_bench import kv_eviction_report, long_text
+    from tandem.edge.compress.pipeline import text_ids
+    from tandem.edge.torch_backend import resident_from_source
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    runtime = resident_from_source(source).runtime
+    ids = long_text(runtime, text_ids(source, "evaluation"), args.kv_tokens)
+    budgets = [float(v) for v in args.kv_budget.split(",")]
+    return {"model": source.name, "runtime": "torch fp32", "threads": torch.get_num_threads(),
+            "kv_eviction": kv_eviction_report(runtime, ids, budgets)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -372,6 +422,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     source = resolve_model(args.model)
     if args.concurrency:
         return run_concurrency(source, args)
+    if args.kv_budget:
+        return run_kv_eviction(source, args)
     out = Path(args.artifacts) if args.artifacts else cache_root() / "edge-bench" / (
         f"{source.path.stem}-{source.fingerprint()}")
     settings = BenchSettings(eval_tokens=args.eval_tokens, decode_tokens=args.decode_tokens,

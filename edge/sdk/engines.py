@@ -47,6 +47,12 @@ class ClientConfig(RequestLimits):
     artifacts: str = option(
         "", "on_device, torch backend: folder written by `tandem compress` (empty: the fp32 "
             "weights, fully resident).")
+    kv_budget: str = option(
+        "1024", "on_device, torch backend: the KV cache holds at most this many tokens (H2O "
+                "eviction: a recent window and the tokens that received the most attention), "
+                "so a long chat stays within a fixed memory; a share such as 0.5 keeps that "
+                "share of the tokens seen; empty keeps every token. The llama.cpp backend "
+                "keeps the full cache (its API exposes no attention weights).")
     # A device holds less KV than a server: smaller defaults than RequestLimits'.
     context_window: int = option(4096, "on_device: longest prompt + answer, in tokens.")
     max_tokens_cap: int = option(2048, "Largest max_tokens a call may ask for.")
@@ -129,6 +135,7 @@ def edge_config_for(config: ClientConfig) -> EdgeConfig:
     return EdgeConfig(model=config.model, backend=config.backend, threads=config.threads,
                       slots=1,  # one device, one user: one sequence
                       flash_attn=config.flash_attn, artifacts=config.artifacts,
+                      kv_budget=config.kv_budget if config.backend == "torch" else "",
                       **tier_limits(config))  # type: ignore[arg-type]
 
 
