@@ -215,3 +215,20 @@ def test_unavailable_router_is_retried_then_raised():
         assert client.stats.retries == 2
     finally:
         client.close()
+
+
+def test_an_on_device_torch_chat_stays_within_its_kv_budget():
+    """On-device sessions on the torch backend hold the KV cache to ``kv_budget`` tokens
+    (H2O eviction) however long the chat grows; the answers go on."""
+    client = TandemClient(mode="on_device", cloud_address=f"127.0.0.1:{free_port()}",
+                          backend="torch", kv_budget="48", threads=1, policy="edge",
+                          deadline_s=120)
+    try:
+        runtime = client._client._engine.backend.runtime
+        session = client.chat_session(system="You are terse.")
+        for question in ("Name a colour.", "Name a fruit.", "Name a city.", "Name a tree."):
+            reply = session.send(question, max_tokens=8, temperature=0)
+            assert reply.text.strip() and runtime.length <= 48
+        assert runtime.position > 48  # the chat outgrew the budget
+    finally:
+        client.close()
