@@ -7,6 +7,7 @@ draft-length controller learns that link from scratch)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", help="JSONL file with a `prompt` field per line.")
     p.add_argument("--rtt-ms", default="0,20", help="Comma-separated router→cloud RTTs.")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--edge-args", default="",
+                   help="Extra flags for the edge service, e.g. '--backend torch --artifacts "
+                        "DIR' (a distilled edge against the undistilled one).")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,8 +37,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        tiers = [ServiceProcess(name, ["--port", "0", "--metrics-port", "-1"], workdir)
-                 for name in ("cloud", "edge")]
+        extra = {"cloud": [], "edge": shlex.split(args.edge_args)}
+        tiers = [ServiceProcess(name, ["--port", "0", "--metrics-port", "-1", *extra[name]],
+                                workdir) for name in ("cloud", "edge")]
         try:
             for service in tiers:
                 service.wait_ready(600)
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for service in tiers:
                 service.stop()
-    return {"max_tokens": args.max_tokens, "prompts": len(prompts), "results": results}
+    return {"max_tokens": args.max_tokens, "prompts": len(prompts),
+            "edge_args": args.edge_args, "results": results}
 
 
 def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: float

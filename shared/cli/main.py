@@ -18,7 +18,8 @@ SERVICES = {
 }
 
 # Modules of tandem.shared.cli that each add one subcommand with `add_parser(sub)`.
-COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress", "health", "chaos")
+COMMAND_MODULES = ("up", "ask", "bench", "evaluate", "loadtest", "compress", "distill", "health",
+                   "chaos")
 
 
 def _load(path: str) -> Any:
