@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads after the service sets OpenMP's wait policy (config checks
+    import torch   # this module's options first)
 
 METHODS = ("h2o", "recent")
 

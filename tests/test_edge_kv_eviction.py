@@ -116,3 +116,16 @@ def test_the_torch_backend_keeps_a_long_chat_within_its_kv_budget(tiny) -> None:
                                    frozenset())).tokens == early.tokens
     chat.close()
     fresh.close()
+
+
+def test_checking_a_kv_budget_does_not_load_torch() -> None:
+    """The edge validates its configuration before it sets OpenMP's wait policy, which
+    must happen before torch loads (`tandem serve edge --kv-budget` once failed so)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tandem.edge.config import EdgeConfig; "
+            "EdgeConfig(backend='torch', kv_budget='64'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
