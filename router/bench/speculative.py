@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-args", default="",
                    help="Extra flags for the edge service, e.g. '--backend torch --artifacts "
                         "DIR' (a distilled edge against the undistilled one).")
+    p.add_argument("--router-args", default="",
+                   help="Extra flags for each router, e.g. '--no-adaptive-draft "
+                        "--draft-tokens 6' (acceptance at a fixed draft length).")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,8 +49,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rtt in (float(x) for x in args.rtt_ms.split(",")):
                 router = ServiceProcess("router", [
                     "--port", "0", "--metrics-port", "-1", "--cloud-address", tiers[0].address,
-                    "--edge-address", tiers[1].address, "--inject-cloud-rtt-ms", str(rtt)],
-                    workdir)
+                    "--edge-address", tiers[1].address, "--inject-cloud-rtt-ms", str(rtt),
+                    *shlex.split(args.router_args)], workdir)
                 try:
                     router.wait_ready(600)
                     results.append(speculative_row(router.address, prompts, args.max_tokens, rtt))
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for service in tiers:
                 service.stop()
     return {"max_tokens": args.max_tokens, "prompts": len(prompts),
-            "edge_args": args.edge_args, "results": results}
+            "edge_args": args.edge_args, "router_args": args.router_args, "results": results}
 
 
 def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: float
