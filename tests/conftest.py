@@ -65,6 +65,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer) 
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny model's shape, fp32 weights and calibration on random token chunks (what
+    `tandem compress` fits), for the torch edge runtime's tests."""
+    import torch
+
+    from tandem.edge.compress.calibration import calibrate
+    from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
+
+    shape = LlamaShape.from_hf_config(tiny_model_dir)
+    state = load_hf_state(tiny_model_dir)
+    gen = torch.Generator().manual_seed(1)
+    chunks = [torch.randint(0, shape.vocab, (48,), generator=gen).tolist() for _ in range(4)]
+    return shape, state, calibrate(dense_runtime(shape, state), chunks)
+
+
 def start_services(workdir: Path, specs: list[tuple[str, list[str]]]) -> list[ServiceProcess]:
     """Start services in order, each on a free port; stop all if one fails."""
     started: list[ServiceProcess] = []

@@ -5,20 +5,14 @@ is still cached, bad options are clear errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from tandem.edge.kv_eviction import KVEviction, parse_kv_budget
-from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
+from tandem.edge.torch_model import dense_runtime
 
 IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16] * 3
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    return LlamaShape.from_hf_config(tiny_model_dir), load_hf_state(tiny_model_dir)
 
 
 def stream(runtime, ids):  # type: ignore[no-untyped-def]
@@ -26,7 +20,7 @@ def stream(runtime, ids):  # type: ignore[no-untyped-def]
 
 
 def test_a_budget_at_least_the_sequence_equals_the_full_cache_exactly(tiny) -> None:  # type: ignore[no-untyped-def]
-    shape, state = tiny
+    shape, state, _ = tiny
     full = stream(dense_runtime(shape, state), IDS)
     for eviction in (KVEviction(budget=len(IDS)), KVEviction(budget=1.0),
                      KVEviction(budget=len(IDS), method="recent")):
@@ -36,7 +30,7 @@ def test_a_budget_at_least_the_sequence_equals_the_full_cache_exactly(tiny) -> N
 
 
 def test_a_token_budget_bounds_the_cache_and_changes_the_output(tiny) -> None:  # type: ignore[no-untyped-def]
-    shape, state = tiny
+    shape, state, _ = tiny
     full = stream(dense_runtime(shape, state), IDS)
     runtime = dense_runtime(shape, state, capacity=8)  # growth and eviction together
     runtime.set_kv_eviction(KVEviction(budget=12, recent=4))
@@ -60,7 +54,7 @@ def test_eviction_keeps_the_recent_window_and_the_heaviest_hitters() -> None:
 
 
 def test_rollback_reaches_back_only_as_far_as_the_recent_window(tiny) -> None:  # type: ignore[no-untyped-def]
-    shape, state = tiny
+    shape, state, _ = tiny
     runtime = dense_runtime(shape, state)
     runtime.set_kv_eviction(KVEviction(budget=10, recent=4))
     stream(runtime, IDS[:30])
@@ -96,7 +90,7 @@ def test_the_torch_backend_keeps_a_long_chat_within_its_kv_budget(tiny) -> None:
     from tandem.shared.sampling import SamplingParams, TokenSampler
     from tandem.shared.tier_handler import TokenRequest
 
-    shape, state = tiny
+    shape, state, _ = tiny
 
     def backend() -> TorchBackend:
         runtime = dense_runtime(shape, state)

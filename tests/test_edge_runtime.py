@@ -15,25 +15,15 @@ import torch.nn.functional as F
 from tandem.edge import artifacts
 from tandem.edge.compress.recipes import RECIPES, Recipe, build, with_overrides
 from tandem.edge.flash import fill_gaps, runs_of
-from tandem.edge.compress.calibration import awq_input_scale, calibrate, wanda_mask
+from tandem.edge.compress.calibration import awq_input_scale, wanda_mask
 from tandem.edge.quantize import Int4Linear, Int8Linear, quantize_int4
 from tandem.edge.sparsity import NeuronRows
 from tandem.edge.torch_backend import TorchBackend
-from tandem.edge.torch_model import LlamaShape, PackedLinear, dense_runtime, load_hf_state
+from tandem.edge.torch_model import PackedLinear, dense_runtime
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_handler import TokenRequest
 
 IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    shape = LlamaShape.from_hf_config(tiny_model_dir)
-    state = load_hf_state(tiny_model_dir)
-    gen = torch.Generator().manual_seed(1)
-    chunks = [torch.randint(0, shape.vocab, (48,), generator=gen).tolist() for _ in range(4)]
-    calib = calibrate(dense_runtime(shape, state), chunks)
-    return shape, state, calib
 
 
 def test_forward_matches_transformers(tiny_model_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]

@@ -13,20 +13,10 @@ import torch
 from tandem.edge import artifacts
 from tandem.edge.activation_quant import (W8A8Linear, outlier_columns, smoothing_factors,
                                           smoothquant_scale)
-from tandem.edge.compress.calibration import calibrate
 from tandem.edge.compress.recipes import RECIPES, Recipe, build
-from tandem.edge.torch_model import LlamaShape, dense_runtime, load_hf_state
+from tandem.edge.torch_model import dense_runtime
 
 IDS = [5, 17, 300, 42, 9, 1000, 77, 8, 123, 4567, 11, 12, 13, 14, 15, 16]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    shape = LlamaShape.from_hf_config(tiny_model_dir)
-    state = load_hf_state(tiny_model_dir)
-    gen = torch.Generator().manual_seed(1)
-    chunks = [torch.randint(0, shape.vocab, (48,), generator=gen).tolist() for _ in range(4)]
-    return shape, state, calibrate(dense_runtime(shape, state), chunks)
 
 
 def outlier_inputs(rows: int = 256, width: int = 64) -> torch.Tensor:

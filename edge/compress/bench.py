@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.shared.cli.argtypes import shares
+
 # (config name, artifact recipe, load overrides): the torch configurations measured.
 TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("torch-resident-fp32", "resident", {}),
@@ -378,7 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "stream's greedy output checked against decoding it alone.")
     p.add_argument("--stream-tokens", type=int, default=64,
                    help="--concurrency: tokens each stream decodes.")
-    p.add_argument("--kv-budget", default="", type=kv_budgets,
+    p.add_argument("--kv-budget", default="", type=shares,
                    help="Instead: perplexity of a long text with the KV cache held to these "
                         "shares of the sequence (e.g. 0.5,0.2), by H2O and by the recent "
                         "window alone, against the full cache (the fp32 torch runtime).")
@@ -388,17 +390,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="",
                    help="--concurrency: the GGUF re-quantized to this format first (as the "
                         "edge's --weights), e.g. Q8_0.")
-
-
-def kv_budgets(text: str) -> str:
-    """``--kv-budget``: comma-separated shares in (0, 1]."""
-    try:
-        values = [float(v) for v in text.split(",")] if text else []
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
-    if not all(0.0 < v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"each KV budget must be in (0, 1]: {text!r}")
-    return text
 
 
 def run_kv_eviction(source: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tandem.shared.cli.argtypes import shares, unit_interval
+
 # The cascade's scorers (router/scorers.py's registry; kept here so that `--help` does not
 # import the models).
 SCORER_NAMES = ["mean_prob", "min_prob", "entropy", "learned", "cloud_mean_prob",
@@ -59,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--scorer", default="mean_prob",
                    choices=[*SCORER_NAMES, "route", "cloud_top5_share", "cloud_combined"],
                    help="Whose APGR and cost reduction head the report (all are listed).")
-    e.add_argument("--taus", default="", type=leniencies,
+    e.add_argument("--taus", default="", type=shares,
                    help="Comma-separated speculative-cascade leniencies to evaluate (e.g. "
                         "1,0.5,0.2,0.05; each starts a router over one edge and cloud).")
     e.add_argument("--pass-budget", type=unit_interval, default=None,
@@ -71,28 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--plot", default="cascade_eval.png", help="PNG to write.")
     e.add_argument("--json", action="store_true", help="Print only the JSON report.")
     e.set_defaults(run=run_cascade)
-
-
-def unit_interval(text: str) -> float:
-    """A number in [0, 1] (argparse type: anything else is a usage error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def leniencies(text: str) -> str:
-    """``--taus``: comma-separated numbers in (0, 1]."""
-    try:
-        values = [float(t) for t in text.split(",")] if text else []
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
-    if not all(0.0 < v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"each leniency must be in (0, 1]: {text!r}")
-    return text
 
 
 def edge_model_for(quant: str) -> str:
