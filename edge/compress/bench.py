@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.shared.cli.argtypes import shares
+from tandem.shared.argtypes import shares
 
 # (config name, artifact recipe, load overrides): the torch configurations measured.
 TORCH_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [

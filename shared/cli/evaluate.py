@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tandem.shared.cli.argtypes import shares, unit_interval
+from tandem.shared.argtypes import shares, unit_interval
 
 # The cascade's scorers (router/scorers.py's registry; kept here so that `--help` does not
 # import the models).
