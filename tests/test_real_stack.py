@@ -74,7 +74,7 @@ def test_pipelined_speculation_over_a_slow_link_is_the_cloud_output(real_stack, 
     drafts during round trips, and the answers are still the cloud's, token for token.
     (The router drafts ahead when a round trip is worth two or more draft tokens; 80 ms is
     that with room on a machine three times slower than this one, where a draft token can
-    take ~20 ms: at 40 ms a loaded CI run once drafted ahead in no round.)"""
+    take ~20 ms: at 40 ms one CI run here drafted ahead in no round.)"""
     router = start_services(tmp_path, [("router", [
         "--cloud-address", real_stack["cloud"].address,
         "--edge-address", real_stack["edge"].address, "--inject-cloud-rtt-ms", "80"])])[0]
