@@ -29,9 +29,9 @@ _RANGE_FLOOR = 1e-5  # a channel that never varies still gets a finite smoothing
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric INT8: x[N, K] ~ q[N, K] * scale[N, 1]."""
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
-    return torch.round(x / scale).clamp(-127, 127).to(torch.int8), scale
+    """Per-row symmetric INT8 (the weights' quantizer, per token): x[N, K] ~ q * scale[N, 1]."""
+    q, scale = quantize_int8(x)
+    return q, scale[:, None]
 
 
 def fake_w8a8(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

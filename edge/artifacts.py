@@ -4,7 +4,6 @@ with manifest.json (shape, recipe, per-component kinds and parameters), weights.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from tandem.edge.quantize import Int4Linear, Int8Embedding, Int8Linear
 from tandem.edge.sparsity import ActivationSparseFFN
 from tandem.edge.torch_model import (DenseEmbedding, DenseFFN, DenseLinear, LayerWeights,
                                      LlamaRuntime, LlamaShape, PackedLinear)
+from tandem.shared.memory import release_free_memory
 
 MANIFEST = "manifest.json"
 # Bumped when saved tensors change meaning (2: INT4 as bf16 scale and zero, not fp16 minimum)
@@ -150,19 +150,11 @@ def load(folder: Path, io_threads: int = 8, window: int | None = None,
                                    linear["o"], t[p + "ffn_norm"], ffn))
     runtime = LlamaRuntime(shape, embedding, layers, t["final_norm"])
     del t
-    _release_freed_memory()
+    # The heap that loading freed (file tensors, unpacked INT4 rows) goes back to the OS,
+    # so RSS shows the model, not the load (INT4: 704 -> 387 MB).
+    release_free_memory()
     return Built(runtime, manifest["model_bytes"], window=k, capacity=capacity, store=store,
                  ffn_file_bytes=manifest["ffn_file_bytes"])
-
-
-def _release_freed_memory() -> None:
-    """Hand the heap that loading freed (file tensors, unpacked INT4 rows) back to the OS,
-    so RSS shows the model, not the load: glibc keeps freed heap mapped otherwise
-    (INT4: 704 -> 387 MB)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
-        pass
 
 
 def is_current(folder: Path) -> bool:
