@@ -26,3 +26,15 @@ def shares(text: str) -> str:
     if not all(0.0 < v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"each value must be in (0, 1]: {text!r}")
     return text
+
+
+def gguf_types(text: str) -> list[str]:
+    """Comma-separated llama.cpp weight types (`gguf_quant.GGUF_TYPES`; empty for none)."""
+    from tandem.shared.gguf_quant import GGUF_TYPES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GGUF_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown GGUF type(s) {', '.join(unknown)}; known: {', '.join(GGUF_TYPES)}")
+    return names

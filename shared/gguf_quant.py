@@ -19,6 +19,7 @@ from tandem.shared.models import ModelSource, converted_dir
 # `tandem compress` has always documented for Q3_K_M.
 GGUF_TYPES = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",

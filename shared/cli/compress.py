@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from tandem.shared.argtypes import gguf_types
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from tandem.shared.models import DEFAULT_MODEL
@@ -21,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "int8-act-sparse50,flash-naive,flash",
                    help="Comma-separated torch recipes (see tandem.edge.compress.recipes.RECIPES); "
                    "empty for none.")
-    p.add_argument("--gguf-types", default="Q8_0,Q4_K_M,Q3_K,Q2_K",
+    p.add_argument("--gguf-types", type=gguf_types, default="Q8_0,Q4_K_M,Q3_K,Q2_K",
                    help="Comma-separated llama.cpp types to re-quantize a GGUF model to; empty for none.")
     p.add_argument("--budget", type=float, default=None,
                    help="Flash recipes: DRAM budget as a fraction of the model's bytes.")
@@ -63,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
         for r in compress(source, names, out, eval_tokens=args.eval_tokens, overrides=overrides):
             rows.append({"name": r.name, "kind": "torch", "path": r.folder,
                          "model_bytes": r.model_bytes, "ppl": r.ppl})
-    gguf_types = [t for t in args.gguf_types.split(",") if t]
-    if gguf_types:
+    if args.gguf_types:
         if not source.is_gguf:
             print("tandem compress: --gguf-types needs a .gguf model", file=sys.stderr)
             return 2
-        rows += _gguf_rows(source, gguf_types, out / "gguf", args.eval_tokens, threads)
+        rows += _gguf_rows(source, args.gguf_types, out / "gguf", args.eval_tokens, threads)
     _add_changes(rows)
     print(_table(rows), file=sys.stderr)
     print(json.dumps({"artifacts": rows}, indent=None if args.json else 2))

@@ -1,6 +1,6 @@
 """`tandem distill`: distil the torch edge (INT4, quantizer in the loop) toward the cloud
 on the cloud's answers to the shipped training prompts, then export it through the
-compression pipeline (edge/distill.py)."""
+compression pipeline (edge/distill.py) and into GGUFs for the llama.cpp edge."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from tandem.shared.argtypes import gguf_types
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="INT4 group of the quantizer in the loop and of the export.")
     p.add_argument("--kl", default="forward", choices=("forward", "reverse"),
                    help="forward: KL(cloud ‖ edge); reverse: KL(edge ‖ cloud) (MiniLLM).")
+    p.add_argument("--gguf-types", type=gguf_types, default="Q4_1",
+                   help="llama.cpp types to re-quantize the exported F32 GGUF "
+                        "(out/gguf/distilled.gguf) to; empty for none. Needs a .gguf --model "
+                        "(its tokenizer is copied).")
     p.add_argument("--checkpoint-every", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="Torch threads (0: every core).")
     p.set_defaults(run=run)
@@ -52,8 +58,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tandem distill: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     source = resolve_model(args.model)
+    if args.gguf_types and not source.is_gguf:
+        print("tandem distill: --gguf-types needs a .gguf --model (the GGUF's tokenizer is "
+              "copied); pass --gguf-types '' for none", file=sys.stderr)
+        return 2
     tokenizer = load_tokenizer(source)
     rows = read_jsonl(args.labels or DATA / "labels_q3km_train.jsonl")
     data = sequences(rows, tokenizer, settings.max_tokens)
@@ -68,7 +79,26 @@ def run(args: argparse.Namespace) -> int:
     results = compress(resolve_model(str(folder)), ["int4-noawq"], out / "artifacts",
                        overrides={"int4-noawq": recipe})
     report |= {"sequences": len(data), "model_folder": str(folder),
-               "artifact": results[0].folder, "artifact_ppl": results[0].ppl}
+               "artifact": results[0].folder, "artifact_ppl": results[0].ppl,
+               "gguf": _export_ggufs(student, source, out / "gguf", args.gguf_types,
+                                     threads)}
     write_report(out, report)
     print(json.dumps(report))
     return 0
+
+
+def _export_ggufs(student, source, folder: Path, types: list[str],  # type: ignore[no-untyped-def]
+                  threads: int) -> list[dict[str, object]]:
+    """The F32 GGUF and its llama.cpp re-quantizations (serve one with
+    `tandem edge --model <path>`)."""
+    from tandem.shared.gguf_export import export_gguf
+    from tandem.shared.gguf_quant import requantize
+
+    if not types:
+        return []
+    f32 = export_gguf(student, source.path, folder / "distilled.gguf")
+    rows: list[dict[str, object]] = [{"name": "F32", "path": str(f32), "bytes": f32.stat().st_size}]
+    for name in types:
+        result = requantize(f32, folder, name, threads)
+        rows.append({"name": name, "path": result.path, "bytes": result.bytes})
+    return rows
