@@ -11,6 +11,12 @@ student, or reverse, as MiniLLM). The trained weights are exported as a model fo
 through the compression pipeline with the same quantizer (recipe ``int4-noawq``: AWQ would
 re-scale the weights the training fitted).
 
+For an edge served by llama.cpp, ``gguf_type`` puts that format in the loop instead:
+every decoder weight makes the round trip through the ggml type llama.cpp stores it in
+at that setting (read from the source re-quantized once: Q3_K_M on SmolLM2 is Q4_0,
+Q5_0 and Q4_K per tensor), quantized by ggml itself, so training sees the values the
+served GGUF will hold.
+
 Training is resumable: a checkpoint (weights, optimizer, step) is written every
 ``checkpoint_every`` steps and picked up by the next run with the same output folder.
 """
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from tandem.edge.quantize import INT4_GROUPS, dequantize_int4, quantize_int4
+from tandem.shared.gguf_quant import GGUF_TYPES
 
 CHECKPOINT = "checkpoint.pt"
 KL_DIRECTIONS = ("forward", "reverse")
@@ -41,6 +48,7 @@ class DistillSettings:
     lr: float = 2e-5
     group: int = 32  # INT4 group size of the quantizer in the loop (and of the export)
     kl: str = "forward"
+    gguf_type: str = ""  # a llama.cpp type in the loop instead of INT4 (gguf_quant.GGUF_TYPES)
     max_tokens: int = 128  # longest training sequence (prompt + answer)
     checkpoint_every: int = 20
     seed: int = 0
@@ -48,6 +56,9 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if self.kl not in KL_DIRECTIONS:
             raise ValueError(f"kl must be one of {KL_DIRECTIONS}, got {self.kl!r}")
+        if self.gguf_type and self.gguf_type not in GGUF_TYPES:
+            raise ValueError(f"gguf_type must be one of {sorted(GGUF_TYPES)}, got "
+                             f"{self.gguf_type!r}")
         if self.group not in INT4_GROUPS:
             raise ValueError(f"group must be one of {INT4_GROUPS}, got {self.group}")
         if self.steps < 1 or self.batch < 1 or not self.lr > 0 or self.checkpoint_every < 1:
@@ -67,19 +78,38 @@ class Int4InTheLoop(torch.nn.Module):
         return weight + (quantized - weight).detach()
 
 
-def decoder_linears(model: Any) -> list[torch.nn.Linear]:
-    return [m for layer in model.model.layers for m in layer.modules()
-            if isinstance(m, torch.nn.Linear)]
+class GgufInTheLoop(torch.nn.Module):
+    """The same, with the weight as llama.cpp serves it in one ggml type."""
+
+    def __init__(self, ggml_type: int) -> None:
+        super().__init__()
+        self.ggml_type = ggml_type
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        from tandem.shared.gguf_quant import round_trip
+
+        served = round_trip(weight.detach().numpy(), self.ggml_type)
+        return weight + (torch.from_numpy(served).to(weight.dtype) - weight).detach()
 
 
-def attach_quantizer(model: Any, group: int) -> None:
-    for linear in decoder_linears(model):
-        parametrize.register_parametrization(linear, "weight", Int4InTheLoop(group))
+def decoder_linears(model: Any) -> dict[str, torch.nn.Linear]:
+    """Name -> module of every linear layer of the decoder blocks."""
+    return {name: m for name, m in model.named_modules()
+            if name.startswith("model.layers.") and isinstance(m, torch.nn.Linear)}
+
+
+def attach_quantizer(model: Any, group: int, ggml_types: dict[str, int] | None = None) -> None:
+    """INT4 of ``group`` in every linear's forward, or, given ``ggml_types`` (the weights'
+    names -> ggml type), each weight's llama.cpp type."""
+    for name, linear in decoder_linears(model).items():
+        quantizer = (GgufInTheLoop(ggml_types[f"{name}.weight"]) if ggml_types
+                     else Int4InTheLoop(group))
+        parametrize.register_parametrization(linear, "weight", quantizer)
 
 
 def detach_quantizer(model: Any) -> None:
     """Back to plain fp32 weights (the trained masters, not their quantized values)."""
-    for linear in decoder_linears(model):
+    for linear in decoder_linears(model).values():
         parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
 
 
@@ -123,13 +153,17 @@ def kl_divergence(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
 
 
 def distill(teacher: Any, student: Any, data: list[tuple[list[int], int]], pad: int,
-            out: Path, settings: DistillSettings, progress: bool = True) -> dict[str, Any]:
-    """Train ``student`` (in place; its quantizer attached here) toward ``teacher``;
-    resumes from ``out``/checkpoint.pt. Returns the run's report."""
+            out: Path, settings: DistillSettings, progress: bool = True,
+            ggml_types: dict[str, int] | None = None) -> dict[str, Any]:
+    """Train ``student`` (in place; its quantizer attached here: ``ggml_types`` when
+    ``settings.gguf_type`` is set) toward ``teacher``; resumes from ``out``/checkpoint.pt.
+    Returns the run's report."""
     from tqdm import tqdm
 
+    if bool(settings.gguf_type) != bool(ggml_types):
+        raise ValueError("a gguf_type in the loop needs the weights' ggml types, and only it")
     out.mkdir(parents=True, exist_ok=True)
-    attach_quantizer(student, settings.group)
+    attach_quantizer(student, settings.group, ggml_types)
     student.train()
     teacher.eval()
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)

@@ -50,7 +50,7 @@ def export_gguf(model: Any, template: Path, out: Path) -> Path:
         _copy_metadata(reader, writer)
         _write_hyperparameters(config, writer)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-        for name, tensor in _gguf_tensors(model, gguf):
+        for name, tensor in _gguf_tensors(model):
             writer.add_tensor(name, tensor)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -94,18 +94,30 @@ def _rope_theta(config: Any) -> float:
     return float(parameters.get("rope_theta") or config.rope_theta)
 
 
-def _gguf_tensors(model: Any, gguf: Any):
-    """(GGUF name, F32 array) for every weight; the output head is left out when it is the
-    embedding (tied), as llama.cpp then reuses token_embd."""
+def gguf_names(model: Any) -> dict[str, str]:
+    """The model's tensor names -> their GGUF names; the output head is left out when it is
+    the embedding (tied), as llama.cpp then reuses token_embd."""
+    import gguf
+
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    for name, tensor in model.state_dict().items():
+    out = {}
+    for name in model.state_dict():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"no GGUF name for the model's tensor {name!r}")
-        weight = tensor.detach().to(torch.float32)
+        out[name] = gguf_name
+    return out
+
+
+def _gguf_tensors(model: Any):
+    """(GGUF name, F32 array) for every weight, query and key rows interleaved."""
+    config = model.config
+    state = model.state_dict()
+    for name, gguf_name in gguf_names(model).items():
+        weight = state[name].detach().to(torch.float32)
         if name.endswith("self_attn.q_proj.weight"):
             weight = _interleave_heads(weight, config.num_attention_heads)
         elif name.endswith("self_attn.k_proj.weight"):

@@ -50,6 +50,36 @@ def test_distillation_lowers_the_kl_to_the_teacher(tiny_model_dir: Path, tmp_pat
     assert not any("parametrizations" in name for name, _ in student.named_parameters())
 
 
+def test_a_llama_cpp_format_in_the_loop_is_what_the_forward_sees(tiny_model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    import gguf
+
+    from tandem.edge.distill import attach_quantizer, decoder_linears, detach_quantizer
+    from tandem.shared.gguf_quant import round_trip
+
+    teacher, student = models(tiny_model_dir)
+    q4_0, q8_0 = int(gguf.GGMLQuantizationType.Q4_0), int(gguf.GGMLQuantizationType.Q8_0)
+    types = {f"{name}.weight": q8_0 if "down_proj" in name else q4_0
+             for name in decoder_linears(student)}
+    attach_quantizer(student, 32, types)
+    for name, linear in decoder_linears(student).items():
+        master = linear.parametrizations.weight.original.detach().numpy()
+        served = round_trip(master, types[f"{name}.weight"])
+        assert torch.equal(linear.weight.detach(), torch.from_numpy(served))
+        assert not torch.equal(linear.weight.detach(), torch.from_numpy(master))
+    detach_quantizer(student)
+
+    rows = data()
+    before = kl(teacher, student, rows)
+    report = distill(teacher, student, rows, 0, tmp_path,
+                     DistillSettings(steps=4, batch=4, lr=1e-3, gguf_type="Q4_0"),
+                     progress=False, ggml_types=types)
+    assert kl(teacher, student, rows) < before and report["kl_last"] < report["kl_first"]
+    with pytest.raises(ValueError, match="needs the weights' ggml types"):
+        distill(teacher, student, rows, 0, tmp_path / "other",
+                DistillSettings(steps=1, gguf_type="Q4_0"), progress=False)
+
+
 def test_training_resumes_from_its_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     teacher, student = models(tiny_model_dir)
     first = distill(teacher, student, data(), 0, tmp_path,
@@ -80,3 +110,5 @@ def test_bad_distillation_options_are_clear_errors() -> None:
         DistillSettings(group=48)
     with pytest.raises(ValueError, match="lr > 0"):
         DistillSettings(lr=0.0)
+    with pytest.raises(ValueError, match="gguf_type must be one of"):
+        DistillSettings(gguf_type="Q9_Z")

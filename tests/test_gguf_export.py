@@ -68,6 +68,29 @@ def test_exporting_the_packaged_weights_requantizes_to_the_packaged_file(tmp_pat
         assert exported.fields[key].contents() == packaged.fields[key].contents(), key
 
 
+def test_a_tensors_round_trip_is_what_llama_cpp_stores(tmp_path: Path) -> None:
+    """Distillation's llama.cpp quantizer in the loop gives the values of the file that
+    llama_model_quantize writes, K-quants and fallback types alike."""
+    import gguf
+
+    from tandem.shared.gguf_quant import round_trip
+
+    source = resolve_model(DEFAULT_MODEL)
+    q3_k_m = gguf.GGUFReader(requantize(source.path, tmp_path, "Q3_K_M", 2).path)
+    packaged = {t.name: t for t in gguf.GGUFReader(str(source.path)).tensors}
+    seen = set()
+    for tensor in q3_k_m.tensors:
+        if tensor.tensor_type in seen or tensor.name == "token_embd.weight":
+            continue  # one tensor of each type (Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, F32)
+        seen.add(tensor.tensor_type)
+        original = packaged[tensor.name]
+        weight = gguf.quants.dequantize(np.array(original.data), original.tensor_type)
+        stored = gguf.quants.dequantize(np.array(tensor.data), tensor.tensor_type)
+        assert np.array_equal(round_trip(weight.reshape(stored.shape), int(tensor.tensor_type)),
+                              stored), tensor.tensor_type.name
+    assert {t.name for t in seen} >= {"Q4_0", "Q5_0", "Q4_K"}
+
+
 def test_bad_exports_and_options_are_clear_errors(tiny_model_dir: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from transformers import AutoModelForCausalLM
@@ -82,4 +105,4 @@ def test_bad_exports_and_options_are_clear_errors(tiny_model_dir: Path, tmp_path
         main(["distill", "--gguf-types", "Q4_1,Q9_Z"])
     assert exit_info.value.code == 2 and "unknown GGUF type(s) Q9_Z" in capsys.readouterr().err
     assert main(["distill", "--model", str(tiny_model_dir), "--out", str(tmp_path)]) == 2
-    assert "--gguf-types needs a .gguf --model" in capsys.readouterr().err
+    assert "need a .gguf --model" in capsys.readouterr().err

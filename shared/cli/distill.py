@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tandem.shared.argtypes import gguf_types
+from tandem.shared.gguf_quant import GGUF_TYPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="INT4 group of the quantizer in the loop and of the export.")
     p.add_argument("--kl", default="forward", choices=("forward", "reverse"),
                    help="forward: KL(cloud ‖ edge); reverse: KL(edge ‖ cloud) (MiniLLM).")
+    p.add_argument("--gguf-type", default="", choices=("", *GGUF_TYPES), metavar="TYPE",
+                   help="Train for an edge served by llama.cpp at TYPE: that format's "
+                        "quantization in the loop instead of INT4 (exported at TYPE too).")
     p.add_argument("--gguf-types", type=gguf_types, default="Q4_1",
                    help="llama.cpp types to re-quantize the exported F32 GGUF "
                         "(out/gguf/distilled.gguf) to; empty for none. Needs a .gguf --model "
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = DistillSettings(steps=args.steps, batch=args.batch, lr=args.lr,
                                    group=args.group_size, kl=args.kl,
+                                   gguf_type=args.gguf_type,
                                    checkpoint_every=args.checkpoint_every)
     except ValueError as exc:
         print(f"tandem distill: {exc}", file=sys.stderr)
@@ -61,17 +66,19 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     source = resolve_model(args.model)
-    if args.gguf_types and not source.is_gguf:
-        print("tandem distill: --gguf-types needs a .gguf --model (the GGUF's tokenizer is "
-              "copied); pass --gguf-types '' for none", file=sys.stderr)
+    if (args.gguf_types or args.gguf_type) and not source.is_gguf:
+        print("tandem distill: --gguf-types and --gguf-type need a .gguf --model (the GGUF's "
+              "tokenizer is copied); pass --gguf-types '' for none", file=sys.stderr)
         return 2
+    exports = list(dict.fromkeys([*args.gguf_types, *filter(None, [args.gguf_type])]))
     tokenizer = load_tokenizer(source)
     rows = read_jsonl(args.labels or DATA / "labels_q3km_train.jsonl")
     data = sequences(rows, tokenizer, settings.max_tokens)
     out = Path(args.out)
     student = load_causal_lm(source, "float32")
+    ggml_types = _ggml_types(student, source, args.gguf_type) if args.gguf_type else None
     report = distill(load_causal_lm(source, "float32"), student, data,
-                     tokenizer.pad_token_id or 0, out, settings)
+                     tokenizer.pad_token_id or 0, out, settings, ggml_types=ggml_types)
     folder = out / "hf"
     student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -80,11 +87,20 @@ def run(args: argparse.Namespace) -> int:
                        overrides={"int4-noawq": recipe})
     report |= {"sequences": len(data), "model_folder": str(folder),
                "artifact": results[0].folder, "artifact_ppl": results[0].ppl,
-               "gguf": _export_ggufs(student, source, out / "gguf", args.gguf_types,
-                                     threads)}
+               "gguf": _export_ggufs(student, source, out / "gguf", exports, threads)}
     write_report(out, report)
     print(json.dumps(report))
     return 0
+
+
+def _ggml_types(student, source, name: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The student's weight names -> the ggml type llama.cpp stores each in at ``name``
+    (read from the source re-quantized to it, made once and cached)."""
+    from tandem.shared.gguf_export import gguf_names
+    from tandem.shared.gguf_quant import requantized, tensor_types
+
+    types = tensor_types(requantized(source, name))
+    return {hf: types[gguf] for hf, gguf in gguf_names(student).items()}
 
 
 def _export_ggufs(student, source, folder: Path, types: list[str],  # type: ignore[no-untyped-def]
