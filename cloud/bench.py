@@ -3,7 +3,9 @@
 
 Measured in one run: machine read bandwidth, batch-1 decode of the engine and of HF
 `generate` (same model, dtype, prompt), aggregate throughput at several concurrencies,
-TTFT of a long prompt cold and with its prefix cached, and KV cache waste.
+TTFT of a long prompt cold and with its prefix cached, Verify of a draft, and KV cache
+waste; with ``--peer vllm``, vLLM's CPU build on the same weights, token ids and threads
+(cloud/peers/vllm.py), and the ratios between the two.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=8, help="KV cache block size.")
     p.add_argument("--openmp-spin-count", type=int, default=None,
                    help="As the cloud service's option (default: the service's default).")
+    p.add_argument("--peer", choices=("vllm",), default=None,
+                   help="Also measure this engine on the same weights and workload, after "
+                        "the built-in one (vLLM: scripts/install-vllm.sh).")
+    p.add_argument("--peer-python", default=None,
+                   help="The peer's interpreter (default: $TANDEM_VLLM_PYTHON or "
+                        ".venv-vllm/bin/python).")
+
+VERIFY_PREFIX_TOKENS = 200
+VERIFY_DRAFT_TOKENS = 8
 
 
 def measure_bandwidth_gbps(repeats: int = 5) -> float:
@@ -91,16 +102,20 @@ def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
     return (n - 1) / max(timed(n) - one, 1e-9)
 
 
-async def stream(engine: Any, prompt: list[int], n: int, tenant: str = "") -> list[float]:
-    """Generate ``n`` greedy tokens; the arrival time of each."""
+async def stream(engine: Any, prompt: list[int], n: int, tenant: str = "",
+                 tokens: list[int] | None = None) -> list[float]:
+    """Generate ``n`` greedy tokens (appended to ``tokens`` if given); the arrival time of
+    each."""
     from tandem.shared.sampling import SamplingParams, TokenSampler
     from tandem.shared.tier_handler import TokenRequest
 
     times = []
     gen = engine.generate(TokenRequest(prompt, TokenSampler(SamplingParams(max_tokens=n)),
                                        tenant))
-    async for _ in gen:
+    async for token in gen:
         times.append(time.perf_counter())
+        if tokens is not None:
+            tokens.append(token.token)
     return times
 
 
@@ -146,6 +161,35 @@ def text_tokens(tokenizer: Any, count: int, seed: int) -> list[int]:
     return tokenizer.encode(" ".join(text))[:count]
 
 
+async def verify_ms(engine: Any, prefix: list[int], repeats: int) -> tuple[dict[str, Any],
+                                                                       list[int]]:
+    """Verify of a k-token draft after ``prefix``: a session's next round (its KV kept, what
+    speculative decoding pays per round) and a new session's first round over the tenant's
+    cached prefix; best of ``repeats``. The drafts are the engine's own greedy continuation,
+    as in a round where every token is accepted. Returns the figures and the first draft."""
+    from tandem.shared.sampling import SamplingParams
+
+    k, greedy = VERIFY_DRAFT_TOKENS, SamplingParams(max_tokens=1)
+    tenant = f"bench-verify-{time.monotonic_ns()}"
+    continuation: list[int] = []
+    await stream(engine, prefix, 2 * k + 1, tenant, continuation)  # caches the prefix too
+    first_round, next_round = [], []
+    for r in range(repeats):
+        session = f"verify-{r}"
+        started = time.perf_counter()
+        await engine.verify(tenant, session, prefix, continuation[:k], greedy)
+        first_round.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await engine.verify(tenant, session, prefix + continuation[:k + 1],
+                            continuation[k + 1:], greedy)
+        next_round.append(time.perf_counter() - started)
+        engine.end_session(tenant, session)
+    figures = {"verify_ms": round(min(next_round) * 1e3, 1),
+               "verify_ms_new_session": round(min(first_round) * 1e3, 1),
+               "verify_draft_tokens": k, "verify_prefix_tokens": len(prefix)}
+    return figures, continuation[:k]
+
+
 async def run_b1_side_by_side(args: argparse.Namespace, engine: Any, model: Any,
                               prompt: list[int], report: dict[str, Any]) -> None:
     """Bandwidth, engine and HF batch-1 decode, interleaved so that load from other
@@ -172,17 +216,23 @@ async def run_b1_side_by_side(args: argparse.Namespace, engine: Any, model: Any,
 
 
 async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, tokenizer: Any,
-                           prompt: list[int], report: dict[str, Any]) -> None:
+                           prompt: list[int], report: dict[str, Any]) -> dict[str, Any]:
+    """The built-in engine's figures into ``report``; returns the workload (token ids) for a
+    peer to run the same."""
     await run_b1_side_by_side(args, engine, model, prompt, report)
+    greedy: list[int] = []
+    await stream(engine, prompt, args.decode_tokens, tokens=greedy)
     report["throughput_tok_s"] = {}
     concurrencies = [int(x) for x in args.concurrency.split(",")]
     if hasattr(engine.runner, "model"):
         top = max(concurrencies)
         report[f"matmul_only_tok_s_b{top}"] = round(matmul_only_tok_s(engine.runner.model, top), 2)
     report["throughput_tok_s_runs"] = {}
+    stream_prompts = {str(c): [text_tokens(tokenizer, 24, seed=100 + i) for i in range(c)]
+                      for c in concurrencies}
     for c in concurrencies:
         # Best of `repeats`, as the b1 figures it is compared with (least disturbed).
-        prompts = [text_tokens(tokenizer, 24, seed=100 + i) for i in range(c)]
+        prompts = stream_prompts[str(c)]
         runs = [await throughput(engine, prompts, args.stream_tokens) for _ in range(args.repeats)]
         report["throughput_tok_s"][str(c)] = round(max(rate for rate, _ in runs), 2)
         report["throughput_tok_s_runs"][str(c)] = [round(rate, 2) for rate, _ in runs]
@@ -194,6 +244,14 @@ async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, to
     tenant = f"bench-{time.monotonic_ns()}"  # a prefix nobody has cached
     report["ttft_cold_ms"] = round(await ttft_ms(engine, long_prompt + question, tenant), 1)
     report["ttft_cached_ms"] = round(await ttft_ms(engine, long_prompt + other, tenant), 1)
+    verify_prefix = text_tokens(tokenizer, VERIFY_PREFIX_TOKENS, seed=11)
+    figures, draft = await verify_ms(engine, verify_prefix, args.repeats)
+    report |= figures
+    return {"decode_prompt": prompt, "decode_tokens": args.decode_tokens, "greedy": greedy,
+            "stream_prompts": stream_prompts, "stream_tokens": args.stream_tokens,
+            "repeats": args.repeats, "ttft_cold": long_prompt + question,
+            "ttft_cached": long_prompt + other, "verify_prefix": verify_prefix,
+            "verify_draft": draft}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     source = resolve_model(args.model or DEFAULT_MODEL)
+    peer_python = _peer_python(args)  # a missing peer fails now, not after the built-in runs
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, args.dtype)
     config = CloudConfig(model=str(args.model or DEFAULT_MODEL), dtype=args.dtype,
@@ -227,12 +286,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["weight_bytes_per_token"] = engine.runner.weight_bytes_per_token()
     report["load_average_before"] = round(os.getloadavg()[0], 2)
     try:
-        asyncio.run(run_engine_parts(args, engine, model, tokenizer, prompt, report))
+        workload = asyncio.run(run_engine_parts(args, engine, model, tokenizer, prompt, report))
     finally:
         engine.close()
     report["load_average_after"] = round(os.getloadavg()[0], 2)
     add_ratios(report)
+    if args.peer:  # after the built-in engine has finished: the two never share the cores
+        report["peer"] = run_peer(peer_python, args.dtype, source, workload,
+                                  torch.get_num_threads())
+        report["peer"]["b1_fraction_of_bound"] = round(
+            report["peer"]["decode_tok_s_b1"] / report["bound_tok_s"], 3)
+        report["vs_peer"] = peer_ratios(report, report["peer"])
     return report
+
+
+def _peer_python(args: argparse.Namespace) -> Any:
+    if not args.peer:
+        return None
+    from tandem.cloud.peers import vllm_peer as vllm
+
+    return vllm.peer_python(args.peer_python)
+
+
+def run_peer(python: Any, dtype: str, source: Any, workload: dict[str, Any],
+             threads: int) -> dict[str, Any]:
+    """vLLM on ``workload`` (the token ids the built-in engine ran), its greedy tokens
+    compared with the built-in engine's, and its batch-1 decode against the same bound."""
+    from tandem.cloud.peers import vllm_peer as vllm
+
+    greedy = workload.pop("greedy")
+    longest = max(len(workload["ttft_cold"]), len(workload["ttft_cached"]),
+                  len(workload["verify_prefix"]) + len(workload["verify_draft"]))
+    generated = max(workload["decode_tokens"], workload["stream_tokens"])
+    workload |= {"model": str(vllm.model_folder(source)), "dtype": dtype,
+                 "block_size": vllm.BLOCK_SIZE, "max_model_len": longest + generated + 1,
+                 "max_num_seqs": max(len(p) for p in workload["stream_prompts"].values())}
+    peer = vllm.measure(python, workload, threads)
+    peer["greedy_identical"] = peer.pop("greedy_tokens") == greedy
+    return peer
+
+
+def peer_ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """Built-in / peer, oriented so that above 1 means the built-in engine is ahead: rates
+    divided, latencies inverted."""
+    def faster(rate: float, other: float) -> float:
+        return round(rate / other, 2)
+
+    ratios = {"decode_b1": faster(ours["decode_tok_s_b1"], peer["decode_tok_s_b1"]),
+              "throughput": {c: faster(ours["throughput_tok_s"][c], rate)
+                             for c, rate in peer["throughput_tok_s"].items()
+                             if c in ours["throughput_tok_s"]}}
+    for latency in ("ttft_cold_ms", "ttft_cached_ms", "verify_ms"):
+        ratios[latency.removesuffix("_ms")] = faster(peer[latency], ours[latency])
+    return ratios
 
 
 def add_ratios(report: dict[str, Any]) -> None:
@@ -246,10 +352,34 @@ def add_ratios(report: dict[str, Any]) -> None:
             report[f"matmul_only_tok_s_b{top}"] / report["matmul_only_tok_s_b1"], 2)
     report["ttft_cached_speedup"] = round(report["ttft_cold_ms"]
                                           / max(report["ttft_cached_ms"], 1e-3), 1)
+    report["step_ms_b1"] = round(1e3 / b1, 2)
+    report["verify_vs_step"] = round(report["verify_ms"] / report["step_ms_b1"], 2)
 
 
 def table(report: dict[str, Any]) -> str:
     rows = [(k, v) for k, v in report.items() if not isinstance(v, dict)]
     rows += [(f"throughput_tok_s[{c}]", v) for c, v in report["throughput_tok_s"].items()]
+    text = _aligned(rows)
+    if "peer" in report:
+        text += "\n\n" + peer_table(report)
+    return text
+
+
+def peer_table(report: dict[str, Any]) -> str:
+    """The two engines side by side with the built-in/peer ratio (above 1: built-in ahead)."""
+    peer, ratios = report["peer"], report["vs_peer"]
+    rows = [("figure", "built-in", peer["name"], "ratio"),
+            ("decode_tok_s_b1", report["decode_tok_s_b1"], peer["decode_tok_s_b1"],
+             ratios["decode_b1"])]
+    rows += [(f"throughput_tok_s[{c}]", report["throughput_tok_s"][c],
+              peer["throughput_tok_s"][c], r) for c, r in ratios["throughput"].items()]
+    rows += [(f"{name}_ms", report[f"{name}_ms"], peer[f"{name}_ms"], ratios[name])
+             for name in ("ttft_cold", "ttft_cached", "verify")]
+    width = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(f"{str(v):<{width[i]}}" for i, v in enumerate(row))
+                     for row in rows)
+
+
+def _aligned(rows: list[tuple[str, Any]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

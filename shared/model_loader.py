@@ -26,7 +26,7 @@ def load_causal_lm(source: ModelSource, dtype: str) -> PreTrainedModel:
 
     torch_dtype = getattr(torch, dtype)
     started = time.perf_counter()
-    path = _dequantized_folder(source) if source.is_gguf else source.path
+    path = dequantized_folder(source) if source.is_gguf else source.path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.eval()
     log_event(logger, "cloud model loaded", model=source.name, dtype=dtype,
@@ -34,7 +34,7 @@ def load_causal_lm(source: ModelSource, dtype: str) -> PreTrainedModel:
     return model
 
 
-def _dequantized_folder(source: ModelSource) -> os.PathLike[str]:
+def dequantized_folder(source: ModelSource) -> os.PathLike[str]:
     """An HF folder (config + fp32 safetensors) converted from the GGUF, cached."""
     from transformers import AutoModelForCausalLM
 

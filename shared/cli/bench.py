@@ -37,11 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark(module: ModuleType, args: argparse.Namespace) -> int:
+    from tandem.shared.errors import Unavailable
     from tandem.shared.models import ModelNotFound
 
     try:
         report = module.run(args)
-    except ModelNotFound as exc:
+    except (ModelNotFound, Unavailable) as exc:  # a missing model, or a peer engine
         print(f"tandem bench {args.bench}: {exc}", file=sys.stderr)
         return 2
     print(module.table(report), file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Other serving engines measured beside the built-in one (`tandem bench cloud --peer`)."""
