@@ -77,6 +77,7 @@ def test_a_missing_vllm_is_a_clear_error_before_measuring(tmp_path: Path) -> Non
 VLLM_PYTHON = Path(os.environ.get("TANDEM_VLLM_PYTHON", vllm.DEFAULT_PYTHON))
 
 
+@pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_PYTHON.is_file(),
                     reason="vLLM is not installed (scripts/install-vllm.sh)")
 def test_vllm_measures_the_same_workload(tmp_path: Path, smollm2_tokenizer) -> None:  # type: ignore[no-untyped-def]
