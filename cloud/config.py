@@ -8,10 +8,14 @@ from tandem.shared.config import option
 from tandem.shared.service_config import TierConfig
 
 DTYPES = ("float32", "bfloat16")
+ENGINES = ("builtin", "vllm")
 
 
 @dataclass
 class CloudConfig(TierConfig):
+    engine: str = option("builtin", "builtin (Tandem's engine: speculative sessions, sampled "
+                         "Verify) or vllm (vLLM's async engine from its own venv, "
+                         "scripts/install-vllm.sh; greedy Verify only).")
     dtype: str = option("float32", "Weight/activation dtype: float32 or bfloat16.")
     max_sessions: int = option(64, "Speculative sessions whose KV cache is kept (LRU).")
     max_session_tokens: int = option(65536, "Total tokens of KV kept for sessions (LRU).")
@@ -25,6 +29,8 @@ class CloudConfig(TierConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("kv_cache_mb", "block_size", "max_num_seqs", "max_batched_tokens"):

@@ -47,23 +47,39 @@ async def run(config: CloudConfig) -> None:
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, config.dtype)
     eos = eos_token_ids(tokenizer)
     registry = CollectorRegistry()
-    engine = build_engine(config, model, eos, registry)
-    await warm_up(engine, engine.backpressure, tokenizer.bos_token_id or 0)
-    servicer = CloudServicer(config, engine, tokenizer, eos, model.config.vocab_size, registry)
+    if config.engine == "vllm":
+        from transformers import AutoConfig
+
+        from tandem.cloud.peers.vllm_peer import model_folder
+        from tandem.cloud.vllm_engine import VllmEngine
+
+        folder = model_folder(source)
+        engine = VllmEngine(config, str(folder))
+        vocab_size = AutoConfig.from_pretrained(folder).vocab_size
+        await warm_up(engine, None, tokenizer.bos_token_id or 0)
+    else:
+        model = load_causal_lm(source, config.dtype)
+        vocab_size = model.config.vocab_size
+        engine = build_engine(config, model, eos, registry)
+        await warm_up(engine, engine.backpressure, tokenizer.bos_token_id or 0)
+    servicer = CloudServicer(config, engine, tokenizer, eos, vocab_size, registry)
     try:
         await serve("cloud", config,
                     lambda server: cloud_pb2_grpc.add_CloudServicer_to_server(servicer, server),
                     registry, request_limit_bytes(
                         config.context_window, servicer.handler.bytes_per_token,
                         # a sampled Verify's draft distributions: ids and probabilities
-                        distribution_bytes=MAX_VERIFY_DRAFT * model.config.vocab_size * 9))
+                        distribution_bytes=MAX_VERIFY_DRAFT * vocab_size * 9))
     finally:
         engine.close()
 
 
 def main(config: CloudConfig) -> None:
+    if config.engine == "vllm":  # vLLM has its own venv: this command continues there
+        from tandem.cloud.vllm_engine import ensure_vllm_interpreter
+
+        ensure_vllm_interpreter(config.threads)
     setup_logging("cloud", config.log_level)
     asyncio.run(run(config))

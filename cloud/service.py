@@ -24,7 +24,8 @@ class CloudServicer(TierServicer, cloud_pb2_grpc.CloudServicer):
         self.engine = engine
         self.vocab_size = vocab_size
         info = common_pb2.ModelInfo(
-            model=config.model, backend="torch", dtype=config.dtype,
+            model=config.model, backend="vllm" if config.engine == "vllm" else "torch",
+            dtype=config.dtype,
             context_window=config.context_window, vocab_size=vocab_size,
             eos_token_ids=eos_token_ids, max_tokens_cap=config.max_tokens_cap)
         handler = TierGenerateHandler(engine, tokenizer, config, eos_token_ids,  # type: ignore[arg-type]

@@ -49,7 +49,8 @@ class TokenRequest:
 WARM_UP_TOKENS = 4
 
 
-async def warm_up(generator: TokenGenerator, backpressure: Backpressure, token_id: int) -> None:
+async def warm_up(generator: TokenGenerator, backpressure: Backpressure | None,
+                  token_id: int) -> None:
     """One short generation before a tier serves: its steps are timed for admission (a
     cold tier cannot predict, and one that took a burst up to its queue's length let all
     of it time out: 48 of 48 cloud requests under a 4x overload) and the first user
@@ -59,7 +60,8 @@ async def warm_up(generator: TokenGenerator, backpressure: Backpressure, token_i
                            tenant="tandem-warm-up")
     async for _ in generator.generate(request):
         pass
-    backpressure.forget_lengths()
+    if backpressure is not None:  # an engine that schedules itself has none
+        backpressure.forget_lengths()
 
 
 class TokenGenerator(Protocol):

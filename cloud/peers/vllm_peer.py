@@ -32,7 +32,11 @@ class PeerUnavailable(Unavailable):
 
 
 def peer_python(explicit: str | None) -> Path:
-    python = Path(explicit or os.environ.get("TANDEM_VLLM_PYTHON") or DEFAULT_PYTHON)
+    """``explicit``, else $TANDEM_VLLM_PYTHON, else the checkout's .venv-vllm (where
+    scripts/install-vllm.sh puts it), else .venv-vllm under the current folder."""
+    in_checkout = Path(__file__).resolve().parents[2] / DEFAULT_PYTHON
+    python = Path(explicit or os.environ.get("TANDEM_VLLM_PYTHON")
+                  or (in_checkout if in_checkout.is_file() else DEFAULT_PYTHON))
     if not python.is_file():
         raise PeerUnavailable(f"vLLM's interpreter {python} does not exist: install it with "
                               "scripts/install-vllm.sh, or pass --peer-python")

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-args", default="",
                    help="Extra flags for the edge service, e.g. '--backend torch --artifacts "
                         "DIR' (a distilled edge against the undistilled one).")
+    p.add_argument("--cloud-args", default="",
+                   help="Extra flags for the cloud service, e.g. '--engine vllm'.")
     p.add_argument("--router-args", default="",
                    help="Extra flags for each router, e.g. '--no-adaptive-draft "
                         "--draft-tokens 6' (acceptance at a fixed draft length).")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        extra = {"cloud": [], "edge": shlex.split(args.edge_args)}
+        extra = {"cloud": shlex.split(args.cloud_args), "edge": shlex.split(args.edge_args)}
         tiers = [ServiceProcess(name, ["--port", "0", "--metrics-port", "-1", *extra[name]],
                                 workdir) for name in ("cloud", "edge")]
         try:
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for service in tiers:
                 service.stop()
     return {"max_tokens": args.max_tokens, "prompts": len(prompts),
-            "edge_args": args.edge_args, "router_args": args.router_args, "results": results}
+            "cloud_args": args.cloud_args, "edge_args": args.edge_args,
+            "router_args": args.router_args, "results": results}
 
 
 def speculative_row(router: str, prompts: list[str], max_tokens: int, rtt_ms: float

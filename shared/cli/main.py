@@ -40,6 +40,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from tandem.shared.errors import Unavailable
         from tandem.shared.models import ModelNotFound
 
         try:
@@ -53,7 +54,7 @@ def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Na
             set_openmp_wait(config.openmp_spin_count)
         try:
             _load(main_path)(config)
-        except ModelNotFound as exc:
+        except (ModelNotFound, Unavailable) as exc:  # no model, or no vLLM for --engine vllm
             print(f"tandem serve {name}: {exc}", file=sys.stderr)
             return 2
         return 0

@@ -1,12 +1,13 @@
-"""`tandem bench cloud`'s Verify figure and its vLLM peer: the Verify rounds accept the
-engine's own greedy draft, the ratios point the same way for rates and latencies, vLLM gets
-a model folder it can load, and a missing vLLM is a clear error before any measuring. The
-peer itself runs where scripts/install-vllm.sh has installed it (skipped otherwise)."""
+"""vLLM beside the built-in engine, without vLLM installed: `tandem bench cloud`'s Verify
+rounds accept the engine's own greedy draft, the peer ratios point the same way for rates
+and latencies, vLLM gets a model folder it can load, and a missing vLLM is a clear error
+(the bench, before any measuring; `tandem serve cloud --engine vllm`, at once). The peer
+itself runs where scripts/install-vllm.sh has installed it (skipped otherwise); the engine's
+real-model tests are in test_cloud_vllm_engine.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -74,11 +75,32 @@ def test_a_missing_vllm_is_a_clear_error_before_measuring(tmp_path: Path) -> Non
     assert "install it with scripts/install-vllm.sh" in done.stderr
 
 
-VLLM_PYTHON = Path(os.environ.get("TANDEM_VLLM_PYTHON", vllm.DEFAULT_PYTHON))
+def installed_vllm() -> Path | None:
+    try:
+        return vllm.peer_python(None)
+    except vllm.PeerUnavailable:
+        return None
+
+
+def test_serving_on_vllm_without_vllm_is_a_clear_error(tmp_path: Path) -> None:
+    import os
+
+    from tandem.cloud.config import CloudConfig
+
+    with pytest.raises(ValueError, match="engine must be one of"):
+        CloudConfig(engine="tgi")
+    done = subprocess.run([sys.executable, "-m", "tandem.shared.cli.main", "serve", "cloud",
+                           "--engine", "vllm", "--port", "0"], capture_output=True, text=True,
+                          timeout=120,
+                          env={**os.environ, "TANDEM_VLLM_PYTHON": str(tmp_path / "none")})
+    assert done.returncode == 2 and "scripts/install-vllm.sh" in done.stderr
+
+
+VLLM_PYTHON = installed_vllm()
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not VLLM_PYTHON.is_file(),
+@pytest.mark.skipif(VLLM_PYTHON is None,
                     reason="vLLM is not installed (scripts/install-vllm.sh)")
 def test_vllm_measures_the_same_workload(tmp_path: Path, smollm2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     import torch
