@@ -56,7 +56,7 @@ async def run(config: CloudConfig) -> None:
         from tandem.cloud.vllm_engine import VllmEngine
 
         folder = model_folder(source)
-        engine = VllmEngine(config, str(folder))
+        engine = VllmEngine(config, str(folder), registry)
         vocab_size = AutoConfig.from_pretrained(folder).vocab_size
         await warm_up(engine, None, tokenizer.bos_token_id or 0)
     else:

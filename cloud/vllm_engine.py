@@ -14,7 +14,8 @@ What differs from the built-in engine, by design:
   FAILED_PRECONDITION: the rejection rule needs the whole target distribution at every
   position, which vLLM does not return.
 - Admission counts requests (``max_num_seqs`` running plus ``max_waiting`` queued); vLLM
-  schedules them. There is no step-time model behind it, so Load's estimated wait is 0.
+  schedules them. Load's estimated wait comes from how long requests have taken (an
+  average), not from the built-in engine's model of step times.
 - GenerateStream's entropies are 0 (vLLM returns log-probabilities, not entropies).
 
 vLLM lives in its own venv (scripts/install-vllm.sh); `run` below starts this service in
@@ -27,12 +28,16 @@ import importlib.util
 import math
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from tandem.cloud.config import CloudConfig
 from tandem.cloud.engine import VerifyResult
+from tandem.cloud.metrics import EngineMetrics
 from tandem.shared.errors import FailedPrecondition, ResourceExhausted
 from tandem.shared.sampling import SamplingParams
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest
@@ -42,6 +47,8 @@ from tandem.v1 import common_pb2
 VLLM_BLOCK_SIZE = 32
 # Log-probabilities asked per prompt position in Verify: the draft token's and the top one.
 VERIFY_TOP = 1
+# Weight of the latest request in the running mean of request times (Load's estimate).
+REQUEST_TIME_EWMA = 0.2
 
 
 def ensure_vllm_interpreter(threads: int) -> None:
@@ -66,20 +73,26 @@ class NoSessions:
 
 
 class VllmEngine:
-    def __init__(self, config: CloudConfig, model_folder: str) -> None:
+    def __init__(self, config: CloudConfig, model_folder: str,
+                 registry: CollectorRegistry | None = None) -> None:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        from tandem.cloud.vllm_metrics import stat_logger_factory
 
         self.config = config
         self.sessions = NoSessions()
         self.capacity = config.max_num_seqs
+        self.metrics = EngineMetrics(registry)
         self._in_flight = 0
+        self.mean_request_s = 0.0  # running mean of admitted requests' times; 0: none yet
         args = AsyncEngineArgs(
             model=model_folder, dtype=config.dtype, block_size=VLLM_BLOCK_SIZE,
             max_num_seqs=config.max_num_seqs, max_model_len=config.context_window,
             max_num_batched_tokens=max(config.max_batched_tokens, config.context_window),
             enable_prefix_caching=config.prefix_caching, seed=0, disable_log_stats=True)
-        self.llm = AsyncLLM.from_engine_args(args)
+        self.llm = AsyncLLM.from_engine_args(
+            args, stat_loggers=[stat_logger_factory(self.metrics)])
 
     async def generate(self, request: TokenRequest) -> AsyncIterator[GeneratedToken]:
         """Tokens as vLLM samples them, each with its log-probability; closing the
@@ -128,6 +141,9 @@ class VllmEngine:
             if not _accepts(token, scored[token].logprob, top_id, top.logprob, leniency):
                 accepted, next_token = i, top_id
                 break
+        self.metrics.spec_drafts.inc()
+        self.metrics.spec_draft_tokens.inc(len(draft))
+        self.metrics.spec_accepted.inc(accepted)
         cached = output.num_cached_tokens or 0
         result = VerifyResult(accepted, next_token, cached, len(tokens) + len(draft) - cached)
         if score_draft:
@@ -175,7 +191,16 @@ class VllmEngine:
         return common_pb2.TierLoad(
             queued=max(self._in_flight - self.capacity, 0),
             running=min(self._in_flight, self.capacity), capacity=self.capacity,
-            max_queued=self.config.max_waiting, estimated_wait_ms=0.0)
+            max_queued=self.config.max_waiting,
+            estimated_wait_ms=self.estimated_wait_s() * 1e3)
+
+    def estimated_wait_s(self) -> float:
+        return wait_for_slot(self._in_flight, self.capacity, self.mean_request_s)
+
+    def _finished(self, seconds: float) -> None:
+        self.mean_request_s = (seconds if not self.mean_request_s else
+                               (1 - REQUEST_TIME_EWMA) * self.mean_request_s
+                               + REQUEST_TIME_EWMA * seconds)
 
     def close(self) -> None:
         self.llm.shutdown()
@@ -183,6 +208,7 @@ class VllmEngine:
     def _admitted(self) -> _Admission:
         limit = self.capacity + self.config.max_waiting
         if self._in_flight >= limit:
+            self.metrics.rejected.inc()
             raise ResourceExhausted(f"cloud queue is full ({limit} requests)",
                                     retry_after_s=1.0)
         return _Admission(self)
@@ -203,12 +229,25 @@ class VllmEngine:
 class _Admission:
     def __init__(self, engine: VllmEngine) -> None:
         self.engine = engine
+        self.started = 0.0
 
     def __enter__(self) -> None:
         self.engine._in_flight += 1
+        self.started = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
         self.engine._in_flight -= 1
+        self.engine._finished(time.monotonic() - self.started)
+
+
+def wait_for_slot(in_flight: int, capacity: int, mean_request_s: float) -> float:
+    """Predicted wait of a request arriving now: none while a batch slot is free; else the
+    requests ahead of it leave ``capacity`` at a time, each batch taking a mean request
+    time."""
+    ahead = in_flight - capacity + 1
+    if ahead <= 0:
+        return 0.0
+    return math.ceil(ahead / capacity) * mean_request_s
 
 
 def _logprob(logprobs: Any, index: int, token: int) -> float:

@@ -16,6 +16,7 @@ from tandem.shared.cli.ask import build_request
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2, router_pb2_grpc
 from tandem.shared.process import ServiceProcess
 from tests.conftest import Stack, start_services
+from tests.test_real_stack import metric
 
 
 def vllm_installed() -> bool:
@@ -115,3 +116,23 @@ def test_speculative_over_vllm_is_the_cloud_only_output(vllm_stack) -> None:  # 
             assert spec.text == cloud.text
             produced = spec.usage.edge_tokens + spec.usage.cloud_tokens
             assert spec.usage.cloud_forward_passes < produced
+
+
+def test_vllms_statistics_are_exported_under_tandems_metric_names(vllm_stack, clouds) -> None:  # type: ignore[no-untyped-def]
+    on_vllm, _ = clouds
+    generate(on_vllm, PROMPTS[0], 8)
+    generate(on_vllm, PROMPTS[0], 8)  # the same prompt again: its prefix is cached
+    on_vllm.Verify(cloud_pb2.VerifyRequest(session_id="m", tokens=[1, 9690, 198, 2683],
+                                           draft_tokens=[359, 253], sampling=GREEDY), timeout=300)
+
+    def value(name: str) -> float:
+        return metric(vllm_stack, "cloud", name, "")
+
+    assert value("tandem_cloud_time_to_first_token_seconds_count") >= 2
+    assert value("tandem_cloud_e2e_request_latency_seconds_count") >= 2
+    assert value("tandem_cloud_engine_steps_total") >= 16
+    assert value("tandem_cloud_prefix_cache_hits_total") > 0
+    assert value("tandem_cloud_prefix_cache_queries_total") > value(
+        "tandem_cloud_prefix_cache_hits_total")
+    assert value("tandem_cloud_spec_decode_num_drafts_total") >= 1
+    assert value("tandem_cloud_spec_decode_num_draft_tokens_total") >= 2

@@ -1,7 +1,8 @@
 """vLLM beside the built-in engine, without vLLM installed: `tandem bench cloud`'s Verify
 rounds accept the engine's own greedy draft, the peer ratios point the same way for rates
 and latencies, vLLM gets a model folder it can load, and a missing vLLM is a clear error
-(the bench, before any measuring; `tandem serve cloud --engine vllm`, at once). The peer
+(the bench, before any measuring; `tandem serve cloud --engine vllm`, at once), and the
+vLLM engine's Load estimate queues behind full batches. The peer
 itself runs where scripts/install-vllm.sh has installed it (skipped otherwise); the engine's
 real-model tests are in test_cloud_vllm_engine.py."""
 
@@ -94,6 +95,16 @@ def test_serving_on_vllm_without_vllm_is_a_clear_error(tmp_path: Path) -> None:
                           timeout=120,
                           env={**os.environ, "TANDEM_VLLM_PYTHON": str(tmp_path / "none")})
     assert done.returncode == 2 and "scripts/install-vllm.sh" in done.stderr
+
+
+def test_the_vllm_engines_wait_estimate_counts_the_full_batches_ahead() -> None:
+    from tandem.cloud.vllm_engine import wait_for_slot
+
+    assert wait_for_slot(in_flight=3, capacity=4, mean_request_s=2.0) == 0.0  # a slot is free
+    assert wait_for_slot(in_flight=4, capacity=4, mean_request_s=2.0) == 2.0
+    assert wait_for_slot(in_flight=7, capacity=4, mean_request_s=2.0) == 2.0
+    assert wait_for_slot(in_flight=8, capacity=4, mean_request_s=2.0) == 4.0
+    assert wait_for_slot(in_flight=8, capacity=4, mean_request_s=0.0) == 0.0  # nothing timed
 
 
 VLLM_PYTHON = installed_vllm()
