@@ -7,8 +7,9 @@ demo:  ## install, bring the local stack up, answer a demo prompt, shut down
 	scripts/install.sh
 	.venv/bin/tandem up --ask "$(DEMO_PROMPT)"
 
-test:  ## install with the dev tools and run the whole test suite
+test:  ## install with the dev tools and vLLM's CPU build, run the whole test suite
 	scripts/install.sh --dev
+	scripts/install-vllm.sh
 	scripts/test.sh
 
 proto:  ## regenerate proto/gen from proto/tandem/v1
