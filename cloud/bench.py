@@ -283,6 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "openmp": {k: os.environ.get(k, "") for k in
                                          ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
                               "runner": type(engine.runner).__name__}
+    if hasattr(engine.runner, "model"):
+        report["matmul_kernel"] = engine.runner.model.lm_head.kernel
     report["weight_bytes_per_token"] = engine.runner.weight_bytes_per_token()
     report["load_average_before"] = round(os.getloadavg()[0], 2)
     try:

@@ -1,6 +1,7 @@
-"""The cloud's packed matmuls: the same products as F.linear, each row independent of the
-rows it shares a call with (decode and verify compute the same numbers), and the OpenMP
-wait policy set before the libraries that read it load."""
+"""The cloud's matmuls, on each kernel (native where it runs, and oneDNN): the same
+products as F.linear, each row independent of the rows it shares a call with (decode and
+verify compute the same numbers), and the OpenMP wait policy set before the libraries that
+read it load."""
 
 import os
 import subprocess
@@ -10,29 +11,41 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tandem.shared import native_matmul
 from tandem.shared.linear import Linear, onednn_available
 from tandem.shared.openmp import set_openmp_wait
 
 # SmolLM2-135M's projections: q|k|v, o, gate|up, down (K = 1536 takes a one-row path of
 # its own in oneDNN, which the probe must catch), and a small LM head.
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (4096, 576)]
+KERNELS = ["native", "onednn"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """The kernel fp32 Linears are built on in this test."""
+    if request.param == "native" and native_matmul.unavailable_reason():
+        pytest.skip(f"native matmul: {native_matmul.unavailable_reason()}")
+    if request.param == "onednn":
+        monkeypatch.setattr(native_matmul, "kernel", lambda: None)
+    return request.param if request.param == "native" or onednn_available() else "torch"
 
 
 @pytest.mark.parametrize("out_features, in_features", SHAPES)
-def test_packed_linear_matches_f_linear(out_features, in_features):
+def test_linear_matches_f_linear(out_features, in_features, kernel):
     g = torch.Generator().manual_seed(out_features + in_features)
     w = torch.randn(out_features, in_features, generator=g)
     b = torch.randn(out_features, generator=g)
     x = torch.randn(7, in_features, generator=g)
     for bias in (None, b):
         layer = Linear(w, bias)
-        assert layer.packed == onednn_available()
+        assert layer.kernel == kernel
         torch.testing.assert_close(layer(x), F.linear(x, w, bias), rtol=1e-4, atol=1e-4)
     assert layer.nbytes == w.numel() * 4 and (layer.out_features, layer.in_features) == w.shape
 
 
 @pytest.mark.parametrize("out_features, in_features", SHAPES)
-def test_a_row_is_computed_the_same_in_any_batch(out_features, in_features):
+def test_a_row_is_computed_the_same_in_any_batch(out_features, in_features, kernel):
     g = torch.Generator().manual_seed(1)
     layer = Linear(torch.randn(out_features, in_features, generator=g))
     x = torch.randn(33, in_features, generator=g)

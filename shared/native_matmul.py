@@ -1,0 +1,136 @@
+"""A batch-invariant fp32 matmul, from a small AVX-512 kernel (native/matmul.c) compiled
+once per machine with the system C compiler.
+
+Why: a decode step is ~120 matmuls of one or a few rows against small weights, so a
+kernel's fixed cost per call and how fast it streams a few MB decide the step time.
+oneDNN's packed kernel (linear.py) pays ~35 us a call through its primitive layer and
+streams the small matrices well below the machine's bandwidth; this kernel is a plain
+function called through ctypes, reading weights packed once for it. It is linked to
+torch's own OpenMP runtime, so its threads are torch's (a second runtime would spin a
+second team on the same cores).
+
+Built into $TANDEM_CACHE_DIR/native on first use (under a second; the file's name carries
+a hash of the source and flags, so an edit rebuilds). Where it cannot run — no AVX-512,
+no C compiler, a failed build, or TANDEM_NATIVE_MATMUL=0 — ``kernel()`` is None and the
+reason is logged once; the callers keep oneDNN.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tandem.shared.log import log_event
+from tandem.shared.models import cache_root
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "native" / "matmul.c"
+FLAGS = ["-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC"]
+ENV_SWITCH = "TANDEM_NATIVE_MATMUL"
+
+class NativeMatmul:
+    """y = x W^T (+ b) for fp32 x [M, K], with W packed once by ``pack``."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        library.tandem_panel_width.restype = ctypes.c_int64
+        self.panel = library.tandem_panel_width()  # output columns per packed panel
+        self._pack = library.tandem_pack_f32
+        self._pack.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+        self._pack.restype = None
+        self._matmul = library.tandem_matmul_f32
+        self._matmul.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        self._matmul.restype = None
+
+    def pack(self, weight: torch.Tensor) -> torch.Tensor:
+        """[N, K] fp32 -> panels of ``self.panel`` columns, k-major (zeros past N)."""
+        weight = weight.detach().contiguous()
+        (N, K), panels = weight.shape, -(-weight.shape[0] // self.panel)
+        packed = torch.empty(panels, K, self.panel, dtype=torch.float32)
+        self._pack(weight.data_ptr(), packed.data_ptr(), N, K, torch.get_num_threads())
+        return packed
+
+    def __call__(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                 out_features: int) -> torch.Tensor:
+        x = x.contiguous()
+        M, K = x.shape
+        y = torch.empty(M, out_features, dtype=torch.float32)
+        self._matmul(x.data_ptr(), packed.data_ptr(),
+                     None if bias is None else bias.data_ptr(), y.data_ptr(), M,
+                     out_features, K, torch.get_num_threads())
+        return y
+
+
+def unavailable_reason() -> str | None:
+    """None where the kernel can run here, else why not (before building anything)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return f"the CPU has no AVX-512 ({torch.backends.cpu.get_cpu_capability()})"
+    if _compiler() is None:
+        return "no C compiler (gcc or cc) on PATH"
+    return None
+
+
+@functools.cache
+def kernel() -> NativeMatmul | None:
+    """The kernel; None where it is unavailable (the reason logged)."""
+    reason = unavailable_reason()
+    library = None
+    if reason is None:
+        try:
+            library = ctypes.CDLL(str(_build()))
+        except subprocess.CalledProcessError as error:
+            reason = f"the build failed: {(error.stderr or '').strip()[-500:]}"
+        except (OSError, subprocess.SubprocessError) as error:
+            reason = f"the build failed: {error}"
+    if library is None:
+        log_event(logger, "native matmul unavailable: oneDNN serves fp32 matmuls",
+                  reason=reason)
+        return None
+    return NativeMatmul(library)
+
+
+def _compiler() -> str | None:
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+def _torch_openmp() -> list[str]:
+    """Link flags for the OpenMP runtime torch ships (empty where it uses the system's)."""
+    lib = Path(torch.__file__).parent / "lib"
+    runtime = sorted(lib.glob("libgomp*.so*"))
+    if not runtime:
+        return []
+    return [f"-L{lib}", f"-Wl,-rpath,{lib}", f"-l:{runtime[0].name}"]
+
+
+def _build() -> Path:
+    """The compiled library, built once (atomically: concurrent builders each write a
+    temporary file and the last rename wins, all with the same content)."""
+    compiler = _compiler()
+    assert compiler is not None
+    command = [compiler, *FLAGS, *_torch_openmp()]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(command).encode()).hexdigest()
+    target = cache_root() / "native" / f"matmul-{digest[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([*command, str(SOURCE), "-o", partial], check=True, timeout=120,
+                       capture_output=True, text=True)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target

@@ -1,0 +1,89 @@
+"""The native fp32 matmul (shared/native/matmul.c): F.linear's products at every shape
+(rows, columns and lengths that fill no tile or vector), a row's result independent of the
+rows beside it, and where it cannot run (switched off, a failed build), None with the
+reason while oneDNN serves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tandem.shared import native_matmul
+from tandem.shared.linear import Linear
+
+native = pytest.mark.skipif(native_matmul.unavailable_reason() is not None,
+                            reason=f"native matmul: {native_matmul.unavailable_reason()}")
+
+
+def product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    kernel = native_matmul.kernel()
+    assert kernel is not None
+    return kernel(x, kernel.pack(w), bias, w.shape[0])
+
+
+@native
+@pytest.mark.parametrize("rows, out_features, in_features",
+                         [(1, 4, 16), (3, 7, 5), (5, 33, 577), (37, 130, 1536), (2, 1, 1)])
+def test_it_computes_f_linears_products(rows: int, out_features: int, in_features: int) -> None:
+    g = torch.Generator().manual_seed(rows * out_features + in_features)
+    x = torch.randn(rows, in_features, generator=g)
+    w = torch.randn(out_features, in_features, generator=g)
+    b = torch.randn(out_features, generator=g)
+    for bias in (None, b):
+        want = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+        torch.testing.assert_close(product(x, w, bias).double(), want, rtol=1e-5, atol=1e-4)
+    # strided views of x and W are read as their values
+    wide = torch.randn(rows, in_features + 3, generator=g)
+    torch.testing.assert_close(product(wide[:, :in_features], w.t().contiguous().t(), None),
+                               F.linear(wide[:, :in_features], w), rtol=1e-5, atol=1e-4)
+
+
+@native
+def test_a_row_is_the_same_among_any_rows() -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(131, 580, generator=g)
+    x = torch.randn(41, 580, generator=g)
+    b = torch.randn(131, generator=g)
+    full = product(x, w, b)
+    for start, stop in [(0, 1), (0, 3), (5, 6), (2, 11), (9, 41), (40, 41)]:
+        assert torch.equal(product(x[start:stop], w, b), full[start:stop]), (start, stop)
+    many = torch.randn(250, 580, generator=g)  # rows in more than one block of 96
+    assert torch.equal(product(many, w, b)[200:203], product(many[200:203], w, b))
+
+
+def test_switched_off_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native_matmul.ENV_SWITCH, "0")
+    assert native_matmul.unavailable_reason() == f"{native_matmul.ENV_SWITCH}=0"
+
+
+@native
+def test_a_failed_build_leaves_onednn_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "matmul.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native_matmul, "SOURCE", broken)
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
+    native_matmul.kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO):
+            assert native_matmul.kernel() is None
+            assert Linear(torch.randn(8, 16)).kernel != "native"
+        reasons = [r.fields["reason"] for r in caplog.records if hasattr(r, "fields")]
+        assert any(r.startswith("the build failed") and "error" in r for r in reasons)
+    finally:
+        native_matmul.kernel.cache_clear()
+
+
+@native
+def test_subnormal_inputs_count_as_zero_and_torch_keeps_its_own_arithmetic() -> None:
+    # Subnormals would take the slow path of the CPU (~150x); the kernel flushes them in
+    # its threads only, and leaves the floating-point mode of the calling thread as it was.
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(70, 40, generator=g)
+    tiny = torch.full((3, 40), 1e-39)
+    assert torch.equal(product(tiny, w, None), torch.zeros(3, 70))
+    assert (torch.tensor([1e-37]) / 1e3).item() != 0.0  # still a subnormal, not 0
