@@ -19,13 +19,12 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#ifndef NV
-#define NV 4 /* vectors of 16 columns per panel */
-#endif
-#ifndef MR
-#define MR 6 /* rows of x per micro-tile */
-#endif
-enum { NP = 16 * NV, MB = 96 };
+enum {
+    NV = 4,       /* vectors of 16 columns per panel */
+    NP = 16 * NV, /* columns per panel */
+    MR = 6,       /* most rows of x per micro-tile */
+    MB = 96,      /* rows of x per block */
+};
 
 int64_t tandem_panel_width(void) { return NP; }
 
@@ -42,13 +41,16 @@ void tandem_pack_f32(const float *w, float *packed, int64_t N, int64_t K, int th
 
 static inline __attribute__((always_inline)) void
 micro(const float *x, const float *panel, const float *bias, float *y, int64_t K,
-      int64_t N, int64_t columns, const int mr) {
+      int64_t N, int64_t columns, const int mr, const float *next) {
     __m512 acc[MR][NV];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m512 w[NV];
         for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_ps(panel + k * NP + 16 * v);
+        if (next) /* the next panel into L2 while this one is computed from cache */
+            for (int v = 0; v < NV; v++)
+                _mm_prefetch((const char *)(next + k * NP + 16 * v), _MM_HINT_T1);
         for (int i = 0; i < mr; i++) {
             __m512 xv = _mm512_set1_ps(x[i * K + k]);
             for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(xv, w[v], acc[i][v]);
@@ -79,29 +81,25 @@ void tandem_matmul_f32(const float *x, const float *packed, const float *bias, f
             int64_t n = p * NP, columns = N - n < NP ? N - n : NP;
             const float *panel = packed + p * K * NP;
             const float *b = bias ? bias + n : 0;
-            for (int64_t m = m0; m < m_end; m += MR) {
+            /* The block's rows in as few tiles as MR allows, evened out (32 rows: 6 6 5 5
+             * 5 5, not 6 6 6 6 6 2): a short tile pays a panel read for little work. */
+            int64_t rows = m_end - m0, tiles = (rows + MR - 1) / MR;
+            for (int64_t t = 0, m = m0; t < tiles; t++) {
+                int mr = (int)(rows / tiles + (t < rows % tiles));
                 const float *xm = x + m * K;
                 float *ym = y + m * N + n;
-                switch (m_end - m < MR ? m_end - m : MR) {
-                case 1: micro(xm, panel, b, ym, K, N, columns, 1); break;
-                case 2: micro(xm, panel, b, ym, K, N, columns, 2); break;
-                case 3: micro(xm, panel, b, ym, K, N, columns, 3); break;
-#if MR > 3
-                case 4: micro(xm, panel, b, ym, K, N, columns, 4); break;
-#endif
-#if MR > 4
-                case 5: micro(xm, panel, b, ym, K, N, columns, 5); break;
-#endif
-#if MR > 5
-                case 6: micro(xm, panel, b, ym, K, N, columns, 6); break;
-#endif
-#if MR > 6
-                case 7: micro(xm, panel, b, ym, K, N, columns, 7); break;
-#endif
-#if MR > 7
-                case 8: micro(xm, panel, b, ym, K, N, columns, 8); break;
-#endif
+                /* The first tile reads the panel from memory; the second (the panel now
+                 * cached) fetches the next one, which the thread reads after this. */
+                const float *next = t == 1 && p + 1 < panels ? panel + K * NP : 0;
+                switch (mr) {
+                case 1: micro(xm, panel, b, ym, K, N, columns, 1, next); break;
+                case 2: micro(xm, panel, b, ym, K, N, columns, 2, next); break;
+                case 3: micro(xm, panel, b, ym, K, N, columns, 3, next); break;
+                case 4: micro(xm, panel, b, ym, K, N, columns, 4, next); break;
+                case 5: micro(xm, panel, b, ym, K, N, columns, 5, next); break;
+                default: micro(xm, panel, b, ym, K, N, columns, 6, next); break;
                 }
+                m += mr;
             }
         }
     }
