@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from tandem.shared import native
 from tandem.shared.linear import Linear
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class LlamaForward:
         self.lm_head = Linear(hf_model.lm_head.weight)  # [V, D] (often tied to embed)
         self.rotary = inner.rotary_emb
         self.layers = [self._fuse(layer) for layer in inner.layers]
+        # The residual add and the norm after it in one native pass (fp32).
+        self.native = native.kernels() if self.dtype == torch.float32 else None
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> LayerWeights:
@@ -126,6 +129,15 @@ class LlamaForward:
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * x32.to(x.dtype)
 
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None,
+                  weight: torch.Tensor) -> torch.Tensor:
+        """x += delta (the residual stream, in place), then the norm of x."""
+        if self.native is not None:
+            return self.native.add_rms_norm(x, delta, weight, self.eps)
+        if delta is not None:
+            x += delta
+        return self._rms_norm(x, weight)
+
     @torch.inference_mode()
     def forward(self, step: StepInput, k_cache: torch.Tensor, v_cache: torch.Tensor
                 ) -> torch.Tensor:
@@ -133,15 +145,19 @@ class LlamaForward:
 
         k_cache, v_cache: [layers, slots, Hkv, hd], written at ``step.slots``.
         """
-        x = F.embedding(step.token_ids, self.embed)  # [T, D]
+        x = F.embedding(step.token_ids, self.embed)  # [T, D], the residual stream
         cos, sin = self.rotary(x, step.positions[None])  # [1, T, hd]
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, hd]
+        h = self._add_norm(x, None, self.layers[0].input_norm)
         for i, w in enumerate(self.layers):
-            x = x + self._attention(i, self._rms_norm(x, w.input_norm), w, cos, sin, step,
-                                    k_cache[i], v_cache[i])
-            h = self._rms_norm(x, w.post_norm)
+            attended = self._attention(i, h, w, cos, sin, step, k_cache[i], v_cache[i])
+            h = self._add_norm(x, attended, w.post_norm)
             gate, up = w.gate_up(h).chunk(2, dim=-1)  # [T, F] each
-            x = x + w.down(F.silu(gate) * up)
+            mlp = w.down(F.silu(gate) * up)
+            if i + 1 < len(self.layers):
+                h = self._add_norm(x, mlp, self.layers[i + 1].input_norm)
+            else:
+                x += mlp
         x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
         return self.lm_head(x).float()  # [N, V]
 

@@ -1,7 +1,7 @@
 """Matmuls with weights prepared once for the kernel that serves them best, one kernel
 for every batch size (the cloud engine's, and the edge torch runtime's dense layers).
 
-fp32 goes to Tandem's own AVX-512 kernel (native_matmul.py) where it runs: it streams the
+fp32 goes to Tandem's own AVX-512 kernel (native.py) where it runs: it streams the
 small decode matrices faster than oneDNN and costs a plain function call. Elsewhere, and
 for bf16, oneDNN with a pre-packed weight: on CPU, MKL's fp32 GEMM (what F.linear calls)
 is slow at the small row counts of decoding (on this machine kind a step over all of
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tandem.shared import native_matmul
+from tandem.shared import native
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -40,7 +40,7 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.nbytes = weight.numel() * weight.element_size()
         dtype = weight.dtype
-        self.native = native_matmul.kernel() if dtype == torch.float32 else None
+        self.native = native.kernels() if dtype == torch.float32 else None
         self.packed = (self.native is None and weight.dtype in PACKABLE_DTYPES
                        and onednn_available())
         if self.native is not None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tandem.shared import native_matmul
+from tandem.shared import native
 from tandem.shared.linear import Linear, onednn_available
 from tandem.shared.openmp import set_openmp_wait
 
@@ -24,10 +24,10 @@ KERNELS = ["native", "onednn"]
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
     """The kernel fp32 Linears are built on in this test."""
-    if request.param == "native" and native_matmul.unavailable_reason():
-        pytest.skip(f"native matmul: {native_matmul.unavailable_reason()}")
+    if request.param == "native" and native.unavailable_reason():
+        pytest.skip(f"native matmul: {native.unavailable_reason()}")
     if request.param == "onednn":
-        monkeypatch.setattr(native_matmul, "kernel", lambda: None)
+        monkeypatch.setattr(native, "kernels", lambda: None)
     return request.param if request.param == "native" or onednn_available() else "torch"
 
 

@@ -1,4 +1,7 @@
-/* y = x W^T (+ b) in fp32 for row-major x [M, K] and W [N, K], with AVX-512.
+/* Tandem's native fp32 kernels (AVX-512), called through ctypes (shared/native.py): the
+ * matmul of every projection, and the residual add with the RMSNorm after it.
+ *
+ * The matmul: y = x W^T (+ b) for row-major x [M, K] and W [N, K].
  *
  * W is packed once into panels of NP = 64 output columns, k-major ([N/NP][K][NP], zero
  * columns past N), so the kernel reads it as one sequential stream. A micro-tile of up to
@@ -17,6 +20,7 @@
  * every MB rows.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 enum {
@@ -104,5 +108,34 @@ void tandem_matmul_f32(const float *x, const float *packed, const float *bias, f
         }
     }
     _mm_setcsr(csr);
+    }
+}
+
+/* x [M, D] += delta (when given), then y = x / sqrt(mean(x^2) + eps) * w, row by row:
+ * a decoder's residual add and the RMSNorm after it in one pass. Each row's sum of
+ * squares is sixteen lane sums and one fixed reduction, so a row's result does not depend
+ * on the rows beside it. */
+void tandem_add_rms_norm_f32(float *x, const float *delta, const float *w, float *y,
+                             int64_t M, int64_t D, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        float *row = x + m * D;
+        __m512 squares = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) {
+            __mmask16 mask = D - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(mask, row + d);
+            if (delta) {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, delta + m * D + d));
+                _mm512_mask_storeu_ps(row + d, mask, v);
+            }
+            squares = _mm512_fmadd_ps(v, v, squares);
+        }
+        float scale = 1.0f / sqrtf(_mm512_reduce_add_ps(squares) / (float)D + eps);
+        __m512 s = _mm512_set1_ps(scale);
+        for (int64_t d = 0; d < D; d += 16) {
+            __mmask16 mask = D - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + d), s);
+            _mm512_mask_storeu_ps(y + m * D + d, mask,
+                                  _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, w + d)));
+        }
     }
 }

@@ -1,7 +1,7 @@
-"""The native fp32 matmul (shared/native/matmul.c): F.linear's products at every shape
-(rows, columns and lengths that fill no tile or vector), a row's result independent of the
-rows beside it, and where it cannot run (switched off, a failed build), None with the
-reason while oneDNN serves."""
+"""The native fp32 kernels (shared/csrc/kernels.c): the matmul gives F.linear's products at
+every shape (rows, columns and lengths that fill no tile or vector), the add-and-norm
+torch's residual add and RMSNorm, each row independent of the rows beside it; where they
+cannot run (switched off, a failed build), None with the reason while oneDNN serves."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tandem.shared import native_matmul
+from tandem.shared import native
 from tandem.shared.linear import Linear
 
-native = pytest.mark.skipif(native_matmul.unavailable_reason() is not None,
-                            reason=f"native matmul: {native_matmul.unavailable_reason()}")
+needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                  reason=f"native kernels: {native.unavailable_reason()}")
 
 
 def product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    kernel = native_matmul.kernel()
+    kernel = native.kernels()
     assert kernel is not None
     return kernel(x, kernel.pack(w), bias, w.shape[0])
 
 
-@native
+@needs_native
 @pytest.mark.parametrize("rows, out_features, in_features",
                          [(1, 4, 16), (3, 7, 5), (5, 33, 577), (37, 130, 1536), (2, 1, 1)])
 def test_it_computes_f_linears_products(rows: int, out_features: int, in_features: int) -> None:
@@ -42,7 +42,7 @@ def test_it_computes_f_linears_products(rows: int, out_features: int, in_feature
                                F.linear(wide[:, :in_features], w), rtol=1e-5, atol=1e-4)
 
 
-@native
+@needs_native
 def test_a_row_is_the_same_among_any_rows() -> None:
     g = torch.Generator().manual_seed(3)
     w = torch.randn(131, 580, generator=g)
@@ -56,29 +56,29 @@ def test_a_row_is_the_same_among_any_rows() -> None:
 
 
 def test_switched_off_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native_matmul.ENV_SWITCH, "0")
-    assert native_matmul.unavailable_reason() == f"{native_matmul.ENV_SWITCH}=0"
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert native.unavailable_reason() == f"{native.ENV_SWITCH}=0"
 
 
-@native
+@needs_native
 def test_a_failed_build_leaves_onednn_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
     broken = tmp_path / "matmul.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native_matmul, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCE", broken)
     monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
-    native_matmul.kernel.cache_clear()
+    native.kernels.cache_clear()
     try:
         with caplog.at_level(logging.INFO):
-            assert native_matmul.kernel() is None
+            assert native.kernels() is None
             assert Linear(torch.randn(8, 16)).kernel != "native"
         reasons = [r.fields["reason"] for r in caplog.records if hasattr(r, "fields")]
         assert any(r.startswith("the build failed") and "error" in r for r in reasons)
     finally:
-        native_matmul.kernel.cache_clear()
+        native.kernels.cache_clear()
 
 
-@native
+@needs_native
 def test_subnormal_inputs_count_as_zero_and_torch_keeps_its_own_arithmetic() -> None:
     # Subnormals would take the slow path of the CPU (~150x); the kernel flushes them in
     # its threads only, and leaves the floating-point mode of the calling thread as it was.
@@ -87,3 +87,20 @@ def test_subnormal_inputs_count_as_zero_and_torch_keeps_its_own_arithmetic() -> 
     tiny = torch.full((3, 40), 1e-39)
     assert torch.equal(product(tiny, w, None), torch.zeros(3, 70))
     assert (torch.tensor([1e-37]) / 1e3).item() != 0.0  # still a subnormal, not 0
+
+
+@needs_native
+def test_add_rms_norm_is_the_residual_add_and_torchs_norm() -> None:
+    kernels = native.kernels()
+    assert kernels is not None
+    g = torch.Generator().manual_seed(7)
+    x, delta = torch.randn(11, 579, generator=g), torch.randn(11, 579, generator=g)
+    w = torch.randn(579, generator=g)
+    stream = x.clone()
+    h = kernels.add_rms_norm(stream, delta, w, 1e-5)
+    torch.testing.assert_close(stream, x + delta)  # the residual stream, updated in place
+    torch.testing.assert_close(h, F.rms_norm(x + delta, (579,), w, 1e-5), rtol=1e-5, atol=1e-5)
+    alone = kernels.add_rms_norm(x[4:5].clone(), delta[4:5], w, 1e-5)
+    assert torch.equal(alone, h[4:5])  # a row's result does not depend on the rows beside it
+    torch.testing.assert_close(kernels.add_rms_norm(x.clone(), None, w, 1e-5),
+                               F.rms_norm(x, (579,), w, 1e-5), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,5 @@
-"""A batch-invariant fp32 matmul, from a small AVX-512 kernel (native/matmul.c) compiled
-once per machine with the system C compiler.
+"""Batch-invariant fp32 kernels (csrc/kernels.c: the matmul, and the residual add with the
+RMSNorm after it), AVX-512 code compiled once per machine with the system C compiler.
 
 Why: a decode step is ~120 matmuls of one or a few rows against small weights, so a
 kernel's fixed cost per call and how fast it streams a few MB decide the step time.
@@ -7,12 +7,13 @@ oneDNN's packed kernel (linear.py) pays ~35 us a call through its primitive laye
 streams the small matrices well below the machine's bandwidth; this kernel is a plain
 function called through ctypes, reading weights packed once for it. It is linked to
 torch's own OpenMP runtime, so its threads are torch's (a second runtime would spin a
-second team on the same cores).
+second team on the same cores). The add-and-norm replaces five torch ops a norm (~30 us
+each on one row).
 
 Built into $TANDEM_CACHE_DIR/native on first use (under a second; the file's name carries
-a hash of the source and flags, so an edit rebuilds). Where it cannot run — no AVX-512,
-no C compiler, a failed build, or TANDEM_NATIVE_MATMUL=0 — ``kernel()`` is None and the
-reason is logged once; the callers keep oneDNN.
+a hash of the source and flags, so an edit rebuilds). Where they cannot run — no AVX-512,
+no C compiler, a failed build, or TANDEM_NATIVE_KERNELS=0 — ``kernels()`` is None and the
+reason is logged once; the callers keep oneDNN and torch's ops.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from tandem.shared.models import cache_root
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "native" / "matmul.c"
+SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
 FLAGS = ["-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC"]
-ENV_SWITCH = "TANDEM_NATIVE_MATMUL"
+ENV_SWITCH = "TANDEM_NATIVE_KERNELS"
 
-class NativeMatmul:
-    """y = x W^T (+ b) for fp32 x [M, K], with W packed once by ``pack``."""
+class NativeKernels:
+    """y = x W^T (+ b) for fp32 x [M, K] with W packed once by ``pack``; ``add_rms_norm``."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         library.tandem_panel_width.restype = ctypes.c_int64
@@ -50,6 +51,10 @@ class NativeMatmul:
         self._matmul = library.tandem_matmul_f32
         self._matmul.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
         self._matmul.restype = None
+        self._add_rms_norm = library.tandem_add_rms_norm_f32
+        self._add_rms_norm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [
+            ctypes.c_float]
+        self._add_rms_norm.restype = None
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
         """[N, K] fp32 -> panels of ``self.panel`` columns, k-major (zeros past N)."""
@@ -69,6 +74,16 @@ class NativeMatmul:
                      out_features, K, torch.get_num_threads())
         return y
 
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+        """x += delta (in place; none: x as it is), then RMSNorm(x) * weight, new tensor.
+        x, delta: contiguous fp32 [M, D]; weight: [D]."""
+        assert x.is_contiguous() and (delta is None or delta.is_contiguous())
+        y = torch.empty_like(x)
+        self._add_rms_norm(x.data_ptr(), None if delta is None else delta.data_ptr(),
+                           weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
+        return y
+
 
 def unavailable_reason() -> str | None:
     """None where the kernel can run here, else why not (before building anything)."""
@@ -82,8 +97,8 @@ def unavailable_reason() -> str | None:
 
 
 @functools.cache
-def kernel() -> NativeMatmul | None:
-    """The kernel; None where it is unavailable (the reason logged)."""
+def kernels() -> NativeKernels | None:
+    """The kernels; None where they are unavailable (the reason logged)."""
     reason = unavailable_reason()
     library = None
     if reason is None:
@@ -94,10 +109,10 @@ def kernel() -> NativeMatmul | None:
         except (OSError, subprocess.SubprocessError) as error:
             reason = f"the build failed: {error}"
     if library is None:
-        log_event(logger, "native matmul unavailable: oneDNN serves fp32 matmuls",
+        log_event(logger, "native kernels unavailable: oneDNN and torch serve fp32",
                   reason=reason)
         return None
-    return NativeMatmul(library)
+    return NativeKernels(library)
 
 
 def _compiler() -> str | None:
@@ -118,17 +133,18 @@ def _build() -> Path:
     temporary file and the last rename wins, all with the same content)."""
     compiler = _compiler()
     assert compiler is not None
-    command = [compiler, *FLAGS, *_torch_openmp()]
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(command).encode()).hexdigest()
-    target = cache_root() / "native" / f"matmul-{digest[:16]}.so"
+    libraries = [*_torch_openmp(), "-lm"]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(
+        [compiler, *FLAGS, *libraries]).encode()).hexdigest()
+    target = cache_root() / "native" / f"kernels-{digest[:16]}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([*command, str(SOURCE), "-o", partial], check=True, timeout=120,
-                       capture_output=True, text=True)
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, *libraries],
+                       check=True, timeout=120, capture_output=True, text=True)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
