@@ -3,9 +3,10 @@
 
 Measured in one run: machine read bandwidth, batch-1 decode of the engine and of HF
 `generate` (same model, dtype, prompt), aggregate throughput at several concurrencies,
-TTFT of a long prompt cold and with its prefix cached, Verify of a draft, and KV cache
-waste; with ``--peer vllm``, vLLM's CPU build on the same weights, token ids and threads
-(cloud/peers/vllm.py), and the ratios between the two.
+TTFT of a long prompt cold and with its prefix cached, Verify of a draft, KV cache waste,
+and the native matmul kernel against oneDNN on the same weights; with ``--peer vllm``,
+vLLM's CPU build on the same weights, token ids and threads (cloud/peers/vllm.py), and the
+ratios between the two.
 """
 
 from __future__ import annotations
@@ -84,6 +85,35 @@ def matmul_only_tok_s(forward: Any, batch: int = 1, steps: int = 10) -> float:
             for m in matmuls:
                 m(inputs[m.in_features])  # [batch, out]
         return batch * steps / (time.perf_counter() - started)
+
+
+def matmul_kernels_ms(model: Any, forward: Any, rows: tuple[int, ...] = (1, 9, 32, 512),
+                     repeats: int = 3) -> dict[str, Any] | None:
+    """Milliseconds for all of a step's weight matmuls at each row count on the engine's
+    native kernel and on oneDNN (packed from the same weights), alternating, best of
+    ``repeats``; None where the engine does not run the native kernel."""
+    import torch
+
+    from tandem.cloud.llama_model import LlamaForward
+
+    if forward.lm_head.kernel != "native":
+        return None
+    kernels = {"native": forward.matmuls(), "onednn": LlamaForward(model, False).matmuls()}
+    best: dict[str, list[float]] = {name: [] for name in kernels}
+    with torch.inference_mode():
+        for n in rows:
+            inputs = {m.in_features: torch.randn(n, m.in_features) for m in kernels["native"]}
+            times: dict[str, list[float]] = {name: [] for name in kernels}
+            for repeat in range(repeats):
+                order = list(kernels) if repeat % 2 == 0 else list(kernels)[::-1]
+                for name in order:
+                    started = time.perf_counter()
+                    for m in kernels[name]:
+                        m(inputs[m.in_features])
+                    times[name].append(time.perf_counter() - started)
+            for name in kernels:
+                best[name].append(round(min(times[name]) * 1e3, 1))
+    return {"rows": list(rows), "native_ms": best["native"], "onednn_ms": best["onednn"]}
 
 
 def hf_decode_tok_s(model: Any, prompt: list[int], n: int) -> float:
@@ -227,6 +257,9 @@ async def run_engine_parts(args: argparse.Namespace, engine: Any, model: Any, to
     if hasattr(engine.runner, "model"):
         top = max(concurrencies)
         report[f"matmul_only_tok_s_b{top}"] = round(matmul_only_tok_s(engine.runner.model, top), 2)
+        kernels = matmul_kernels_ms(model, engine.runner.model)
+        if kernels is not None:
+            report["matmul_kernels"] = kernels
     report["throughput_tok_s_runs"] = {}
     stream_prompts = {str(c): [text_tokens(tokenizer, 24, seed=100 + i) for i in range(c)]
                       for c in concurrencies}
@@ -361,6 +394,10 @@ def add_ratios(report: dict[str, Any]) -> None:
 def table(report: dict[str, Any]) -> str:
     rows = [(k, v) for k, v in report.items() if not isinstance(v, dict)]
     rows += [(f"throughput_tok_s[{c}]", v) for c, v in report["throughput_tok_s"].items()]
+    if "matmul_kernels" in report:
+        k = report["matmul_kernels"]
+        rows += [(f"matmul_ms[{n} rows] native / onednn", f"{a} / {b}")
+                 for n, a, b in zip(k["rows"], k["native_ms"], k["onednn_ms"])]
     text = _aligned(rows)
     if "peer" in report:
         text += "\n\n" + peer_table(report)

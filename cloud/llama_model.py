@@ -76,7 +76,8 @@ class StepInput:
 
 
 class LlamaForward:
-    def __init__(self, hf_model: PreTrainedModel) -> None:
+    def __init__(self, hf_model: PreTrainedModel, allow_native: bool = True) -> None:
+        """``allow_native``: False keeps fp32 on oneDNN and torch's ops (to compare)."""
         cfg = hf_model.config
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
@@ -87,24 +88,27 @@ class LlamaForward:
         inner = hf_model.model
         self.embed = inner.embed_tokens.weight  # [V, D]
         self.final_norm = inner.norm.weight
-        self.lm_head = Linear(hf_model.lm_head.weight)  # [V, D] (often tied to embed)
+        self.lm_head = Linear(hf_model.lm_head.weight,  # [V, D] (often tied to embed)
+                              allow_native=allow_native)
         self.rotary = inner.rotary_emb
-        self.layers = [self._fuse(layer) for layer in inner.layers]
+        self.layers = [self._fuse(layer, allow_native) for layer in inner.layers]
         # The residual add and the norm after it in one native pass (fp32).
-        self.native = native.kernels() if self.dtype == torch.float32 else None
+        self.native = (native.kernels() if allow_native and self.dtype == torch.float32
+                       else None)
 
     @staticmethod
-    def _fuse(layer: torch.nn.Module) -> LayerWeights:
+    def _fuse(layer: torch.nn.Module, allow_native: bool) -> LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
         return LayerWeights(
             input_norm=layer.input_layernorm.weight,
             qkv=Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                       None if biases[0] is None else torch.cat(biases)),
-            o=Linear(attn.o_proj.weight),
+                       None if biases[0] is None else torch.cat(biases), allow_native),
+            o=Linear(attn.o_proj.weight, allow_native=allow_native),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-            down=Linear(mlp.down_proj.weight))
+            gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                           allow_native=allow_native),
+            down=Linear(mlp.down_proj.weight, allow_native=allow_native))
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads (the embedding row aside; the LM head

@@ -33,14 +33,15 @@ def onednn_available() -> bool:
 
 
 class Linear:
-    """y = x W^T (+ b) for a [out, in] weight: the native kernel for fp32 where it runs,
-    else oneDNN where it can, else F.linear."""
+    """y = x W^T (+ b) for a [out, in] weight: the native kernel for fp32 where it runs
+    (unless ``allow_native`` is False), else oneDNN where it can, else F.linear."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 allow_native: bool = True) -> None:
         self.out_features, self.in_features = weight.shape
         self.nbytes = weight.numel() * weight.element_size()
         dtype = weight.dtype
-        self.native = native.kernels() if dtype == torch.float32 else None
+        self.native = native.kernels() if allow_native and dtype == torch.float32 else None
         self.packed = (self.native is None and weight.dtype in PACKABLE_DTYPES
                        and onednn_available())
         if self.native is not None:

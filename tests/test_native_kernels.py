@@ -1,7 +1,8 @@
 """The native fp32 kernels (shared/csrc/kernels.c): the matmul gives F.linear's products at
 every shape (rows, columns and lengths that fill no tile or vector), the add-and-norm
 torch's residual add and RMSNorm, each row independent of the rows beside it; where they
-cannot run (switched off, a failed build), None with the reason while oneDNN serves."""
+cannot run (switched off, a failed build), None with the reason while oneDNN serves; the
+cloud bench times both kernels on the same weights."""
 
 from __future__ import annotations
 
@@ -104,3 +105,20 @@ def test_add_rms_norm_is_the_residual_add_and_torchs_norm() -> None:
     assert torch.equal(alone, h[4:5])  # a row's result does not depend on the rows beside it
     torch.testing.assert_close(kernels.add_rms_norm(x.clone(), None, w, 1e-5),
                                F.rms_norm(x, (579,), w, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_the_cloud_bench_times_both_kernels_on_the_same_weights(tiny_model_dir: Path) -> None:
+    from tandem.cloud import bench
+    from tandem.cloud.llama_model import LlamaForward
+    from tandem.shared.model_loader import load_causal_lm
+    from tandem.shared.models import resolve_model
+
+    model = load_causal_lm(resolve_model(str(tiny_model_dir)), "float32")
+    on_native, on_onednn = LlamaForward(model), LlamaForward(model, allow_native=False)
+    assert {m.kernel for m in on_native.matmuls()} == {"native"}
+    assert {m.kernel for m in on_onednn.matmuls()} <= {"onednn", "torch"}
+    figures = bench.matmul_kernels_ms(model, on_native, rows=(1, 3), repeats=2)
+    assert figures is not None and figures["rows"] == [1, 3]
+    assert all(ms > 0 for ms in figures["native_ms"] + figures["onednn_ms"])
+    assert bench.matmul_kernels_ms(model, on_onednn) is None  # the engine runs no native
