@@ -17,6 +17,9 @@ apt_install() {  # Debian packages, as root or through sudo
 }
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# A C/C++ compiler: llama-cpp-python builds from source, and the cloud's native kernels
+# (shared/csrc) compile on first use (without one they fall back to oneDNN).
+command -v g++ >/dev/null 2>&1 || apt_install build-essential
 
 # --dev: Debian's docker-compose checks deploy/compose.yaml offline (`config`; no engine).
 if [ -n "$extras" ] && ! command -v docker-compose >/dev/null 2>&1 \
