@@ -4,8 +4,9 @@ paged KV cache: every sequence of a step in one flattened batch.
 Weights come from the transformers model (which also supplies the rotary embedding, so
 every RoPE scaling variant it knows works here); projections are fused (q|k|v and
 gate|up) so a step is one matmul per projection for all tokens of all sequences, each
-through a pre-packed oneDNN kernel (linear.py). Attention reads each sequence's KV
-through its block table.
+through a pre-packed kernel (linear.py). Decode and verify queries attend through the
+native kernel, which reads each sequence's KV in place through its block table; prefill
+chunks (and everything where the native kernels cannot run) through SDPA over gathered KV.
 """
 
 from __future__ import annotations
@@ -67,12 +68,25 @@ class AttentionGroup:
 
 
 @dataclass(frozen=True)
+class PagedQueries:
+    """Query rows whose attention the native kernel reads in place from the paged cache
+    (decode and verify rows: no gather, no padding, no mask)."""
+
+    rows: torch.Tensor  # [R] flat token index of each query
+    table_start: torch.Tensor  # [R] where its sequence's blocks start in block_tables
+    keys: torch.Tensor  # [R] keys it attends to: its position + 1 (causal)
+    block_tables: torch.Tensor  # every member sequence's blocks, one after another
+    block_size: int
+
+
+@dataclass(frozen=True)
 class StepInput:
     token_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     slots: torch.Tensor  # [T] KV slot each new token's K/V is written to
-    groups: list[AttentionGroup]
+    groups: list[AttentionGroup]  # queries attending through SDPA
     logit_rows: torch.Tensor  # [N] flat token indices whose logits are returned
+    paged: PagedQueries | None = None  # queries attending through the native kernel
 
 
 class LlamaForward:
@@ -92,9 +106,11 @@ class LlamaForward:
                               allow_native=allow_native)
         self.rotary = inner.rotary_emb
         self.layers = [self._fuse(layer, allow_native) for layer in inner.layers]
-        # The residual add and the norm after it in one native pass (fp32).
+        # The residual add and the norm after it in one native pass (fp32); with it, RoPE,
+        # the KV write and decode/verify attention in two.
         self.native = (native.kernels() if allow_native and self.dtype == torch.float32
                        else None)
+        self.native_attention = self.native is not None
 
     @staticmethod
     def _fuse(layer: torch.nn.Module, allow_native: bool) -> LayerWeights:
@@ -151,7 +167,7 @@ class LlamaForward:
         """
         x = F.embedding(step.token_ids, self.embed)  # [T, D], the residual stream
         cos, sin = self.rotary(x, step.positions[None])  # [1, T, hd]
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, hd]
+        cos, sin = cos[0], sin[0]  # [T, hd]
         h = self._add_norm(x, None, self.layers[0].input_norm)
         for i, w in enumerate(self.layers):
             attended = self._attention(i, h, w, cos, sin, step, k_cache[i], v_cache[i])
@@ -169,22 +185,41 @@ class LlamaForward:
                    sin: torch.Tensor, step: StepInput, k_cache: torch.Tensor,
                    v_cache: torch.Tensor) -> torch.Tensor:
         T = h.shape[0]
+        H, hd = self.num_heads, self.head_dim
+        q = self._rope_kv_write(w.qkv(h), cos, sin, step.slots, k_cache, v_cache)  # [T, H, hd]
+        if not step.groups:
+            out = torch.empty(T, H, hd, dtype=h.dtype)
+        elif len(step.groups) == 1 and step.groups[0].covers_step:
+            return w.o(self._group_attention(q, step.groups[0], k_cache, v_cache)
+                       .reshape(T, H * hd))  # [T, D]
+        else:
+            out = torch.empty(T, H, hd, dtype=h.dtype)
+            for g in step.groups:
+                og = self._group_attention(q, g, k_cache, v_cache)
+                out[g.query_rows[g.query_valid]] = og[g.query_valid]
+        if step.paged is not None:
+            assert self.native is not None
+            p = step.paged
+            self.native.paged_attention(q, k_cache, v_cache, p.block_tables, p.block_size,
+                                        p.rows, p.table_start, p.keys, out, hd ** -0.5)
+        return w.o(out.view(T, H * hd))  # [T, D]
+
+    def _rope_kv_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+                       ) -> torch.Tensor:
+        """Rotate q and k (RoPE), write k and v to the cache at ``slots``; q [T, H, hd]."""
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = w.qkv(h).view(T, H + 2 * Hkv, hd)
+        if self.native_attention:
+            assert self.native is not None
+            return self.native.rope_kv_write(qkv, cos, sin, k_cache, v_cache, slots, H)
+        qkv = qkv.view(qkv.shape[0], H + 2 * Hkv, hd)
         qk = qkv[:, :H + Hkv]  # rotate q and k together: [T, H + Hkv, hd]
         half = hd // 2  # rotate_half(x) = cat(-x2, x1), as in transformers
+        cos, sin = cos[:, None], sin[:, None]  # [T, 1, hd]
         qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
-        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-        k_cache.index_copy_(0, step.slots, k)
-        v_cache.index_copy_(0, step.slots, v)
-        if len(step.groups) == 1 and step.groups[0].covers_step:
-            og = self._group_attention(q, step.groups[0], k_cache, v_cache)
-            return w.o(og.reshape(T, H * hd))  # [T, D]
-        out = torch.empty(T, H, hd, dtype=h.dtype)
-        for g in step.groups:
-            og = self._group_attention(q, g, k_cache, v_cache)
-            out[g.query_rows[g.query_valid]] = og[g.query_valid]
-        return w.o(out.view(T, H * hd))  # [T, D]
+        k_cache.index_copy_(0, slots, qk[:, H:])
+        v_cache.index_copy_(0, slots, qkv[:, H + Hkv:])
+        return qk[:, :H]
 
     def _group_attention(self, q: torch.Tensor, g: AttentionGroup, k_cache: torch.Tensor,
                          v_cache: torch.Tensor) -> torch.Tensor:

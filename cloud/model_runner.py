@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from tandem.cloud.llama_model import (
-    SMALL_QUERY, AttentionGroup, LlamaForward, StepInput, supports_fast_path)
+    SMALL_QUERY, AttentionGroup, LlamaForward, PagedQueries, StepInput, supports_fast_path)
 from tandem.cloud.scheduler import ScheduledSeq
 from tandem.shared.log import log_event
 
@@ -87,10 +87,29 @@ class PagedLlamaRunner:
                 small.append((offset, item))
             else:
                 groups.append(self._group([(offset, item)]))
-        if small:
+        paged = None
+        if small and self.model.native_attention:
+            paged = self._paged(small)
+        elif small:
             groups.append(self._group(small, covers_step=len(small) == len(scheduled)))
         return StepInput(torch.tensor(tokens), torch.tensor(positions), torch.tensor(slots),
-                         groups, torch.tensor(logit_rows, dtype=torch.long))
+                         groups, torch.tensor(logit_rows, dtype=torch.long), paged)
+
+    def _paged(self, members: list[tuple[int, ScheduledSeq]]) -> PagedQueries:
+        """Each query row's sequence (its block table) and key count, for the native
+        kernel reading the cache in place."""
+        rows: list[int] = []
+        table_start: list[int] = []
+        keys: list[int] = []
+        tables: list[int] = []
+        for offset, item in members:
+            ctx = item.start + item.num_tokens
+            rows += range(offset, offset + item.num_tokens)
+            table_start += [len(tables)] * item.num_tokens
+            keys += range(item.start + 1, ctx + 1)
+            tables += item.seq.blocks[:-(-ctx // self.block_size)]
+        return PagedQueries(*(torch.tensor(v, dtype=torch.long)
+                              for v in (rows, table_start, keys, tables)), self.block_size)
 
     def _group(self, members: list[tuple[int, ScheduledSeq]],
                covers_step: bool = False) -> AttentionGroup:

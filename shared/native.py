@@ -35,8 +35,9 @@ from tandem.shared.models import cache_root
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
-FLAGS = ["-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC"]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("kernels.c", "attention.c")]
+# No contraction of a * b + c into one FMA: RoPE must round as torch's two products do.
+FLAGS = ["-O3", "-mavx512f", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
 ENV_SWITCH = "TANDEM_NATIVE_KERNELS"
 
 class NativeKernels:
@@ -55,6 +56,14 @@ class NativeKernels:
         self._add_rms_norm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [
             ctypes.c_float]
         self._add_rms_norm.restype = None
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._rope_kv_write = library.tandem_rope_kv_write_f32
+        self._rope_kv_write.argtypes = [ptr] * 7 + [i64] * 4 + [ctypes.c_int]
+        self._rope_kv_write.restype = None
+        self._paged_attention = library.tandem_paged_attention_f32
+        self._paged_attention.argtypes = ([ptr] * 4 + [i64] + [ptr] * 4 + [i64] * 4
+                                          + [ctypes.c_float, ctypes.c_int])
+        self._paged_attention.restype = None
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
         """[N, K] fp32 -> panels of ``self.panel`` columns, k-major (zeros past N)."""
@@ -83,6 +92,46 @@ class NativeKernels:
         self._add_rms_norm(x.data_ptr(), None if delta is None else delta.data_ptr(),
                            weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
         return y
+
+
+    def rope_kv_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                      heads: int) -> torch.Tensor:
+        """RoPE on every token's q and k heads (x cos + rotate_half(x) sin, rounded as
+        torch rounds it); k and v written to the caches at ``slots``; returns q rotated.
+
+        qkv [T, (heads + 2 Hkv) hd]; cos, sin [T, hd]; caches [slots, Hkv, hd]; slots
+        int64 [T]. Returns [T, heads, hd].
+        """
+        _, kv_heads, hd = k_cache.shape
+        assert hd % 2 == 0 and qkv.is_contiguous() and k_cache.is_contiguous()
+        assert v_cache.is_contiguous() and slots.dtype == torch.int64
+        T = qkv.shape[0]
+        cos, sin = cos.contiguous(), sin.contiguous()
+        q = torch.empty(T, heads, hd, dtype=torch.float32)
+        self._rope_kv_write(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                            k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
+                            q.data_ptr(), T, heads, kv_heads, hd, torch.get_num_threads())
+        return q
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        block_tables: torch.Tensor, block_size: int, rows: torch.Tensor,
+                        table_start: torch.Tensor, keys: torch.Tensor, out: torch.Tensor,
+                        scale: float) -> None:
+        """Attention of query rows ``rows`` of q [T, H, hd] over their sequences' first
+        ``keys`` keys, each read in place through its block table (``block_tables``
+        from ``table_start``); written into out [T, H, hd] at the same rows.
+        Index tensors are int64; caches [slots, Hkv, hd]."""
+        _, kv_heads, hd = k_cache.shape
+        T, heads, _ = q.shape
+        assert q.is_contiguous() and out.is_contiguous() and heads % kv_heads == 0
+        for index in (block_tables, rows, table_start, keys):
+            assert index.dtype == torch.int64 and index.is_contiguous()
+        self._paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                              block_tables.data_ptr(), block_size, rows.data_ptr(),
+                              table_start.data_ptr(), keys.data_ptr(), out.data_ptr(),
+                              rows.shape[0], heads, kv_heads, hd, scale,
+                              torch.get_num_threads())
 
 
 def unavailable_reason() -> str | None:
@@ -134,7 +183,7 @@ def _build() -> Path:
     compiler = _compiler()
     assert compiler is not None
     libraries = [*_torch_openmp(), "-lm"]
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(
         [compiler, *FLAGS, *libraries]).encode()).hexdigest()
     target = cache_root() / "native" / f"kernels-{digest[:16]}.so"
     if target.is_file():
@@ -143,7 +192,7 @@ def _build() -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, *libraries],
+        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", partial, *libraries],
                        check=True, timeout=120, capture_output=True, text=True)
         os.replace(partial, target)
     finally:

@@ -65,9 +65,32 @@ def test_concurrent_generations_each_match_hf_generate(model, engine):
     results = asyncio.run(run_all())
     for prompt, tokens in zip(prompts, results):
         assert tokens == hf_greedy(model, prompt, 20)
+    # Where the CPU allows, decode rows attended through the native paged kernel.
+    from tandem.shared import native
+    assert engine.runner.model.native_attention == (native.kernels() is not None)
     assert engine.pool.num_used == 0  # everything freed once finished
     ttft = engine.metrics.ttft.collect()[0].samples
     assert next(s.value for s in ttft if s.name.endswith("_count")) >= 3
+
+
+def test_without_the_native_kernels_generations_still_match_hf(model, monkeypatch):
+    # Decode rows then attend through SDPA over gathered KV, RoPE through torch's ops.
+    from tandem.shared import native
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.kernels.cache_clear()
+    try:
+        eng = make_engine(model)
+        assert not eng.runner.model.native_attention
+        prompts = [PROMPT, LONG_PROMPT, PROMPT[:5]]
+
+        async def run_all():
+            return await asyncio.gather(*(collect(eng, p, 12) for p in prompts))
+
+        for prompt, tokens in zip(prompts, asyncio.run(run_all())):
+            assert tokens == hf_greedy(model, prompt, 12)
+        eng.close()
+    finally:
+        native.kernels.cache_clear()
 
 
 def test_preemption_when_the_pool_is_full_still_gives_exact_output(model):

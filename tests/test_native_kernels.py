@@ -66,7 +66,7 @@ def test_a_failed_build_leaves_onednn_serving(tmp_path: Path, monkeypatch: pytes
                                               caplog: pytest.LogCaptureFixture) -> None:
     broken = tmp_path / "matmul.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCES", [broken])
     monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
     native.kernels.cache_clear()
     try:
@@ -122,3 +122,83 @@ def test_the_cloud_bench_times_both_kernels_on_the_same_weights(tiny_model_dir: 
     assert figures is not None and figures["rows"] == [1, 3]
     assert all(ms > 0 for ms in figures["native_ms"] + figures["onednn_ms"])
     assert bench.matmul_kernels_ms(model, on_onednn) is None  # the engine runs no native
+
+
+def paged_cache(lengths: list[int], kv_heads: int, hd: int, block_size: int,
+                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Random K/V caches and, per sequence, a shuffled block table covering its keys."""
+    need = [-(-n // block_size) for n in lengths]
+    order = torch.randperm(sum(need) + 3, generator=g).tolist()  # blocks out of order
+    tables, at = [], 0
+    for n in need:
+        tables.append(order[at:at + n])
+        at += n
+    slots = (sum(need) + 3) * block_size
+    k = torch.randn(slots, kv_heads, hd, generator=g)
+    return k, torch.randn(slots, kv_heads, hd, generator=g), tables
+
+
+def gathered(cache: torch.Tensor, table: list[int], n: int, block_size: int) -> torch.Tensor:
+    slots = [table[j // block_size] * block_size + j % block_size for j in range(n)]
+    return cache[torch.tensor(slots)]  # [n, Hkv, hd]
+
+
+@needs_native
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (4, 2, 16), (4, 4, 24)])
+def test_paged_attention_is_sdpa_over_each_rows_causal_keys(heads: int, kv_heads: int,
+                                                            hd: int) -> None:
+    kernels = native.kernels()
+    assert kernels is not None
+    g = torch.Generator().manual_seed(11)
+    block_size, lengths = 16, [1, 40, 300, 17]
+    k_cache, v_cache, tables = paged_cache(lengths, kv_heads, hd, block_size, g)
+    # Sequence s queries its last min(n, 3) positions (a verify pass; one: a decode step).
+    rows, starts, keys, flat, expected = [], [], [], [], []
+    for table, n in zip(tables, lengths):
+        for position in range(max(0, n - 3), n):
+            rows.append(len(rows))
+            starts.append(len(flat))
+            keys.append(position + 1)
+        flat += table
+    q = torch.randn(len(rows), heads, hd, generator=g)
+    for r, (table, n) in enumerate((t, key) for t, n in zip(tables, lengths)
+                                   for key in range(max(0, n - 3) + 1, n + 1)):
+        k, v = (gathered(c, table, n, block_size).transpose(0, 1) for c in (k_cache, v_cache))
+        expected.append(F.scaled_dot_product_attention(
+            q[r][:, None], k, v, enable_gqa=heads != kv_heads)[:, 0])
+    out = torch.zeros_like(q)
+    index = [torch.tensor(v, dtype=torch.long) for v in (flat, rows, starts, keys)]
+    kernels.paged_attention(q, k_cache, v_cache, index[0], block_size, *index[1:], out,
+                            hd ** -0.5)
+    torch.testing.assert_close(out, torch.stack(expected), rtol=1e-5, atol=1e-5)
+    # A row alone computes what it computed among the others (batch invariance).
+    alone = torch.zeros_like(q)
+    r = 5
+    kernels.paged_attention(q, k_cache, v_cache, index[0], block_size, index[1][r:r + 1],
+                            index[2][r:r + 1], index[3][r:r + 1], alone, hd ** -0.5)
+    assert torch.equal(alone[r], out[r])
+
+
+@needs_native
+@pytest.mark.parametrize("hd", [64, 16])
+def test_rope_kv_write_rotates_as_torch_and_writes_the_cache(hd: int) -> None:
+    kernels = native.kernels()
+    assert kernels is not None
+    g = torch.Generator().manual_seed(13)
+    T, heads, kv_heads = 5, 6, 2
+    qkv = torch.randn(T, (heads + 2 * kv_heads) * hd, generator=g)
+    angles = torch.rand(T, hd // 2, generator=g) * 100
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    k_cache, v_cache = torch.zeros(20, kv_heads, hd), torch.zeros(20, kv_heads, hd)
+    slots = torch.tensor([3, 17, 0, 8, 9])
+    q = kernels.rope_kv_write(qkv, cos, sin, k_cache, v_cache, slots, heads)
+    x = qkv.view(T, heads + 2 * kv_heads, hd)
+    half = hd // 2
+    rotated = (x * cos[:, None] + torch.cat([-x[..., half:], x[..., :half]], -1)
+               * sin[:, None])  # transformers' apply_rotary_pos_emb
+    assert torch.equal(q, rotated[:, :heads])  # the same roundings, bit for bit
+    assert torch.equal(k_cache[slots], rotated[:, heads:heads + kv_heads])
+    assert torch.equal(v_cache[slots], x[:, heads + kv_heads:])
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[slots] = False
+    assert not k_cache[untouched].any() and not v_cache[untouched].any()
