@@ -111,6 +111,16 @@ class LlamaForward:
         self.native = (native.kernels() if allow_native and self.dtype == torch.float32
                        else None)
         self.native_attention = self.native is not None
+        # Decode and verify steps: every layer in one native call (same kernels, same order).
+        self.decoder = None if self.native is None else native.DecoderWeights.build(
+            self.num_heads, self.num_kv_heads, self.head_dim, self.eps, {
+                "input_norm": [w.input_norm for w in self.layers],
+                "qkv": [w.qkv.weight for w in self.layers],
+                "qkv_bias": [w.qkv.bias for w in self.layers],
+                "o": [w.o.weight for w in self.layers],
+                "post_norm": [w.post_norm for w in self.layers],
+                "gate_up": [w.gate_up.weight for w in self.layers],
+                "down": [w.down.weight for w in self.layers]})
 
     @staticmethod
     def _fuse(layer: torch.nn.Module, allow_native: bool) -> LayerWeights:
@@ -168,18 +178,34 @@ class LlamaForward:
         x = F.embedding(step.token_ids, self.embed)  # [T, D], the residual stream
         cos, sin = self.rotary(x, step.positions[None])  # [1, T, hd]
         cos, sin = cos[0], sin[0]  # [T, hd]
+        p = step.paged
+        if self.decoder is not None and not step.groups and p is not None:
+            assert self.native is not None and len(p.rows) == len(x)  # every token, in order
+            self.native.decoder_layers(self.decoder, x, cos, sin, k_cache, v_cache, step.slots,
+                                       p.block_tables, p.block_size, p.table_start, p.keys)
+        else:
+            self._layers(x, cos, sin, step, k_cache, v_cache)
+        x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
+        return self.lm_head(x).float()  # [N, V]
+
+    def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: StepInput,
+                k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """The decoder layers op by op; x, the residual stream, updated in place."""
         h = self._add_norm(x, None, self.layers[0].input_norm)
         for i, w in enumerate(self.layers):
             attended = self._attention(i, h, w, cos, sin, step, k_cache[i], v_cache[i])
             h = self._add_norm(x, attended, w.post_norm)
-            gate, up = w.gate_up(h).chunk(2, dim=-1)  # [T, F] each
-            mlp = w.down(F.silu(gate) * up)
+            mlp = w.down(self._silu_mul(w.gate_up(h)))
             if i + 1 < len(self.layers):
                 h = self._add_norm(x, mlp, self.layers[i + 1].input_norm)
             else:
                 x += mlp
-        x = self._rms_norm(x[step.logit_rows], self.final_norm)  # [N, D]
-        return self.lm_head(x).float()  # [N, V]
+
+    def _silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.native is not None:
+            return self.native.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)  # [T, F] each
+        return F.silu(gate) * up
 
     def _attention(self, layer: int, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
                    sin: torch.Tensor, step: StepInput, k_cache: torch.Tensor,

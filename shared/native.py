@@ -35,7 +35,9 @@ from tandem.shared.models import cache_root
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("kernels.c", "attention.c")]
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [CSRC / name for name in ("kernels.c", "attention.c", "decoder.c")]
+HEADERS = [CSRC / "kernels.h"]
 # No contraction of a * b + c into one FMA: RoPE must round as torch's two products do.
 FLAGS = ["-O3", "-mavx512f", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
 ENV_SWITCH = "TANDEM_NATIVE_KERNELS"
@@ -64,6 +66,14 @@ class NativeKernels:
         self._paged_attention.argtypes = ([ptr] * 4 + [i64] + [ptr] * 4 + [i64] * 4
                                           + [ctypes.c_float, ctypes.c_int])
         self._paged_attention.restype = None
+        self._silu_mul = library.tandem_silu_mul_f32
+        self._silu_mul.argtypes = [ptr] * 2 + [i64] * 2 + [ctypes.c_int]
+        self._silu_mul.restype = None
+        self._decoder_layers = library.tandem_decoder_layers_f32
+        self._decoder_layers.argtypes = ([ctypes.POINTER(DecoderWeights)] + [ptr] * 5 + [i64]
+                                         + [ptr] * 2 + [i64] + [ptr] * 3 + [i64, ptr,
+                                                                            ctypes.c_int])
+        self._decoder_layers.restype = None
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
         """[N, K] fp32 -> panels of ``self.panel`` columns, k-major (zeros past N)."""
@@ -134,6 +144,69 @@ class NativeKernels:
                               torch.get_num_threads())
 
 
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up for gate_up [M, 2F] = (gate | up) rows; [M, F]."""
+        M, two_f = gate_up.shape
+        assert gate_up.is_contiguous() and gate_up.dtype == torch.float32
+        y = torch.empty(M, two_f // 2, dtype=torch.float32)
+        self._silu_mul(gate_up.data_ptr(), y.data_ptr(), M, two_f // 2,
+                       torch.get_num_threads())
+        return y
+
+    def decoder_layers(self, weights: DecoderWeights, x: torch.Tensor, cos: torch.Tensor,
+                       sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       slots: torch.Tensor, block_tables: torch.Tensor, block_size: int,
+                       table_start: torch.Tensor, keys: torch.Tensor) -> None:
+        """Every decoder layer of a step whose T tokens all attend through the paged
+        kernel (token t is query row t), in one native call: x [T, D], the residual
+        stream, is updated in place; k and v written to the caches [layers, slots, Hkv,
+        hd]. Bit for bit what the per-op kernels compute in the same order."""
+        T, D = x.shape
+        w = weights
+        assert x.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous()
+        assert D == w.D and k_cache.shape[0] == w.layers
+        cos, sin = cos.contiguous(), sin.contiguous()
+        rows = torch.arange(T)
+        scratch = torch.empty(T * (2 * D + (3 * w.H + 2 * w.Hkv) * w.hd + 3 * w.F))
+        for index in (slots, block_tables, table_start, keys):
+            assert index.dtype == torch.int64 and index.is_contiguous()
+        self._decoder_layers(ctypes.byref(w), x.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                             k_cache.data_ptr(), v_cache.data_ptr(), k_cache[0].numel(),
+                             slots.data_ptr(), block_tables.data_ptr(), block_size,
+                             rows.data_ptr(), table_start.data_ptr(), keys.data_ptr(), T,
+                             scratch.data_ptr(), torch.get_num_threads())
+
+
+_LAYER_LISTS = ("input_norm", "qkv", "qkv_bias", "o", "post_norm", "gate_up", "down")
+
+
+class DecoderWeights(ctypes.Structure):
+    """A model's layers as tandem_decoder_layers_f32 reads them (struct tandem_decoder):
+    sizes, then one pointer a layer per list (matmul weights packed by ``pack``)."""
+
+    _fields_ = ([(name, ctypes.c_int64) for name in ("layers", "D", "H", "Hkv", "hd", "F")]
+                + [("eps", ctypes.c_float), ("scale", ctypes.c_float)]
+                + [(name, ctypes.POINTER(ctypes.c_void_p)) for name in _LAYER_LISTS])
+
+    @classmethod
+    def build(cls, heads: int, kv_heads: int, head_dim: int, eps: float,
+              layers: dict[str, list[torch.Tensor | None]]) -> DecoderWeights:
+        """``layers``: a list per name in _LAYER_LISTS (qkv_bias entries may be None);
+        the tensors must outlive the result (it keeps references)."""
+        count = len(layers["qkv"])
+        arrays = {name: (ctypes.c_void_p * count)(
+            *[None if t is None else t.data_ptr() for t in layers[name]])
+            for name in _LAYER_LISTS}
+        model_dim = layers["input_norm"][0].shape[0]
+        intermediate = layers["down"][0].shape[1]  # packed [panels, F, panel width]
+        weights = cls(count, model_dim, heads, kv_heads, head_dim, intermediate, eps,
+                      head_dim ** -0.5, *[ctypes.cast(arrays[name],
+                                                      ctypes.POINTER(ctypes.c_void_p))
+                                          for name in _LAYER_LISTS])
+        weights._keep = (arrays, layers)  # the pointer arrays and what they point to
+        return weights
+
+
 def unavailable_reason() -> str | None:
     """None where the kernel can run here, else why not (before building anything)."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
@@ -183,7 +256,7 @@ def _build() -> Path:
     compiler = _compiler()
     assert compiler is not None
     libraries = [*_torch_openmp(), "-lm"]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(
         [compiler, *FLAGS, *libraries]).encode()).hexdigest()
     target = cache_root() / "native" / f"kernels-{digest[:16]}.so"
     if target.is_file():

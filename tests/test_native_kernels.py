@@ -202,3 +202,41 @@ def test_rope_kv_write_rotates_as_torch_and_writes_the_cache(hd: int) -> None:
     untouched = torch.ones(20, dtype=torch.bool)
     untouched[slots] = False
     assert not k_cache[untouched].any() and not v_cache[untouched].any()
+
+
+@needs_native
+def test_silu_mul_is_torchs_silu_times_up() -> None:
+    kernels = native.kernels()
+    assert kernels is not None
+    gate_up = torch.randn(7, 2 * 300, generator=torch.Generator().manual_seed(17)) * 8
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(kernels.silu_mul(gate_up), F.silu(gate) * up,
+                               rtol=2e-6, atol=1e-6)
+
+
+@needs_native
+def test_a_decode_step_in_one_native_call_is_the_op_by_op_step(tiny_model_dir: Path) -> None:
+    from tandem.cloud.llama_model import LlamaForward, PagedQueries, StepInput
+    from tandem.shared.model_loader import load_causal_lm
+    from tandem.shared.models import resolve_model
+
+    forward = LlamaForward(load_causal_lm(resolve_model(str(tiny_model_dir)), "float32"))
+    assert forward.decoder is not None
+    g = torch.Generator().manual_seed(19)
+    block_size, blocks = 4, 12
+    shape = (forward.num_layers, blocks * block_size, forward.num_kv_heads, forward.head_dim)
+    k_cache, v_cache = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    # Sequence A (blocks 5, 2, 9) decodes position 9; B (blocks 0, 7) verifies 5..7.
+    positions = [9, 5, 6, 7]
+    slots = [9 * block_size + 1, 7 * block_size + 1, 7 * block_size + 2, 7 * block_size + 3]
+    step = StepInput(torch.tensor([5, 17, 300, 41]), torch.tensor(positions),
+                     torch.tensor(slots), [], torch.arange(4),
+                     PagedQueries(torch.arange(4), torch.tensor([0, 3, 3, 3]),
+                                  torch.tensor(positions) + 1, torch.tensor([5, 2, 9, 0, 7]),
+                                  block_size))
+    caches = (k_cache.clone(), v_cache.clone())
+    fused = forward.forward(step, *caches)
+    forward.decoder = None  # now op by op: the same kernels one call at a time
+    op_by_op = forward.forward(step, k_cache, v_cache)
+    assert torch.equal(fused, op_by_op)
+    assert torch.equal(caches[0], k_cache) and torch.equal(caches[1], v_cache)

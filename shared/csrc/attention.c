@@ -16,14 +16,11 @@
  * 16 lanes reduced in one fixed order), so it never depends on the rows beside it: a
  * verify pass of k + 1 rows computes what k + 1 decode steps compute.
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
+#include <omp.h>
 #include <stdlib.h>
 
-static inline __mmask16 first(int64_t n) { /* a mask of the first n (<= 16) lanes */
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-}
+#include "kernels.h"
 
 /* out = x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1): two products then a
  * sum, each rounded, as torch computes it (the build turns off contraction into FMAs). */
@@ -51,12 +48,11 @@ static void rope_head(const float *x, const float *cos, const float *sin, float 
 
 /* qkv [T, (H + 2 Hkv) hd] rows as the fused projection wrote them; cos, sin [T, hd];
  * caches [slots, Hkv, hd] of this layer; q_out [T, H, hd]. */
-void tandem_rope_kv_write_f32(const float *qkv, const float *cos, const float *sin,
-                              float *k_cache, float *v_cache, const int64_t *slots,
-                              float *q_out, int64_t T, int64_t H, int64_t Hkv, int64_t hd,
-                              int threads) {
+void tandem_rope_kv_write_team(const float *qkv, const float *cos, const float *sin,
+                               float *k_cache, float *v_cache, const int64_t *slots,
+                               float *q_out, int64_t T, int64_t H, int64_t Hkv, int64_t hd) {
     int64_t width = (H + 2 * Hkv) * hd;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < T; t++) {
         const float *row = qkv + t * width, *c = cos + t * hd, *s = sin + t * hd;
         for (int64_t h = 0; h < H; h++) rope_head(row + h * hd, c, s, q_out + (t * H + h) * hd, hd);
@@ -67,22 +63,16 @@ void tandem_rope_kv_write_f32(const float *qkv, const float *cos, const float *s
     }
 }
 
-/* e^x for x <= 0 (scores less their maximum): x = n ln2 + r, |r| <= ln2 / 2, e^r by its
- * degree-6 Taylor polynomial (relative error < 2e-7, about one ulp), scaled by 2^n. */
-static inline __m512 exp_nonpositive(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f)); /* e^-87 ~ 1.6e-38: still normal */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x); /* ln2, high part */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);      /* ln2, low part */
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+void tandem_rope_kv_write_f32(const float *qkv, const float *cos, const float *sin,
+                              float *k_cache, float *v_cache, const int64_t *slots,
+                              float *q_out, int64_t T, int64_t H, int64_t Hkv, int64_t hd,
+                              int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        unsigned int csr = flush_subnormals();
+        tandem_rope_kv_write_team(qkv, cos, sin, k_cache, v_cache, slots, q_out, T, H, Hkv, hd);
+        _mm_setcsr(csr);
+    }
 }
 
 enum { MAX_GROUP = 16 }; /* most query heads sharing one KV head handled together */
@@ -105,8 +95,8 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
                 const float *qg = q + g * hd;
                 __m512 acc = _mm512_setzero_ps();
                 for (int64_t i = 0; i < hd; i += 16)
-                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first(hd - i), qg + i),
-                                          _mm512_maskz_loadu_ps(first(hd - i), k + i), acc);
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first_lanes(hd - i), qg + i),
+                                          _mm512_maskz_loadu_ps(first_lanes(hd - i), k + i), acc);
                 float s = _mm512_reduce_add_ps(acc) * scale;
                 scores[g * n + j] = s;
                 if (s > best[g]) best[g] = s;
@@ -117,8 +107,8 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
         float *sg = scores + g * n;
         __m512 total = _mm512_setzero_ps(), top = _mm512_set1_ps(best[g]);
         for (int64_t j = 0; j < n; j += 16) {
-            __mmask16 m = first(n - j);
-            __m512 p = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sg + j), top));
+            __mmask16 m = first_lanes(n - j);
+            __m512 p = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sg + j), top));
             p = _mm512_maskz_mov_ps(m, p);
             _mm512_mask_storeu_ps(sg + j, m, p);
             total = _mm512_add_ps(total, p);
@@ -130,7 +120,7 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
             __mmask16 m[4];
             __m512 acc[4];
             for (int v = 0; v < 4; v++) {
-                m[v] = first(hd - i - 16 * v);
+                m[v] = first_lanes(hd - i - 16 * v);
                 acc[v] = _mm512_setzero_ps();
             }
             const float *sg = scores + g * n;
@@ -155,28 +145,38 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
 /* q [T, H, hd] rotated; out [T, H, hd]; for each of the R query rows: its token index
  * rows[r], its sequence's block table at tables + table_start[r], its key count keys[r]
  * (its position + 1). Heads h read KV head h / (H / Hkv), as in grouped-query attention. */
-void tandem_paged_attention_f32(const float *q, const float *k_cache, const float *v_cache,
-                                const int64_t *tables, int64_t block_size,
-                                const int64_t *rows, const int64_t *table_start,
-                                const int64_t *keys, float *out, int64_t R, int64_t H,
-                                int64_t Hkv, int64_t hd, float scale, int threads) {
-    int64_t G = H / Hkv, most = 0;
+void tandem_paged_attention_team(const float *q, const float *k_cache, const float *v_cache,
+                                 const int64_t *tables, int64_t block_size,
+                                 const int64_t *rows, const int64_t *table_start,
+                                 const int64_t *keys, float *out, int64_t R, int64_t H,
+                                 int64_t Hkv, int64_t hd, float scale) {
+    int64_t G = H / Hkv, most = 0, threads = omp_get_num_threads();
     for (int64_t r = 0; r < R; r++) most = keys[r] > most ? keys[r] : most;
     /* Work items: (row, KV head) when there are enough to keep every thread busy, else
      * (row, head) — the same arithmetic per head either way. */
     int64_t per_item = R * Hkv >= 4 * threads && G <= MAX_GROUP ? G : 1;
     int64_t items = R * H / per_item;
+    float *scores = malloc((size_t)(per_item * most) * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t r = item / (H / per_item), h0 = item % (H / per_item) * per_item;
+        int64_t t = rows[r];
+        attend(q + (t * H + h0) * hd, k_cache, v_cache, tables + table_start[r], block_size,
+               keys[r], Hkv, h0 / G, per_item, hd, scale, scores, out + (t * H + h0) * hd);
+    }
+    free(scores);
+}
+
+void tandem_paged_attention_f32(const float *q, const float *k_cache, const float *v_cache,
+                                const int64_t *tables, int64_t block_size,
+                                const int64_t *rows, const int64_t *table_start,
+                                const int64_t *keys, float *out, int64_t R, int64_t H,
+                                int64_t Hkv, int64_t hd, float scale, int threads) {
 #pragma omp parallel num_threads(threads)
     {
-        float *scores = malloc((size_t)(per_item * most) * sizeof(float));
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < items; item++) {
-            int64_t r = item / (H / per_item), h0 = item % (H / per_item) * per_item;
-            int64_t t = rows[r];
-            attend(q + (t * H + h0) * hd, k_cache, v_cache, tables + table_start[r],
-                   block_size, keys[r], Hkv, h0 / G, per_item, hd, scale, scores,
-                   out + (t * H + h0) * hd);
-        }
-        free(scores);
+        unsigned int csr = flush_subnormals();
+        tandem_paged_attention_team(q, k_cache, v_cache, tables, block_size, rows,
+                                    table_start, keys, out, R, H, Hkv, hd, scale);
+        _mm_setcsr(csr);
     }
 }

@@ -1,5 +1,6 @@
 /* Tandem's native fp32 kernels (AVX-512), called through ctypes (shared/native.py): the
- * matmul of every projection, and the residual add with the RMSNorm after it.
+ * matmul of every projection, the residual add with the RMSNorm after it, and the MLP's
+ * silu(gate) * up.
  *
  * The matmul: y = x W^T (+ b) for row-major x [M, K] and W [N, K].
  *
@@ -19,9 +20,9 @@
  * L2 beside the panel being read, so each thread streams its share of the weights once for
  * every MB rows.
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
+
+#include "kernels.h"
 
 enum {
     NV = 4,       /* vectors of 16 columns per panel */
@@ -62,22 +63,16 @@ micro(const float *x, const float *panel, const float *bias, float *y, int64_t K
     }
     for (int v = 0; v < NV; v++) {
         int64_t left = columns - 16 * v; /* columns of this vector that exist */
-        __mmask16 mask = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        __mmask16 mask = first_lanes(left);
         __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + 16 * v) : _mm512_setzero_ps();
         for (int i = 0; i < mr; i++)
             _mm512_mask_storeu_ps(y + i * N + 16 * v, mask, _mm512_add_ps(acc[i][v], b));
     }
 }
 
-void tandem_matmul_f32(const float *x, const float *packed, const float *bias, float *y,
-                       int64_t M, int64_t N, int64_t K, int threads) {
+void tandem_matmul_team(const float *x, const float *packed, const float *bias, float *y,
+                        int64_t M, int64_t N, int64_t K) {
     int64_t panels = (N + NP - 1) / NP;
-#pragma omp parallel num_threads(threads)
-    {
-    /* Subnormal inputs would take microcode assists, ~150x slower (activations have some);
-     * flushed to zero (DAZ, FTZ) in this thread while it multiplies. */
-    unsigned int csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040);
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         int64_t m_end = M - m0 < MB ? M : m0 + MB;
 #pragma omp for schedule(static)
@@ -107,7 +102,15 @@ void tandem_matmul_f32(const float *x, const float *packed, const float *bias, f
             }
         }
     }
-    _mm_setcsr(csr);
+}
+
+void tandem_matmul_f32(const float *x, const float *packed, const float *bias, float *y,
+                       int64_t M, int64_t N, int64_t K, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        unsigned int csr = flush_subnormals();
+        tandem_matmul_team(x, packed, bias, y, M, N, K);
+        _mm_setcsr(csr);
     }
 }
 
@@ -115,13 +118,14 @@ void tandem_matmul_f32(const float *x, const float *packed, const float *bias, f
  * a decoder's residual add and the RMSNorm after it in one pass. Each row's sum of
  * squares is sixteen lane sums and one fixed reduction, so a row's result does not depend
  * on the rows beside it. */
-void tandem_add_rms_norm_f32(float *x, const float *delta, const float *w, float *y,
-                             int64_t M, int64_t D, float eps) {
+void tandem_add_rms_norm_team(float *x, const float *delta, const float *w, float *y,
+                              int64_t M, int64_t D, float eps) {
+#pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         float *row = x + m * D;
         __m512 squares = _mm512_setzero_ps();
         for (int64_t d = 0; d < D; d += 16) {
-            __mmask16 mask = D - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            __mmask16 mask = first_lanes(D - d);
             __m512 v = _mm512_maskz_loadu_ps(mask, row + d);
             if (delta) {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, delta + m * D + d));
@@ -132,10 +136,46 @@ void tandem_add_rms_norm_f32(float *x, const float *delta, const float *w, float
         float scale = 1.0f / sqrtf(_mm512_reduce_add_ps(squares) / (float)D + eps);
         __m512 s = _mm512_set1_ps(scale);
         for (int64_t d = 0; d < D; d += 16) {
-            __mmask16 mask = D - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            __mmask16 mask = first_lanes(D - d);
             __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + d), s);
             _mm512_mask_storeu_ps(y + m * D + d, mask,
                                   _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, w + d)));
         }
+    }
+}
+
+/* Run on the calling thread alone (a decode step's rows are few). */
+void tandem_add_rms_norm_f32(float *x, const float *delta, const float *w, float *y,
+                             int64_t M, int64_t D, float eps) {
+    unsigned int csr = flush_subnormals();
+    tandem_add_rms_norm_team(x, delta, w, y, M, D, eps);
+    _mm_setcsr(csr);
+}
+
+/* y [M, F] = silu(gate) * up for the fused projection's rows gate_up [M, 2F] = (gate | up),
+ * silu(g) = g / (1 + e^-g) as torch computes it (its rounding steps; exp within an ulp). */
+void tandem_silu_mul_team(const float *gate_up, float *y, int64_t M, int64_t F) {
+    int64_t chunks = (F + 255) / 256; /* rows split in chunks of 256 columns */
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < M * chunks; item++) {
+        int64_t m = item / chunks, f0 = item % chunks * 256;
+        const float *gate = gate_up + m * 2 * F, *up = gate + F;
+        for (int64_t f = f0; f < F && f < f0 + 256; f += 16) {
+            __mmask16 mask = first_lanes(F - f);
+            __m512 g = _mm512_maskz_loadu_ps(mask, gate + f);
+            __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            _mm512_mask_storeu_ps(y + m * F + f, mask,
+                                  _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(mask, up + f)));
+        }
+    }
+}
+
+void tandem_silu_mul_f32(const float *gate_up, float *y, int64_t M, int64_t F, int threads) {
+#pragma omp parallel num_threads(M * F >= 16384 ? threads : 1)
+    {
+        unsigned int csr = flush_subnormals();
+        tandem_silu_mul_team(gate_up, y, M, F);
+        _mm_setcsr(csr);
     }
 }
