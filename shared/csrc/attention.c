@@ -9,11 +9,10 @@
  *                              computes it), write k and v into the paged cache at the
  *                              token's slot, and return the rotated q;
  *   tandem_paged_attention_f32 each query row's attention over its sequence's keys
- *                              0 .. n-1, read in place through the block table (no gather).
+ *                              0 .. n-1, read in place through the block table.
  *
  * Batch invariance: a row's output is computed from its own query, keys and values in an
- * order fixed by its key count alone (dot products over hd in one chain, softmax sums in
- * 16 lanes reduced in one fixed order), so it never depends on the rows beside it: a
+ * order fixed by its key count alone, so it never depends on the rows beside it: a
  * verify pass of k + 1 rows computes what k + 1 decode steps compute.
  */
 #include <math.h>
@@ -75,96 +74,148 @@ void tandem_rope_kv_write_f32(const float *qkv, const float *cos, const float *s
     }
 }
 
-enum { MAX_GROUP = 16 }; /* most query heads sharing one KV head handled together */
+enum {
+    KT = 16,   /* keys per tile: one vector of scores */
+    PAIRS = 6, /* (row, head) pairs sharing one pass over V: 6 x 4 accumulators */
+};
 
-/* Heads h0 .. h0+G-1 (all reading KV head kvh) of one query row over keys 0 .. n-1,
- * key j at slot blocks[j / block_size] * block_size + j % block_size. */
+/* The 16 lane sums of a[0..15], in one vector: lane l = a[l][0] + ... + a[l][15] (in an
+ * order that depends on nothing but a[l]). */
+static inline __m512 sum_lanes16(const __m512 a[16]) {
+    __m512 u[8], v[4], w[2];
+    for (int i = 0; i < 8; i++) /* 128-bit lane k: (a2i, a2i+1, a2i, a2i+1) partials */
+        u[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) { /* 128-bit lane k: a4i .. a4i+3, lane k's part of each */
+        __m512d x = _mm512_castps_pd(u[2 * i]), y = _mm512_castps_pd(u[2 * i + 1]);
+        v[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++) /* the four 128-bit lanes summed in pairs */
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88),
+                         _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+/* Query rows r0 .. r1-1 of one sequence (row r attends to keys 0 .. keys[r]-1) at heads
+ * h0 .. h0+nh-1, all reading KV head kvh; key j at slot
+ * blocks[j / block_size] * block_size + j % block_size. scores: nh (r1 - r0) (n + 1).
+ *
+ * Scores come a tile of 16 keys at a time: 16 dot products in 16 vectors of lane sums,
+ * then one transposing reduction (45 shuffles and adds, not 16 horizontal sums of ~10
+ * each). V is read once per 6 pairs. Every pair's sums run in an order fixed by
+ * its own key count (keys past it weigh an exact zero), so it is invariant to its company. */
 static void attend(const float *q, const float *k_cache, const float *v_cache,
-                   const int64_t *blocks, int64_t block_size, int64_t n, int64_t Hkv,
-                   int64_t kvh, int64_t G, int64_t hd, float scale, float *scores,
-                   float *out) {
-    int64_t stride = Hkv * hd; /* floats from one slot to the next */
-    float best[MAX_GROUP];
-    for (int64_t g = 0; g < G; g++) best[g] = -INFINITY;
-    for (int64_t j0 = 0; j0 < n; j0 += block_size) {
-        const float *k_block = k_cache + blocks[j0 / block_size] * block_size * stride
-                               + kvh * hd;
-        for (int64_t j = j0; j < n && j < j0 + block_size; j++) {
-            const float *k = k_block + (j - j0) * stride;
-            for (int64_t g = 0; g < G; g++) {
-                const float *qg = q + g * hd;
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t i = 0; i < hd; i += 16)
-                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first_lanes(hd - i), qg + i),
-                                          _mm512_maskz_loadu_ps(first_lanes(hd - i), k + i), acc);
-                float s = _mm512_reduce_add_ps(acc) * scale;
-                scores[g * n + j] = s;
-                if (s > best[g]) best[g] = s;
+                   const int64_t *blocks, int64_t block_size, const int64_t *rows,
+                   const int64_t *keys, int64_t r0, int64_t r1, int64_t h0, int64_t nh,
+                   int64_t H, int64_t Hkv, int64_t kvh, int64_t hd, float scale,
+                   float *scores, float *out) {
+    int64_t stride = Hkv * hd, pairs = (r1 - r0) * nh, n = 0;
+    for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
+    float *inverse = scores + pairs * n;
+    for (int64_t j0 = 0; j0 < n; j0 += KT) {
+        const float *k[KT];
+        for (int64_t l = 0; l < KT; l++) {
+            int64_t j = j0 + l < n ? j0 + l : j0; /* lanes past n: any valid key */
+            k[l] = k_cache + (blocks[j / block_size] * block_size + j % block_size) * stride
+                   + kvh * hd;
+        }
+        for (int64_t p = 0; p < pairs; p++) {
+            int64_t r = r0 + p / nh, live = keys[r] - j0;
+            if (live <= 0) continue;
+            const float *qp = q + (rows[r] * H + h0 + p % nh) * hd;
+            __m512 a[KT];
+            for (int l = 0; l < KT; l++) a[l] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < hd; i += 16) {
+                __mmask16 m = first_lanes(hd - i);
+                __m512 qi = _mm512_maskz_loadu_ps(m, qp + i);
+                for (int l = 0; l < KT; l++)
+                    a[l] = _mm512_fmadd_ps(qi, _mm512_maskz_loadu_ps(m, k[l] + i), a[l]);
             }
+            _mm512_mask_storeu_ps(scores + p * n + j0, first_lanes(live),
+                                  _mm512_mul_ps(sum_lanes16(a), _mm512_set1_ps(scale)));
         }
     }
-    for (int64_t g = 0; g < G; g++) { /* scores -> unnormalised probabilities, their sum */
-        float *sg = scores + g * n;
-        __m512 total = _mm512_setzero_ps(), top = _mm512_set1_ps(best[g]);
+    for (int64_t p = 0; p < pairs; p++) { /* scores -> e^(s - max), zero past the row */
+        float *sp = scores + p * n;
+        int64_t live = keys[r0 + p / nh];
+        __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
+        for (int64_t j = 0; j < live; j += 16)
+            top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY),
+                                                          first_lanes(live - j), sp + j));
+        top = _mm512_set1_ps(_mm512_reduce_max_ps(top));
         for (int64_t j = 0; j < n; j += 16) {
-            __mmask16 m = first_lanes(n - j);
-            __m512 p = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sg + j), top));
-            p = _mm512_maskz_mov_ps(m, p);
-            _mm512_mask_storeu_ps(sg + j, m, p);
-            total = _mm512_add_ps(total, p);
+            __mmask16 m = first_lanes(live - j);
+            __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sp + j), top));
+            e = _mm512_maskz_mov_ps(m, e);
+            _mm512_mask_storeu_ps(sp + j, first_lanes(n - j), e);
+            total = _mm512_add_ps(total, e);
         }
-        best[g] = 1.0f / _mm512_reduce_add_ps(total); /* now the normaliser */
+        inverse[p] = 1.0f / _mm512_reduce_add_ps(total);
     }
-    for (int64_t g = 0; g < G; g++) /* out = sum_j p_j v_j / sum_j p_j, 64 columns a pass */
+    for (int64_t p0 = 0; p0 < pairs; p0 += PAIRS) { /* out = sum_j e_j v_j / sum_j e_j */
+        int64_t count = pairs - p0 < PAIRS ? pairs - p0 : PAIRS, most = 0;
+        for (int64_t e = 0; e < count; e++) {
+            int64_t live = keys[r0 + (p0 + e) / nh];
+            most = live > most ? live : most;
+        }
         for (int64_t i = 0; i < hd; i += 64) {
             __mmask16 m[4];
-            __m512 acc[4];
-            for (int v = 0; v < 4; v++) {
-                m[v] = first_lanes(hd - i - 16 * v);
-                acc[v] = _mm512_setzero_ps();
-            }
-            const float *sg = scores + g * n;
-            for (int64_t j0 = 0; j0 < n; j0 += block_size) {
-                const float *v_block = v_cache + blocks[j0 / block_size] * block_size * stride
-                                       + kvh * hd + i;
-                for (int64_t j = j0; j < n && j < j0 + block_size; j++) {
-                    const float *vj = v_block + (j - j0) * stride;
-                    __m512 p = _mm512_set1_ps(sg[j]);
-                    for (int v = 0; v < 4; v++)
-                        acc[v] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(m[v], vj + 16 * v),
-                                                 acc[v]);
+            __m512 acc[PAIRS][4];
+            for (int v = 0; v < 4; v++) m[v] = first_lanes(hd - i - 16 * v);
+            for (int e = 0; e < PAIRS; e++)
+                for (int v = 0; v < 4; v++) acc[e][v] = _mm512_setzero_ps();
+            for (int64_t j = 0; j < most; j++) {
+                const float *vj = v_cache + (blocks[j / block_size] * block_size
+                                             + j % block_size) * stride + kvh * hd + i;
+                __m512 vv[4];
+                for (int v = 0; v < 4; v++) vv[v] = _mm512_maskz_loadu_ps(m[v], vj + 16 * v);
+                for (int e = 0; e < count; e++) {
+                    __m512 w = _mm512_set1_ps(scores[(p0 + e) * n + j]);
+                    for (int v = 0; v < 4; v++) acc[e][v] = _mm512_fmadd_ps(w, vv[v], acc[e][v]);
                 }
             }
-            __m512 inverse = _mm512_set1_ps(best[g]);
-            for (int v = 0; v < 4; v++)
-                _mm512_mask_storeu_ps(out + g * hd + i + 16 * v, m[v],
-                                      _mm512_mul_ps(acc[v], inverse));
+            for (int e = 0; e < count; e++) {
+                int64_t p = p0 + e, r = r0 + p / nh;
+                float *o = out + (rows[r] * H + h0 + p % nh) * hd + i;
+                __m512 inv = _mm512_set1_ps(inverse[p]);
+                for (int v = 0; v < 4; v++)
+                    _mm512_mask_storeu_ps(o + 16 * v, m[v], _mm512_mul_ps(acc[e][v], inv));
+            }
         }
+    }
 }
 
 /* q [T, H, hd] rotated; out [T, H, hd]; for each of the R query rows: its token index
  * rows[r], its sequence's block table at tables + table_start[r], its key count keys[r]
- * (its position + 1). Heads h read KV head h / (H / Hkv), as in grouped-query attention. */
+ * (its position + 1); a sequence's rows are consecutive. Heads h read KV head h / (H /
+ * Hkv), as in grouped-query attention. */
 void tandem_paged_attention_team(const float *q, const float *k_cache, const float *v_cache,
                                  const int64_t *tables, int64_t block_size,
                                  const int64_t *rows, const int64_t *table_start,
                                  const int64_t *keys, float *out, int64_t R, int64_t H,
                                  int64_t Hkv, int64_t hd, float scale) {
-    int64_t G = H / Hkv, most = 0, threads = omp_get_num_threads();
-    for (int64_t r = 0; r < R; r++) most = keys[r] > most ? keys[r] : most;
-    /* Work items: (row, KV head) when there are enough to keep every thread busy, else
-     * (row, head) — the same arithmetic per head either way. */
-    int64_t per_item = R * Hkv >= 4 * threads && G <= MAX_GROUP ? G : 1;
-    int64_t items = R * H / per_item;
-    float *scores = malloc((size_t)(per_item * most) * sizeof(float));
+    int64_t G = H / Hkv, threads = omp_get_num_threads(), sequences = 0;
+    int64_t *first = malloc((size_t)(R + 1) * sizeof(int64_t)); /* each sequence's first row */
+    for (int64_t r = 0; r < R; r++)
+        if (r == 0 || table_start[r] != table_start[r - 1]) first[sequences++] = r;
+    first[sequences] = R;
+    /* Work items: (sequence, KV head) when there are enough to keep every thread busy,
+     * else (sequence, head); the same arithmetic per (row, head) either way. */
+    int64_t per_item = sequences * Hkv >= 4 * threads ? G : 1;
+    int64_t items = sequences * (H / per_item);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; item++) {
-        int64_t r = item / (H / per_item), h0 = item % (H / per_item) * per_item;
-        int64_t t = rows[r];
-        attend(q + (t * H + h0) * hd, k_cache, v_cache, tables + table_start[r], block_size,
-               keys[r], Hkv, h0 / G, per_item, hd, scale, scores, out + (t * H + h0) * hd);
+        int64_t s = item / (H / per_item), h0 = item % (H / per_item) * per_item;
+        int64_t r0 = first[s], r1 = first[s + 1], n = keys[r1 - 1];
+        for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
+        float *scores = malloc((size_t)(per_item * (r1 - r0) * (n + 1)) * sizeof(float));
+        attend(q, k_cache, v_cache, tables + table_start[r0], block_size, rows, keys, r0, r1,
+               h0, per_item, H, Hkv, h0 / G, hd, scale, scores, out);
+        free(scores);
     }
-    free(scores);
+    free(first);
 }
 
 void tandem_paged_attention_f32(const float *q, const float *k_cache, const float *v_cache,
