@@ -1,6 +1,8 @@
-"""The native fp32 kernels (shared/csrc/kernels.c): the matmul gives F.linear's products at
-every shape (rows, columns and lengths that fill no tile or vector), the add-and-norm
-torch's residual add and RMSNorm, each row independent of the rows beside it; where they
+"""The native fp32 kernels (shared/csrc): the matmul gives F.linear's products at every
+shape (rows, columns and lengths that fill no tile or vector), the add-and-norm torch's
+residual add and RMSNorm, silu-times-up torch's, RoPE transformers' rotation bit for bit,
+paged attention SDPA's over each row's causal keys, each row independent of the rows
+beside it; a decode step in one native call is the op-by-op step bit for bit; where they
 cannot run (switched off, a failed build), None with the reason while oneDNN serves; the
 cloud bench times both kernels on the same weights."""
 

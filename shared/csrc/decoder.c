@@ -1,9 +1,8 @@
 /* A decode or verify step's decoder layers in one OpenMP parallel region (fp32).
  *
- * At one row a layer's ten kernels each take tens of microseconds, and between them a
- * Python call, a ctypes call and an OpenMP fork and join (~10 us together): ~3 ms of a
- * ~35 ms step. Here the team of threads runs every kernel of every layer in turn, with
- * one barrier between kernels. Each kernel is the same function the per-op path calls
+ * At one row a layer's ten kernels each take tens of microseconds, and op by op each is
+ * also a Python call, a ctypes call and an OpenMP fork and join. Here the team of threads
+ * runs every kernel of every layer in turn, with one barrier between kernels. Each kernel is the same function the per-op path calls
  * (kernels.c, attention.c), in the same order, so the result is bit for bit the same.
  *
  * Steps whose queries all attend through the paged kernel come here (decode and verify
