@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 FAST_ARCHITECTURES = frozenset({"llama", "qwen2", "mistral"})
 # Sequences computing at most this many tokens (decode, verify, short prompts and prompt
 # tails past a cached prefix) attend through the native paged kernel, or where it cannot
-# run share one padded SDPA call; longer prefill chunks attend through SDPA (its blocked
-# kernel is the faster from ~64 query rows: 24 rows over 1,048 keys took 0.9 ms a layer
-# native against 1.2 ms through SDPA and its gather).
+# run share one padded SDPA call; longer prefill chunks attend through SDPA. (24 rows
+# over 1,048 keys took 0.9 ms a layer native against 1.2 ms through SDPA and its gather;
+# the native kernel's cost grows with rows x keys, SDPA's blocked kernel was not measured
+# against it past that, so the cut stays low.)
 SMALL_QUERY = 32
 
 

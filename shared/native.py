@@ -103,7 +103,6 @@ class NativeKernels:
                            weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
         return y
 
-
     def rope_kv_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
                       heads: int) -> torch.Tensor:
