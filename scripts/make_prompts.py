@@ -4,7 +4,10 @@
 Prompts come from templates across five kinds (facts, instructions, reasoning, writing,
 code), easy and hard. The held-out set (`prompts_heldout.jsonl`) uses fillers the
 training set never sees and two templates of its own, so evaluating on it measures
-generalisation to unseen prompts.
+generalisation to unseen prompts. The fresh set (`prompts_fresh.jsonl`) has fillers of its
+own and templates of its own but one (the code template, with new tasks). It was written
+after the cascade's scorers and their features were fixed: nothing was trained,
+calibrated or chosen on it.
 
 Usage: scripts/make_prompts.py [OUT_DIR]   (default router/data)
 """
@@ -86,6 +89,49 @@ HELDOUT_TEMPLATES = [
     ("explanation", "hard", "Why is {} important? Answer briefly.", CONCEPTS),
 ]
 
+# The fresh set: its own fillers, and its own templates but the code one.
+ANIMALS = ["an elephant", "a dolphin", "an owl", "a bee", "a penguin", "a wolf", "a camel",
+           "a frog", "a shark", "a butterfly", "a horse", "an octopus"]
+INVENTIONS = ["the printing press", "the telephone", "the light bulb", "the compass",
+              "the steam engine", "the bicycle", "the radio", "the microscope", "paper",
+              "the wheel", "the refrigerator", "the camera"]
+JOBS = ["a nurse", "a pilot", "a baker", "a teacher", "a firefighter", "a librarian",
+        "a farmer", "a plumber", "an architect", "a journalist", "a chef", "a gardener"]
+OBJECTS = ["an umbrella", "a pencil", "a chair", "a bridge", "a candle", "a mirror",
+           "a backpack", "a ladder", "a kettle", "a map", "a bell", "a window"]
+CITIES = ["Paris", "Tokyo", "Cairo", "Sydney", "Toronto", "Rome", "Moscow", "Lima",
+          "Nairobi", "Oslo", "Madrid", "Berlin"]
+LIST_TASKS = ["returns the smallest element of a list", "counts the words in a sentence",
+              "checks whether a year is a leap year", "capitalizes every word in a string",
+              "returns the last element of a list", "converts kilometres to miles",
+              "checks whether a list is sorted", "returns the number of uppercase letters",
+              "multiplies all numbers in a list", "returns the length of the longest word",
+              "checks whether two strings are anagrams", "flattens a list of lists"]
+
+
+def percentage(rng: random.Random) -> str:
+    p, n = rng.choice([10, 20, 25, 50]), rng.randint(4, 40) * 10
+    return f"What is {p} percent of {n}?"
+
+
+def ages(rng: random.Random) -> str:
+    a, d = rng.randint(8, 30), rng.randint(2, 9)
+    return f"Tom is {a} years old and his sister is {d} years younger. How old is she?"
+
+
+FRESH_TEMPLATES = [
+    ("facts", "easy", "What sound does {} make?", ANIMALS),
+    ("facts", "easy", "In which country is {}?", CITIES),
+    ("explanation", "easy", "Who invented {}?", INVENTIONS),
+    ("explanation", "hard", "Describe what {} does at work.", JOBS),
+    ("instructions", "easy", "Name two things you can do with {}.", OBJECTS),
+    ("reasoning", "hard", None, percentage),
+    ("reasoning", "hard", None, ages),
+    ("writing", "hard", "Write a haiku about {}.", ANIMALS),
+    ("writing", "hard", "Write a two-sentence advertisement for {}.", OBJECTS),
+    ("code", "hard", "Write a Python function that {}.", LIST_TASKS),
+]
+
 
 def expand(templates: list, rng: random.Random, keep: callable) -> list[dict]:
     rows = []
@@ -111,7 +157,9 @@ def main() -> None:
     heldout += expand(HELDOUT_TEMPLATES, random.Random(3), keep=lambda i: i % 3 == 0)
     train_prompts = {r["prompt"] for r in train}
     heldout = [r for r in heldout if r["prompt"] not in train_prompts]
-    for name, rows in (("prompts_train.jsonl", train), ("prompts_heldout.jsonl", heldout)):
+    fresh = expand(FRESH_TEMPLATES, random.Random(4), keep=lambda i: True)
+    for name, rows in (("prompts_train.jsonl", train), ("prompts_heldout.jsonl", heldout),
+                       ("prompts_fresh.jsonl", fresh)):
         with open(out / name, "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
