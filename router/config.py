@@ -41,7 +41,8 @@ class RouterConfig(ServiceConfig, RequestLimits):
                                   "starting point when adaptive_draft is on.")
     scorer: str = option("mean_prob", "Cascade scorer: mean_prob, min_prob, entropy, learned, or "
                                       "the cloud-judged cloud_mean_prob, cloud_min_prob, "
-                                      "cloud_top1_share (one cloud pass per answer).")
+                                      "cloud_top1_share, cloud_combined (one cloud pass "
+                                      "per answer).")
     route_threshold: float = option(
         0.5, "route: the prompt router's P(edge suffices) needed to send a prompt to the edge.")
     auto_skip_edge_below: float = option(

@@ -9,6 +9,9 @@ from the prompt alone, before generation. Both sit behind small registries.
   of the answer (one Verify pass with ``score_draft``, no generation): its geometric-mean
   and minimum probability of the answer's tokens, and the share of them it would have
   picked itself. The cascade asks the cloud for it before deciding (``needs_cloud``).
+- ``cloud_combined``: those judgements, the edge's own confidence and the agreed prefix
+  (the answer tokens before the first one the cloud would not pick itself) into a
+  logistic head trained by `tandem eval train-scorer` on judged labels.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tandem.router.head import LogisticHead
 DATA = Path(__file__).parent / "data"
 DEFAULT_CASCADE_HEAD = DATA / "cascade_head.npz"
 DEFAULT_ROUTE_HEAD = DATA / "route_head.npz"
+DEFAULT_JUDGE_HEAD = DATA / "judge_head.npz"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,31 @@ def confidence_features(answers: Sequence[EdgeAnswer]) -> np.ndarray:
              float(np.mean(a.entropies)) if a.entropies else NO_ENTROPY,
              float(np.max(a.entropies)) if a.entropies else NO_ENTROPY) for a in answers]
     return np.asarray(rows, dtype=np.float32).reshape(len(answers), 5)
+
+
+def agreed_prefix(ranks: Sequence[int]) -> int:
+    """How many answer tokens come before the first one the cloud would not pick itself:
+    so far the answer is the cloud's own greedy answer, word for word."""
+    return next((i for i, rank in enumerate(ranks) if rank != 0), len(ranks))
+
+
+# A token "within the cloud's top k" for the top-k share.
+TOP_K = 5
+
+
+def judge_features(answers: Sequence[EdgeAnswer]) -> np.ndarray:
+    """[N, 9]: mean and min cloud log-prob, top-1 and top-k share, edge mean and min
+    log-prob, answer length / 32, the agreed prefix / 10 and as a share of the answer."""
+    rows = []
+    for a in answers:
+        cloud, ranks, edge = a.cloud_logprobs or [0.0], a.cloud_ranks or [0], a.logprobs or [0.0]
+        agreed = agreed_prefix(a.cloud_ranks)
+        rows.append([float(np.mean(cloud)), float(np.min(cloud)),
+                     float(np.mean([r == 0 for r in ranks])),
+                     float(np.mean([r < TOP_K for r in ranks])),
+                     float(np.mean(edge)), float(np.min(edge)), len(a.cloud_ranks) / 32.0,
+                     agreed / 10.0, agreed / max(len(a.cloud_ranks), 1)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(answers), 9)
 
 
 def answer_features(encoder: object, answers: Sequence[EdgeAnswer]) -> np.ndarray:
@@ -156,6 +185,21 @@ class CloudTopOneScorer(CloudJudgedScorer):
         return sum(r == 0 for r in ranks) / len(ranks) if ranks else 0.0
 
 
+class CloudCombinedScorer(Scorer):
+    """The cloud's judgement and the edge's confidence (``judge_features``) → a logistic
+    head fitted on judged labels (``router/data/judge_head.npz`` unless given one)."""
+
+    name = "cloud_combined"
+    needs_cloud: ClassVar[bool] = True
+    default_path = DEFAULT_JUDGE_HEAD
+
+    def __init__(self, head: LogisticHead | None = None) -> None:
+        self.head = head or LogisticHead.load(self.default_path)
+
+    def score_many(self, answers: Sequence[EdgeAnswer]) -> np.ndarray:
+        return self.head.predict(judge_features(answers))
+
+
 class EmbeddingHead:
     """A trained logistic head over MiniLM features (loaded from router/data)."""
 
@@ -194,7 +238,8 @@ class PromptRouter(EmbeddingHead):
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (MeanProbabilityScorer, MinProbabilityScorer, EntropyScorer,
                               LearnedScorer, CloudMeanProbabilityScorer,
-                              CloudMinProbabilityScorer, CloudTopOneScorer)}
+                              CloudMinProbabilityScorer, CloudTopOneScorer,
+                              CloudCombinedScorer)}
 
 
 def create_scorer(name: str, encoder: object | None = None) -> Scorer:

@@ -160,13 +160,14 @@ def test_the_budget_controller_lowers_the_leniency_when_the_cloud_is_over_budget
     assert leniencies[1] < leniencies[0] and leniencies[2] < leniencies[1]
 
 
-def test_a_cloud_judged_cascade_costs_one_cloud_pass_per_answer(real_stack, tmp_path):
-    """--scorer cloud_top1_share: the cloud scores the edge answer in one Verify pass (its
-    forward-pass counter moves by one), the decision carries that score, and an accepted
-    answer is the edge's."""
+@pytest.mark.parametrize("scorer", ["cloud_top1_share", "cloud_combined"])
+def test_a_cloud_judged_cascade_costs_one_cloud_pass_per_answer(real_stack, tmp_path, scorer):
+    """--scorer cloud_top1_share / cloud_combined (the shipped head): the cloud scores the
+    edge answer in one Verify pass (its forward-pass counter moves by one), the decision
+    carries that score, and an accepted answer is the edge's."""
     router = start_services(tmp_path, [("router", [
         "--cloud-address", real_stack["cloud"].address,
-        "--edge-address", real_stack["edge"].address, "--scorer", "cloud_top1_share",
+        "--edge-address", real_stack["edge"].address, "--scorer", scorer,
         "--cascade-threshold", "0"])])[0]
     try:
         with grpc.insecure_channel(router.address) as channel:

@@ -118,6 +118,31 @@ def test_a_cloud_judged_scorer_calibrates_to_a_budget(tmp_path):
         train(unjudged, SentenceEncoder(), tmp_path, scorer="cloud_top1_share")
 
 
+def test_cloud_combined_trains_on_judged_labels_and_calibrates_to_a_budget(tmp_path):
+    """`tandem eval train-scorer --scorer cloud_combined`: on judged labels its head is
+    fitted and saved beside the others, its threshold calibrated from out-of-fold scores;
+    the head ranks acceptable answers above the rest; unjudged labels are refused."""
+    import json
+
+    from tandem.router.embeddings import SentenceEncoder
+    from tandem.router.eval.collect import read_jsonl
+    from tandem.router.eval.train import acceptable, answers_of, train
+    from tandem.router.head import LogisticHead
+    from tandem.router.scorers import DATA, CloudCombinedScorer
+
+    rows = read_jsonl(DATA / "labels_q3km_heldout.jsonl")  # carries the cloud's judgement
+    report = train(rows, SentenceEncoder(), tmp_path, budget=0.3, scorer="cloud_combined")
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["scorer"] == "cloud_combined" and 0 < saved["threshold"] < 1
+    assert report["judge_l2"] > 0
+    scorer = CloudCombinedScorer(LogisticHead.load(tmp_path / "judge_head.npz"))
+    scores, labels = scorer.score_many(answers_of(rows)), acceptable(rows, "rouge_l", 0.5)
+    assert scores[labels == 1].mean() > scores[labels == 0].mean() + 0.2
+    unjudged = [{k: v for k, v in r.items() if not k.startswith("cloud_l")} for r in rows]
+    with pytest.raises(ValueError, match="needs the cloud's judgement"):
+        train(unjudged, SentenceEncoder(), tmp_path, scorer="cloud_combined")
+
+
 def test_leniency_calibrates_to_a_pass_budget():
     from tandem.router.eval.train import leniency_for_budget
 
@@ -138,7 +163,7 @@ def test_the_cli_lists_every_registered_scorer():
 
 
 def test_the_agreed_prefix_counts_tokens_the_cloud_would_pick_itself():
-    from tandem.router.eval.judge import agreed_prefix
+    from tandem.router.scorers import agreed_prefix
 
     assert agreed_prefix([0, 0, 3, 0]) == 2
     assert agreed_prefix([1, 0]) == 0

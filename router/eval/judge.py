@@ -9,6 +9,7 @@ price of one prefill pass over the answer."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from tandem.router.head import cross_validated_l2, out_of_fold_predictions
-from tandem.router.scorers import JUDGED_TOKENS, SCORERS, EdgeAnswer
+from tandem.router.scorers import JUDGED_TOKENS, SCORERS, TOP_K, EdgeAnswer, judge_features
 from tandem.shared.prompting import chat_token_ids
 from tandem.v1 import cloud_pb2, cloud_pb2_grpc, common_pb2
-
-# A token "within the cloud's top k" for the top-k share.
-TOP_K = 5
 
 
 def judge_rows(rows: list[dict[str, Any]], cloud_address: str, tokenizer: Any,
@@ -49,38 +46,11 @@ def judge_rows(rows: list[dict[str, Any]], cloud_address: str, tokenizer: Any,
     return rows
 
 
-def agreed_prefix(ranks: list[int]) -> int:
-    """How many answer tokens come before the first one the cloud would not pick itself:
-    so far the answer is the cloud's own greedy answer, word for word."""
-    return next((i for i, rank in enumerate(ranks) if rank != 0), len(ranks))
-
-
-def judge_features(row: dict[str, Any]) -> list[float]:
-    """[mean and min cloud log-prob, top-1 and top-k share, edge mean and min log-prob,
-    answer length / 32, the agreed prefix / 10 and as a share of the answer]."""
-    cloud, ranks = row["cloud_logprobs"] or [0.0], row["cloud_ranks"] or [0]
-    edge = row["edge_logprobs"] or [0.0]
-    agreed = agreed_prefix(row["cloud_ranks"])
-    return [float(np.mean(cloud)), float(np.min(cloud)),
-            float(np.mean([r == 0 for r in ranks])), float(np.mean([r < TOP_K for r in ranks])),
-            float(np.mean(edge)), float(np.min(edge)), len(row["cloud_ranks"]) / 32.0,
-            agreed / 10.0, agreed / max(len(row["cloud_ranks"]), 1)]
-
-
-def judge_scores(rows: list[dict[str, Any]], acceptable: np.ndarray) -> dict[str, np.ndarray]:
-    """P(acceptable)-like scores from the cloud's judgement: its mean and minimum token
-    probability, the share of answer tokens it would pick itself (top-1) or ranks in its
-    top k, and a logistic combination with the edge's own confidence (each answer scored
-    by a head fitted on the other folds: it never saw the answer it scores)."""
-    x = np.asarray([judge_features(r) for r in rows])
-    answers = [EdgeAnswer(r["prompt"], r["edge_text"], r["edge_logprobs"],
-                          cloud_logprobs=r["cloud_logprobs"], cloud_ranks=r["cloud_ranks"])
-               for r in rows]
+def judge_scores(answers: Sequence[EdgeAnswer]) -> dict[str, np.ndarray]:
+    """P(acceptable)-like scores from the cloud's judgement: every cloud-judged scorer of
+    the registry (``cloud_combined`` with its shipped head, fitted on the training labels:
+    it never saw these answers) and the share of answer tokens in the cloud's top k."""
     scores = {name: cls().score_many(answers) for name, cls in SCORERS.items()
               if getattr(cls, "needs_cloud", False)}
-    scores[f"cloud_top{TOP_K}_share"] = x[:, 3]
-    if len(np.unique(acceptable)) == 2 and len(rows) >= 10:
-        standard = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-        l2 = cross_validated_l2(standard, acceptable)
-        scores["cloud_combined"] = out_of_fold_predictions(standard, acceptable, l2)
+    scores[f"cloud_top{TOP_K}_share"] = judge_features(answers)[:, 3]
     return {name: np.nan_to_num(s, nan=0.0, neginf=0.0) for name, s in scores.items()}

@@ -95,8 +95,7 @@ def cascade_report(labels: Path, quality: str, bar: float, edge: str, plot_path:
     scores["route"] = PromptRouter.load(encoder=encoder).predict_many([r["prompt"] for r in rows])
     judged: set[str] = set()
     if all("cloud_logprobs" in r for r in rows):  # the cloud judged each answer (judge.py)
-        acceptable = edge_quality if quality == "correct" else (agreement >= (bar or 0.5))
-        judged_scores = judge_scores(rows, np.asarray(acceptable, dtype=float))
+        judged_scores = judge_scores(answers)
         scores |= judged_scores
         judged = set(judged_scores)
     report: dict[str, Any] = {

@@ -1,7 +1,8 @@
-"""`tandem eval train-scorer`: fit the learned cascade scorer and the prompt router on
-labelled answers, and calibrate a scorer's cascade threshold to a cloud budget (the learned
-scorer's, or any other's, the cloud-judged ones included); and speculative-cascade's
-leniency τ to a budget of cloud forward passes, from its measured curve."""
+"""`tandem eval train-scorer`: fit the learned cascade scorer, the prompt router and the
+cloud-judged combination on labelled answers, and calibrate a scorer's cascade threshold
+to a cloud budget (any scorer's, the cloud-judged ones included); and
+speculative-cascade's leniency τ to a budget of cloud forward passes, from its measured
+curve."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from tandem.router.head import LogisticHead, cross_validated_l2, out_of_fold_predictions
-from tandem.router.scorers import SCORERS, EdgeAnswer, answer_features, prompt_features
+from tandem.router.scorers import (SCORERS, CloudCombinedScorer, EdgeAnswer, LearnedScorer,
+                                   answer_features, judge_features, prompt_features)
 
 
 def answers_of(rows: list[dict[str, Any]]) -> list[EdgeAnswer]:
@@ -73,8 +75,9 @@ def leniency_for_budget(points: list[dict[str, Any]], pass_budget: float
 def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: str = "rouge_l",
           bar: float = 0.5, budget: float = 0.3, quality_target: float | None = None,
           scorer: str = "learned") -> dict[str, Any]:
-    """Fit and save both heads, and calibrate ``scorer``'s threshold (the learned one by
-    its out-of-fold scores); returns a report (CV-chosen L2, label balance, threshold)."""
+    """Fit and save the heads (the learned scorer's, the prompt router's and, on labels the
+    cloud judged, cloud_combined's), and calibrate ``scorer``'s threshold (a trained one's
+    by its out-of-fold scores); returns a report (CV-chosen L2s, label balance, threshold)."""
     labels = acceptable(rows, metric, bar)
     if len(np.unique(labels)) < 2:
         raise ValueError(f"all {len(rows)} labels are equal at {metric} >= {bar}; cannot train")
@@ -87,13 +90,17 @@ def train(rows: list[dict[str, Any]], encoder: object, out_dir: Path, metric: st
     x_prompt = prompt_features(encoder, [r["prompt"] for r in rows])
     report: dict[str, Any] = {"rows": len(rows), "acceptable_share": float(labels.mean()),
                               "metric": metric, "bar": bar, "scorer": scorer}
-    scores = SCORERS[scorer]().score_many(answers) if scorer != "learned" else None
-    for name, x in (("cascade", x_answer), ("route", x_prompt)):
+    heads = {"cascade": x_answer, "route": x_prompt}
+    if all("cloud_logprobs" in r for r in rows):  # judged labels: cloud_combined's head too
+        heads["judge"] = judge_features(answers)
+    trained = {"cascade": LearnedScorer.name, "judge": CloudCombinedScorer.name}
+    scores = None if scorer in trained.values() else SCORERS[scorer]().score_many(answers)
+    for name, x in heads.items():
         l2 = cross_validated_l2(x, labels)
         head = LogisticHead.fit(x, labels, l2)
         head.save(out_dir / f"{name}_head.npz")
         report[f"{name}_l2"] = l2
-        if name == "cascade" and scores is None:
+        if trained.get(name) == scorer:
             scores = out_of_fold_predictions(x, labels, l2)  # in-sample would be overconfident
     assert scores is not None
     if quality_target is None:

@@ -14,7 +14,7 @@ from tandem.shared.argtypes import shares, unit_interval
 # The cascade's scorers (router/scorers.py's registry; kept here so that `--help` does not
 # import the models).
 SCORER_NAMES = ["mean_prob", "min_prob", "entropy", "learned", "cloud_mean_prob",
-                "cloud_min_prob", "cloud_top1_share"]
+                "cloud_min_prob", "cloud_top1_share", "cloud_combined"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="An edge answer is acceptable (quality 1) when its agreement reaches "
                         "this; 0 = quality is the agreement itself.")
     e.add_argument("--scorer", default="mean_prob",
-                   choices=[*SCORER_NAMES, "route", "cloud_top5_share", "cloud_combined"],
+                   choices=[*SCORER_NAMES, "route", "cloud_top5_share"],
                    help="Whose APGR and cost reduction head the report (all are listed).")
     e.add_argument("--taus", default="", type=shares,
                    help="Comma-separated speculative-cascade leniencies to evaluate (e.g. "
