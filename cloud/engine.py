@@ -414,8 +414,9 @@ class CloudEngine:
         self.metrics.e2e.observe(time.monotonic() - request.arrival)
         if isinstance(request, GenerationRequest):
             if outcome is _END:
-                self.backpressure.generated(request.num_output)
-                self.backpressure.ended(request.predicted_s, time.monotonic() - request.arrival)
+                self.backpressure.generated(request.num_output, request.max_tokens)
+            self.backpressure.ended(request.predicted_s, time.monotonic() - request.arrival,
+                                    finished=outcome is _END)
             if request.num_output > 1:
                 self.metrics.tpot.observe((request.last_token_at - request.first_token_at)
                                           / (request.num_output - 1))
@@ -429,6 +430,9 @@ class CloudEngine:
             request = self._requests.pop(seq_id, None)
             if request is not None:
                 self.scheduler.finish(request.seq)
+                if isinstance(request, GenerationRequest):  # its caller or deadline left
+                    self.backpressure.ended(request.predicted_s,
+                                            time.monotonic() - request.arrival, finished=False)
                 if isinstance(request, VerificationRequest) and not request.future.done():
                     request.future.cancel()
         self._aborted.clear()

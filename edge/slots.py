@@ -193,12 +193,15 @@ class SlotScheduler:
     def _release(self, slot: Slot) -> None:
         job = slot.job
         assert job is not None
-        if not job.finished:  # its consumer is gone; tell it anyway, in case it is not
+        # Whether it ended on its own; a cancelled one's length says nothing of answers'
+        # (200 streams cancelled after their first token had admission expect 2-token
+        # answers, and the next admitted edge requests took 12-16x their prediction).
+        completed = job.finished
+        if not completed:  # its consumer is gone; tell it anyway, in case it is not
             job.fail(Cancelled("edge: the request was cancelled"))
-        if isinstance(job, GenerationJob) and job.finished:
-            self.backpressure.generated(job.produced)
-        if job.finished:
-            self.backpressure.ended(job.predicted_s, time.monotonic() - job.arrived)
+        if isinstance(job, GenerationJob) and completed:
+            self.backpressure.generated(job.produced, job.request.sampler.params.max_tokens)
+        self.backpressure.ended(job.predicted_s, time.monotonic() - job.arrived, completed)
         slot.job, slot.last_used = None, time.monotonic()
 
     def _step(self, batch: list[tuple[Slot, SlotInput]]) -> None:

@@ -61,6 +61,29 @@ def test_a_request_that_would_make_an_admitted_one_miss_its_deadline_is_refused(
         backpressure.admit(Work(0, 10, Deadline(60)), crowded, [])  # 10 x 0.4 s = 4 s > 3.9 s
 
 
+def test_requests_that_took_longer_than_predicted_make_admission_stricter() -> None:
+    """What the tier's own steps cannot see (the other tier on the same cores) slowed its
+    admitted requests: later predictions are scaled by the recent took / predicted."""
+    backpressure = tier(fixed=1.0)
+    running = [Work(0, 3, Deadline(60))]
+    backpressure.admit(Work(0, 4, Deadline(9)), running, [])  # 4 s, within 0.5 x 9 s
+    for _ in range(10):
+        backpressure.ended(predicted_s=2.0, took_s=6.0)  # 3x slower than predicted
+    assert 2.5 < backpressure.slowdown <= 3.0
+    with pytest.raises(ResourceExhausted, match="estimated wait"):
+        backpressure.admit(Work(0, 4, Deadline(9)), running, [])
+    backpressure.admit(Work(0, 4, Deadline(30)), running, [])  # 3 x 4 s within 0.5 x 30 s
+    for _ in range(30):
+        backpressure.ended(predicted_s=2.0, took_s=1.0)  # faster than predicted
+    assert backpressure.slowdown == 1.0  # never more lenient than HEADROOM alone
+    backpressure.admit(Work(0, 4, Deadline(9)), running, [])
+    backpressure.ended(predicted_s=2.0, took_s=1.0, finished=False)  # its caller left early
+    assert backpressure.slowdown == 1.0
+    for _ in range(10):  # cut short by their deadline long after their predicted end
+        backpressure.ended(predicted_s=2.0, took_s=8.0, finished=False)
+    assert backpressure.slowdown > 3.0
+
+
 def test_a_full_queue_refuses_and_a_draft_goes_before_the_waiting() -> None:
     backpressure = tier(capacity=1, max_waiting=1, fixed=1.0)
     running, waiting = [Work(0, 1)], [Work(0, 5, Deadline(6.4 / HEADROOM))]  # ends at 6 s
@@ -102,8 +125,13 @@ def test_an_idle_or_unmeasured_tier_admits_anything_it_has_room_for() -> None:
 def test_expected_output_follows_the_recent_answers_below_max_tokens() -> None:
     backpressure = tier()
     assert backpressure.generation(0, 256, 512, 0, None).steps == 512  # nothing seen yet
-    backpressure.generated(20)
+    backpressure.generated(20, 512)
     assert backpressure.generation(0, 256, 512, 0, None).steps == 30  # 1.5 x the mean
     assert backpressure.generation(0, 256, 16, 0, None).steps == 16  # max_tokens bounds it
     assert backpressure.generation(0, 256, 512, 40, None).steps == 8  # past it: a quarter more
     assert backpressure.generation(300, 256, 512, 0, None).steps == 2 + 30  # prompt chunks
+    for _ in range(50):  # answers cut at a small max_tokens: only "at least 2 tokens"
+        backpressure.generated(2, 2)
+    assert backpressure.mean_output == 20
+    backpressure.generated(64, 64)  # cut at its limit, but longer than the mean: counts
+    assert backpressure.mean_output > 20

@@ -82,7 +82,7 @@ def test_drafts_roll_back_inside_one_slot_while_the_others_decode() -> None:
         four.close()
 
 
-def test_a_cancelled_request_frees_its_slot_at_once() -> None:
+def test_a_cancelled_request_frees_its_slot_at_once_and_its_length_is_not_counted() -> None:
     backend = open_backend(1)
 
     async def run() -> float:
@@ -94,6 +94,14 @@ def test_a_cancelled_request_frees_its_slot_at_once() -> None:
         request = greedy(PROMPTS[0], 2, "b")
         await generate(backend, request)
         assert backend.load().running == 0
+        # Only the answer that ended on its own tells admission how long answers run (a
+        # slot is released at the model thread's next pass).
+        backend.scheduler.wake()
+        for _ in range(100):
+            if backend.scheduler.backpressure.mean_output:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.scheduler.backpressure.mean_output == 2
         return request.waited_s
 
     try:

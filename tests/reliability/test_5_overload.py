@@ -8,17 +8,20 @@ from tests.reliability.conftest import run_scenario
 pytestmark = [pytest.mark.reliability, pytest.mark.real_model]
 
 
-# Not met yet on this 2-core machine (144 clients of 64 tenants, 15 s deadline, 30 s):
-# admission now predicts completion from timed steps and protects admitted deadlines, so
-# 40 of 43 admitted requests kept their deadline (was 24 of 228) and refusals take 187 ms
-# at p50 (was 41 ms-4.9 s), but the slo_met is 0.93 (< 0.95) and the refusal p99 2.1 s
-# (> 0.5 s). Cause, measured: both tiers and the router share two cores; after a tier
-# admits, the other tier's batch slows its steps (admitted requests took 1.6x the
-# predicted time on the cloud, 2.6x on the edge), and the event loops that refuse wait
-# behind four compute threads (renicing the tiers' compute threads halved the p99 to
-# 0.98 s). Tiers on their own cores would meet it. The test runs and prints its figures.
-@pytest.mark.xfail(reason="on two shared cores one tier's load slows the other's admitted "
-                          "requests and the refusing event loops (see the comment above)",
+# Not reliably met on this 2-core machine (144 clients of 64 tenants, 15 s deadline, 30 s).
+# Admission predicts completion from timed steps scaled by how much longer admitted
+# requests recently took, its length estimate no longer counts cancelled answers or ones
+# cut at a small max_tokens (shared/backpressure.py, edge/slots.py), and the tiers' model
+# threads run below the event loops (shared/priority.py). In the whole battery, before ->
+# after: slo_met 0.907 / 0.886 -> 0.986 (limit 0.95), refusal p99 1.4-2.1 s -> 0.57 s
+# (limit 0.5), goodput 6.1-7.3 -> 9.1 answers/s. What is left is the cores: the router,
+# the load generator (with the fault proxies on its threads) and both tiers' loops share
+# two cores with four compute threads, and the first edge requests, admitted while the
+# edge was idle, slow to 15 s once the cloud's batch fills. Tiers on their own cores
+# would meet it. The test runs and prints its figures.
+@pytest.mark.xfail(reason="on two shared cores the refusal p99 sits just above its 0.5 s "
+                          "limit and the edge's first admitted requests slow once the "
+                          "cloud's batch fills (see the comment above)",
                    strict=False)
 def test_overload_is_shed_early_and_admitted_requests_keep_their_deadline(chaos_stack, plan):
     run_scenario(load.overload(chaos_stack, plan.load))
