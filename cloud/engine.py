@@ -31,6 +31,7 @@ from tandem.shared.backpressure import Backpressure, Work
 from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import InvalidArgument, ResourceExhausted
 from tandem.shared.memory import release_free_memory
+from tandem.shared.priority import lower_model_thread
 from tandem.shared.sampling import SamplingParams, TokenSampler
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest
 from tandem.v1 import common_pb2
@@ -113,7 +114,8 @@ class CloudEngine:
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         # One thread: steps run one at a time and each uses every torch thread.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-model",
+                                            initializer=lower_model_thread)
         self._stepped_since_trim = False
         self._trimmed_at = time.monotonic()
 

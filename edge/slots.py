@@ -30,6 +30,7 @@ from tandem.edge.backend import DraftResult, EdgeBackend
 from tandem.edge.slot_jobs import DraftJob, GenerationJob, Job, common_prefix
 from tandem.shared.backpressure import Backpressure, Work, fair_place
 from tandem.shared.errors import Cancelled
+from tandem.shared.priority import lower_model_thread
 from tandem.shared.tier_handler import GeneratedToken, TokenRequest, warm_up
 from tandem.v1 import common_pb2
 
@@ -139,6 +140,7 @@ class SlotScheduler:
 
     # ----- model thread -------------------------------------------------------------
     def _run(self) -> None:
+        lower_model_thread()
         while True:
             with self._cond:
                 batch = self._next_batch()

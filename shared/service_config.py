@@ -49,9 +49,14 @@ class TierConfig(ServiceConfig, RequestLimits):
     openmp_spin_count: int = option(
         50_000, "Iterations the model's OpenMP threads spin before sleeping between parallel "
                 "regions (0: sleep at once; shared/openmp.py says why).")
+    compute_nice: int = option(
+        10, "How much lower (nice) the model's threads run than the service's event loop, "
+            "which admits, refuses and streams (0: the same; shared/priority.py says why).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_request_limits()
         if self.openmp_spin_count < 0:
             raise ValueError("openmp_spin_count must be >= 0")
+        if not 0 <= self.compute_nice <= 19:
+            raise ValueError("compute_nice must be in [0, 19]")

@@ -50,8 +50,10 @@ def _serve_runner(name: str, cls: type, main_path: str) -> Callable[[argparse.Na
             return 2
         if name in ("cloud", "edge"):  # both compute with OpenMP threads (torch, llama.cpp)
             from tandem.shared.openmp import set_openmp_wait
+            from tandem.shared.priority import set_compute_nice
 
             set_openmp_wait(config.openmp_spin_count)
+            set_compute_nice(config.compute_nice)
         try:
             _load(main_path)(config)
         except (ModelNotFound, Unavailable) as exc:  # no model, or no vLLM for --engine vllm
