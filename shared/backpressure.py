@@ -60,10 +60,9 @@ PRIOR_TOKEN_SHARE = 0.25
 HEADROOM = 0.5
 # And it is scaled by how much longer than predicted admitted requests recently took (an
 # average over the last few, never below 1 nor above MAX_SLOWDOWN): what the steps of this
-# tier cannot see slows its requests too - the other tier's batch on the same cores, the
-# drafts that go before a waiting generation. Measured under a 4x overload of the whole
-# stack on two cores: admitted requests took 1.4-1.5x their prediction on the cloud and
-# 1.4-3.1x on the edge, and up to 18 of 213 missed their deadline.
+# tier cannot see slows its requests too, such as the other tier's batch on the same
+# cores. Measured under a 4x overload of the whole stack on two cores: admitted cloud
+# requests took 1.3-2.2x their prediction.
 SLOWDOWN_EWMA = 0.2
 MAX_SLOWDOWN = 4.0
 # Answers end at a stop token long before max_tokens as often as not: a request is
@@ -211,8 +210,9 @@ class Backpressure:
     def generated(self, tokens: int, max_tokens: int) -> None:
         """A generation ended after ``tokens`` tokens. One cut at its max_tokens only says
         its answer would have been at least that long: it counts when that raises the
-        mean, else requests with small limits (a fuzzer's, a probe's) made admission
-        expect 2-token answers, and 32-token ones took 10x their prediction."""
+        mean, else requests with small limits (a fuzzer's, a probe's) had admission expect
+        answers of a few tokens (with cancelled ones, 32-token answers then took 12-16x
+        their prediction)."""
         if tokens >= max_tokens and tokens <= self.mean_output:
             return
         self.mean_output = (tokens if not self.mean_output
