@@ -147,24 +147,28 @@ def gathered(cache: torch.Tensor, table: list[int], n: int, block_size: int) -> 
 
 @needs_native
 @pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (4, 2, 16), (4, 4, 24)])
+@pytest.mark.parametrize("lengths, queried", [([1, 40, 300, 17], 3), ([300], 9)])
 def test_paged_attention_is_sdpa_over_each_rows_causal_keys(heads: int, kv_heads: int,
-                                                            hd: int) -> None:
+                                                            hd: int, lengths: list[int],
+                                                            queried: int) -> None:
+    """Several sequences, or one verify pass alone (its rows split among the threads)."""
     kernels = native.kernels()
     assert kernels is not None
     g = torch.Generator().manual_seed(11)
-    block_size, lengths = 16, [1, 40, 300, 17]
+    block_size = 16
     k_cache, v_cache, tables = paged_cache(lengths, kv_heads, hd, block_size, g)
-    # Sequence s queries its last min(n, 3) positions (a verify pass; one: a decode step).
+    # Sequence s queries its last min(n, queried) positions (a verify pass; one: a decode
+    # step).
     rows, starts, keys, flat, expected = [], [], [], [], []
     for table, n in zip(tables, lengths):
-        for position in range(max(0, n - 3), n):
+        for position in range(max(0, n - queried), n):
             rows.append(len(rows))
             starts.append(len(flat))
             keys.append(position + 1)
         flat += table
     q = torch.randn(len(rows), heads, hd, generator=g)
     for r, (table, n) in enumerate((t, key) for t, n in zip(tables, lengths)
-                                   for key in range(max(0, n - 3) + 1, n + 1)):
+                                   for key in range(max(0, n - queried) + 1, n + 1)):
         k, v = (gathered(c, table, n, block_size).transpose(0, 1) for c in (k_cache, v_cache))
         expected.append(F.scaled_dot_product_attention(
             q[r][:, None], k, v, enable_gqa=heads != kv_heads)[:, 0])
@@ -175,10 +179,10 @@ def test_paged_attention_is_sdpa_over_each_rows_causal_keys(heads: int, kv_heads
     torch.testing.assert_close(out, torch.stack(expected), rtol=1e-5, atol=1e-5)
     # A row alone computes what it computed among the others (batch invariance).
     alone = torch.zeros_like(q)
-    r = 5
-    kernels.paged_attention(q, k_cache, v_cache, index[0], block_size, index[1][r:r + 1],
-                            index[2][r:r + 1], index[3][r:r + 1], alone, hd ** -0.5)
-    assert torch.equal(alone[r], out[r])
+    for r in (5, len(rows) - 1):
+        kernels.paged_attention(q, k_cache, v_cache, index[0], block_size, index[1][r:r + 1],
+                                index[2][r:r + 1], index[3][r:r + 1], alone, hd ** -0.5)
+        assert torch.equal(alone[r], out[r])
 
 
 @needs_native

@@ -99,27 +99,35 @@ static inline __m512 sum_lanes16(const __m512 a[16]) {
 }
 
 /* Query rows r0 .. r1-1 of one sequence (row r attends to keys 0 .. keys[r]-1) at heads
- * h0 .. h0+nh-1, all reading KV head kvh; key j at slot
- * blocks[j / block_size] * block_size + j % block_size. scores: nh (r1 - r0) (n + 1).
+ * h0 .. h0+nh-1, all reading KV head kvh; key j's row sits at at[j] floats into a cache
+ * (its slot times the slot stride). scores: nh (r1 - r0) (n + 1) floats.
  *
  * Scores come a tile of 16 keys at a time: 16 dot products in 16 vectors of lane sums,
  * then one transposing reduction (45 shuffles and adds, not 16 horizontal sums of ~10
- * each). V is read once per 6 pairs. Every pair's sums run in an order fixed by
- * its own key count (keys past it weigh an exact zero), so it is invariant to its company. */
+ * each). The next tile's K rows and this tile's V rows are fetched ahead: a step's
+ * weights stream through the caches between two layers, so a layer's KV comes from
+ * memory. V is read once per 6 pairs. Every pair's sums run in an order fixed by its own
+ * key count (keys past it weigh an exact zero), so it is invariant to its company. */
 static void attend(const float *q, const float *k_cache, const float *v_cache,
-                   const int64_t *blocks, int64_t block_size, const int64_t *rows,
-                   const int64_t *keys, int64_t r0, int64_t r1, int64_t h0, int64_t nh,
-                   int64_t H, int64_t Hkv, int64_t kvh, int64_t hd, float scale,
-                   float *scores, float *out) {
-    int64_t stride = Hkv * hd, pairs = (r1 - r0) * nh, n = 0;
+                   const int64_t *at, const int64_t *rows, const int64_t *keys, int64_t r0,
+                   int64_t r1, int64_t h0, int64_t nh, int64_t H, int64_t kvh, int64_t hd,
+                   float scale, float *scores, float *out) {
+    int64_t pairs = (r1 - r0) * nh, n = 0;
     for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
     float *inverse = scores + pairs * n;
+    k_cache += kvh * hd;
+    v_cache += kvh * hd;
     for (int64_t j0 = 0; j0 < n; j0 += KT) {
         const float *k[KT];
         for (int64_t l = 0; l < KT; l++) {
             int64_t j = j0 + l < n ? j0 + l : j0; /* lanes past n: any valid key */
-            k[l] = k_cache + (blocks[j / block_size] * block_size + j % block_size) * stride
-                   + kvh * hd;
+            k[l] = k_cache + at[j];
+            if (j0 + KT + l < n)
+                for (int64_t i = 0; i < hd; i += 16)
+                    _mm_prefetch((const char *)(k_cache + at[j0 + KT + l] + i), _MM_HINT_T0);
+            if (j0 + l < n)
+                for (int64_t i = 0; i < hd; i += 16)
+                    _mm_prefetch((const char *)(v_cache + at[j0 + l] + i), _MM_HINT_T1);
         }
         for (int64_t p = 0; p < pairs; p++) {
             int64_t r = r0 + p / nh, live = keys[r] - j0;
@@ -167,8 +175,7 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
             for (int e = 0; e < PAIRS; e++)
                 for (int v = 0; v < 4; v++) acc[e][v] = _mm512_setzero_ps();
             for (int64_t j = 0; j < most; j++) {
-                const float *vj = v_cache + (blocks[j / block_size] * block_size
-                                             + j % block_size) * stride + kvh * hd + i;
+                const float *vj = v_cache + at[j] + i;
                 __m512 vv[4];
                 for (int v = 0; v < 4; v++) vv[v] = _mm512_maskz_loadu_ps(m[v], vj + 16 * v);
                 for (int e = 0; e < count; e++) {
@@ -196,25 +203,46 @@ void tandem_paged_attention_team(const float *q, const float *k_cache, const flo
                                  const int64_t *rows, const int64_t *table_start,
                                  const int64_t *keys, float *out, int64_t R, int64_t H,
                                  int64_t Hkv, int64_t hd, float scale) {
-    int64_t G = H / Hkv, threads = omp_get_num_threads(), sequences = 0;
+    int64_t G = H / Hkv, threads = omp_get_num_threads(), sequences = 0, items = 0;
     int64_t *first = malloc((size_t)(R + 1) * sizeof(int64_t)); /* each sequence's first row */
     for (int64_t r = 0; r < R; r++)
         if (r == 0 || table_start[r] != table_start[r - 1]) first[sequences++] = r;
     first[sequences] = R;
-    /* Work items: (sequence, KV head) when there are enough to keep every thread busy,
-     * else (sequence, head); the same arithmetic per (row, head) either way. */
-    int64_t per_item = sequences * Hkv >= 4 * threads ? G : 1;
-    int64_t items = sequences * (H / per_item);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; item++) {
-        int64_t s = item / (H / per_item), h0 = item % (H / per_item) * per_item;
-        int64_t r0 = first[s], r1 = first[s + 1], n = keys[r1 - 1];
-        for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
-        float *scores = malloc((size_t)(per_item * (r1 - r0) * (n + 1)) * sizeof(float));
-        attend(q, k_cache, v_cache, tables + table_start[r0], block_size, rows, keys, r0, r1,
-               h0, per_item, H, Hkv, h0 / G, hd, scale, scores, out);
-        free(scores);
+    /* Work items (first row, end row, first head, heads): a sequence's rows at the G heads
+     * of one KV head, which share its K and V reads. Too few to keep every thread busy:
+     * a verify pass's rows go in chunks, a lone decode row's heads one by one. The
+     * arithmetic per (row, head) is the same whatever the item. */
+    int64_t *item = malloc((size_t)(4 * (sequences * H + R * Hkv)) * sizeof(int64_t));
+    int64_t chunks = (2 * threads + sequences * Hkv - 1) / (sequences * Hkv);
+    for (int64_t s = 0; s < sequences; s++) {
+        int64_t r0 = first[s], n = first[s + 1] - r0, c = n < chunks ? n : chunks;
+        int one_by_one = n == 1 && sequences * Hkv < 4 * threads;
+        for (int64_t t = 0, r = r0; t < c; t++) {
+            int64_t r1 = r + n / c + (t < n % c);
+            for (int64_t h = 0; h < H; h += one_by_one ? 1 : G, items++) {
+                int64_t *it = item + 4 * items;
+                it[0] = r, it[1] = r1, it[2] = h, it[3] = one_by_one ? 1 : G;
+            }
+            r = r1;
+        }
     }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < items; i++) {
+        const int64_t *it = item + 4 * i, *blocks = tables + table_start[it[0]];
+        int64_t r0 = it[0], r1 = it[1], h0 = it[2], nh = it[3], n = 0;
+        for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
+        /* Key j's offset in a cache, once for the item (no division per key). */
+        int64_t *at = malloc((size_t)n * sizeof(int64_t));
+        for (int64_t b = 0, j = 0; j < n; b++)
+            for (int64_t o = 0; o < block_size && j < n; o++, j++)
+                at[j] = (blocks[b] * block_size + o) * Hkv * hd;
+        float *scores = malloc((size_t)(nh * (r1 - r0) * (n + 1)) * sizeof(float));
+        attend(q, k_cache, v_cache, at, rows, keys, r0, r1, h0, nh, H, h0 / G, hd, scale,
+               scores, out);
+        free(scores);
+        free(at);
+    }
+    free(item);
     free(first);
 }
 
