@@ -55,6 +55,28 @@ def test_peer_ratios_above_one_mean_the_built_in_engine_is_ahead() -> None:
         "ttft_cold": 1.5, "ttft_cached": 2.0, "verify": 0.5}
 
 
+def test_rounds_keep_each_figures_best_and_every_run() -> None:
+    """--rounds: rates their highest, latencies their lowest, runs joined, the rest as the
+    first round had it; the bound follows the best bandwidth."""
+    rounds = [{"decode_tok_s_b1": 40.0, "decode_tok_s_b1_runs": [38.0, 40.0],
+               "throughput_tok_s": {"4": 150.0}, "ttft_cached_ms": 50.0, "verify_ms": 21.0,
+               "bandwidth_gbps": 40.0, "weight_bytes_per_token": 10**9, "kv_waste_pct": 6.0,
+               "verify_draft_tokens": 8, "greedy_identical": True,
+               "matmul_kernels": {"rows": [1, 9], "native_ms": [16.0, 19.0]}},
+              {"decode_tok_s_b1": 45.0, "decode_tok_s_b1_runs": [45.0, 41.0],
+               "throughput_tok_s": {"4": 140.0}, "ttft_cached_ms": 45.0, "verify_ms": 22.0,
+               "bandwidth_gbps": 50.0, "weight_bytes_per_token": 10**9, "kv_waste_pct": 5.0,
+               "verify_draft_tokens": 8, "greedy_identical": False,
+               "matmul_kernels": {"rows": [1, 9], "native_ms": [15.0, 18.0]}}]
+    merged = bench.best_of(rounds)
+    assert merged["decode_tok_s_b1"] == 45.0 and merged["throughput_tok_s"] == {"4": 150.0}
+    assert merged["decode_tok_s_b1_runs"] == [38.0, 40.0, 45.0, 41.0]
+    assert merged["ttft_cached_ms"] == 45.0 and merged["verify_ms"] == 21.0
+    assert merged["kv_waste_pct"] == 5.0 and merged["bound_tok_s"] == 50.0
+    assert merged["verify_draft_tokens"] == 8 and merged["greedy_identical"] is True
+    assert merged["matmul_kernels"] == rounds[0]["matmul_kernels"]
+
+
 def test_vllm_gets_weights_config_and_tokenizer_in_one_folder() -> None:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -130,7 +152,7 @@ def test_vllm_measures_the_same_workload(tmp_path: Path, smollm2_tokenizer) -> N
     workload = {"model": str(tmp_path), "dtype": "float32", "block_size": vllm.BLOCK_SIZE,
                 "max_num_seqs": 4, "max_model_len": 256, "decode_prompt": prompt,
                 "decode_tokens": 8, "stream_prompts": {"4": [prompt] * 4}, "stream_tokens": 8,
-                "repeats": 1, "ttft_cold": prompt * 3, "ttft_cached": prompt * 3 + [7],
+                "repeats": 2, "ttft_cold": prompt * 3, "ttft_cached": prompt * 3 + [7],
                 "verify_prefix": prompt, "verify_draft": [11, 12, 13]}
     peer = vllm.measure(VLLM_PYTHON, workload, threads=2, timeout_s=900)
 
@@ -139,3 +161,5 @@ def test_vllm_measures_the_same_workload(tmp_path: Path, smollm2_tokenizer) -> N
     assert peer["greedy_tokens"] == expected  # the same weights, loaded the same way
     assert peer["decode_tok_s_b1"] > 0 and set(peer["throughput_tok_s"]) == {"4"}
     assert peer["verify_ms"] > 0 and peer["ttft_cached_ms"] > 0
+    # A cold and a cached TTFT each repeat (the prefix cache emptied before each pair).
+    assert len(peer["ttft_cold_ms_runs"]) == len(peer["ttft_cached_ms_runs"]) == 2
