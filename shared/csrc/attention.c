@@ -230,28 +230,27 @@ void tandem_paged_attention_team(const float *q, const float *k_cache, const flo
     for (int64_t r = 0; r < R; r++)
         if (r == 0 || table_start[r] != table_start[r - 1]) first[sequences++] = r;
     first[sequences] = R;
-    /* Work items (first row, end row, first head, heads): a sequence's rows at the G heads
+    /* Work items: a sequence's rows r0 .. r1-1 at heads h0 .. h0+nh-1, the G heads
      * of one KV head, which share its K and V reads. Too few to keep every thread busy:
      * a verify pass's rows go in chunks, a lone decode row's heads one by one. The
      * arithmetic per (row, head) is the same whatever the item. */
-    int64_t *item = malloc((size_t)(4 * (sequences * H + R * Hkv)) * sizeof(int64_t));
+    struct item { int64_t r0, r1, h0, nh; } *item =
+        malloc((size_t)(sequences * H + R * Hkv) * sizeof(struct item));
     int64_t chunks = (2 * threads + sequences * Hkv - 1) / (sequences * Hkv);
     for (int64_t s = 0; s < sequences; s++) {
         int64_t r0 = first[s], n = first[s + 1] - r0, c = n < chunks ? n : chunks;
         int one_by_one = n == 1 && sequences * Hkv < 4 * threads;
         for (int64_t t = 0, r = r0; t < c; t++) {
             int64_t r1 = r + n / c + (t < n % c);
-            for (int64_t h = 0; h < H; h += one_by_one ? 1 : G, items++) {
-                int64_t *it = item + 4 * items;
-                it[0] = r, it[1] = r1, it[2] = h, it[3] = one_by_one ? 1 : G;
-            }
+            for (int64_t h = 0; h < H; h += one_by_one ? 1 : G)
+                item[items++] = (struct item){r, r1, h, one_by_one ? 1 : G};
             r = r1;
         }
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < items; i++) {
-        const int64_t *it = item + 4 * i, *blocks = tables + table_start[it[0]];
-        int64_t r0 = it[0], r1 = it[1], h0 = it[2], nh = it[3], n = 0;
+        int64_t r0 = item[i].r0, r1 = item[i].r1, h0 = item[i].h0, nh = item[i].nh, n = 0;
+        const int64_t *blocks = tables + table_start[r0];
         for (int64_t r = r0; r < r1; r++) n = keys[r] > n ? keys[r] : n;
         /* Key j's offset in a cache, once for the item (no division per key). */
         int64_t *at = malloc((size_t)n * sizeof(int64_t));
