@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from tandem.shared.model_loader import load_causal_lm
     from tandem.cloud.server import build_engine
+    from tandem.shared.memory import freeze_startup_objects
     from tandem.shared.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -319,6 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          max_num_seqs=max(int(x) for x in args.concurrency.split(",")),
                          block_size=args.block_size)
     engine = build_engine(config, model, stop_token_ids=[])
+    freeze_startup_objects()  # as `tandem serve cloud` does before serving
     prompt = text_tokens(tokenizer, 32, seed=1)
     report: dict[str, Any] = {"model": source.name, "dtype": args.dtype,
                               "block_size": args.block_size,

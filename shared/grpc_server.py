@@ -21,6 +21,7 @@ from tandem.shared.drain import DrainGate
 from tandem.shared.errors import ErrorMappingInterceptor
 from tandem.shared.grpc_security import InternalTokenInterceptor, server_credentials
 from tandem.shared.log import log_event
+from tandem.shared.memory import freeze_startup_objects
 from tandem.shared.metrics import MetricsServer
 from tandem.shared.service_config import ServiceConfig
 
@@ -99,6 +100,7 @@ async def serve(
         interceptors.insert(0, InternalTokenInterceptor(config.internal_token))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     register(server)
+    freeze_startup_objects()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = server_credentials(config, internal)
