@@ -312,7 +312,9 @@ class CloudEngine:
         request whose sampling fails (its own values) gets its exception as its result;
         the others in the batch go on."""
         logits = self.runner.execute(scheduled)  # [sum num_logits, V]
-        greedy_tokens, greedy_logprobs = greedy_rows(logits)
+        generating = [not isinstance(self._requests[item.seq.seq_id], VerificationRequest)
+                      for item in scheduled for _ in range(item.num_logits)]
+        greedy_tokens, greedy_logprobs = greedy_rows(logits, generating)
         results: list[object] = []
         row = 0
         for item in scheduled:
@@ -328,7 +330,7 @@ class CloudEngine:
         return results
 
     def _result(self, request: EngineRequest, logits: torch.Tensor, greedy_tokens: list[int],
-                greedy_logprobs: list[float]) -> object:
+                greedy_logprobs: list[float | None]) -> object:
         """One request's outcome of a step, from its rows of logits ([n, V])."""
         if len(logits) == 0:
             return None

@@ -24,11 +24,24 @@ class Acceptance:
     draft_ranks: tuple[int, ...] = ()
 
 
-def greedy_rows(logits: torch.Tensor) -> tuple[list[int], list[float]]:
-    """Argmax token and its raw log-probability of each row. logits: [N, V] fp32."""
+def greedy_rows(logits: torch.Tensor, scored: Sequence[bool] | None = None
+                ) -> tuple[list[int], list[float | None]]:
+    """Argmax token of each row, with its raw log-probability where ``scored`` says so
+    (default: every row; None elsewhere). logits: [N, V] fp32. A verify round's rows need
+    only their argmax (its 9 rows of 49,152 logits: 0.15 ms without log_softmax, 0.27 ms
+    with it)."""
     tokens = logits.argmax(dim=-1)  # [N]
-    logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
-    return tokens.tolist(), logprobs.tolist()
+    picked = tokens.tolist()
+    rows = range(len(picked)) if scored is None else [i for i, s in enumerate(scored) if s]
+    logprobs: list[float | None] = [None] * len(picked)
+    if not rows:
+        return picked, logprobs
+    if len(rows) < len(picked):
+        logits, tokens = logits[list(rows)], tokens[list(rows)]
+    values = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+    for row, value in zip(rows, values):
+        logprobs[row] = value
+    return picked, logprobs
 
 
 def dense_distributions(dists: Sequence[common_pb2.TokenDistribution], vocab_size: int

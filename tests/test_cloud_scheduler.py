@@ -1,9 +1,11 @@
 """The cloud scheduler, block pool and acceptance rules without a model."""
 
 import numpy as np
+import pytest
+import torch
 
 from tandem.cloud.block_manager import BlockPool
-from tandem.cloud.sampler import accept_by_rejection
+from tandem.cloud.sampler import accept_by_rejection, greedy_rows
 from tandem.cloud.scheduler import Scheduler, Sequence
 from tandem.shared.sampling import SamplingParams, TokenSampler
 
@@ -81,3 +83,19 @@ def test_rejection_sampling_reproduces_the_target_distribution():
         result = accept_by_rejection([draft], np.stack([logits, logits]), sampler, [q], rng)
         counts[draft if result.accepted else result.next_token] += 1
     assert np.allclose(counts / counts.sum(), [0.5, 0.3, 0.15, 0.05], atol=0.015)
+
+
+def test_greedy_rows_score_only_the_rows_asked_and_pick_every_rows_argmax():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300)
+    tokens, logprobs = greedy_rows(logits)
+    assert tokens == logits.argmax(-1).tolist()
+    expected = torch.log_softmax(logits, -1)[range(5), tokens].tolist()
+    assert logprobs == pytest.approx(expected, abs=1e-6)
+    # A verify round's rows (False) need only their argmax.
+    scored = [True, False, False, True, False]
+    some_tokens, some = greedy_rows(logits, scored)
+    assert some_tokens == tokens
+    assert [some[1], some[2], some[4]] == [None, None, None]
+    assert [some[0], some[3]] == pytest.approx([logprobs[0], logprobs[3]], abs=1e-6)
+    assert greedy_rows(logits, [False] * 5) == (tokens, [None] * 5)
