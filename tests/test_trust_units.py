@@ -295,3 +295,20 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("flag, value", [("--max-tokens", "2147483648"), ("--max-tokens", "0"),
+                                         ("--seed", "-1"), ("--seed", str(2 ** 64))])
+def test_ask_refuses_out_of_range_numbers_as_a_usage_error(flag, value, capsys):
+    """`tandem ask --max-tokens 2147483648` and `--seed -1` printed a traceback (the
+    request's protobuf field overflowed); they are usage errors naming the flag."""
+    import argparse
+
+    from tandem.shared.cli import ask
+
+    parser = argparse.ArgumentParser(prog="tandem")
+    ask.add_parser(parser.add_subparsers())
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["ask", flag, value, "hi"])
+    assert exited.value.code == 2
+    assert f"argument {flag}: must be in" in capsys.readouterr().err
