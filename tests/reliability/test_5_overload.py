@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.real_model]
 # a few times a run, and the refusals caught behind one took up to 0.76 s at p99 (limit
 # 0.5 s). After (s15): refusal p99 0.15-0.37 s in all five runs. What still fails, in
 # CI's run of s15 (slo_met 0.942 against 0.95), is the edge: 17 of its 20 admitted
-# requests missed their deadline (the cloud's 277 did not); in a local run their first
+# requests missed their deadline (the other 274 did not); in a local run their first
 # chunks came 3.4-4.5 s after sending. The likely cause: its two llama.cpp threads meet at a barrier after each op of a
 # token, and beside the cloud's two busy threads on the same two cores a barrier waits for
 # a descheduled peer. With TANDEM_EDGE_THREADS=1 (no barriers) one run gave 33 edge
