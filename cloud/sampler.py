@@ -32,12 +32,12 @@ def greedy_rows(logits: torch.Tensor, scored: Sequence[bool] | None = None
     with it)."""
     tokens = logits.argmax(dim=-1)  # [N]
     picked = tokens.tolist()
-    rows = range(len(picked)) if scored is None else [i for i, s in enumerate(scored) if s]
+    rows = [i for i in range(len(picked)) if scored is None or scored[i]]
     logprobs: list[float | None] = [None] * len(picked)
     if not rows:
         return picked, logprobs
     if len(rows) < len(picked):
-        logits, tokens = logits[list(rows)], tokens[list(rows)]
+        logits, tokens = logits[rows], tokens[rows]
     values = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
     for row, value in zip(rows, values):
         logprobs[row] = value
