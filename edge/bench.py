@@ -52,7 +52,7 @@ def measure_concurrency(model_path: str, eval_ids: list[int], levels: list[int],
 
     prompts = text_prompts(eval_ids, max(levels))
     backend = LlamaCppBackend.open(model_path, slots=max(levels), context_window=1024,
-                                   threads=threads)
+                                   threads=threads, adaptive_threads=False)
     try:
         async def run() -> list[dict[str, Any]]:
             alone = [(await _concurrent(backend, [p], tokens))[0][0] for p in prompts]

@@ -50,6 +50,10 @@ class EdgeConfig(TierConfig):
         False, "llama.cpp backend: flash attention. Measured on a 2-core CPU with SmolLM2 "
         "Q4_1: 5.1 instead of 5.6 ms a token, but greedy drafts agree less with the cloud's "
         "fp32 model (0.83 instead of 0.89 of drafted tokens accepted).")
+    adaptive_threads: bool = option(
+        True, "llama.cpp backend: use fewer threads than `threads` while other processes "
+        "keep the cores busy (their barriers stall a token for scheduler quanta when a "
+        "thread has no core; shared/cpu_share.py).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

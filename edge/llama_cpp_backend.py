@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from tandem.edge.slots import SlotBackend, SlotInput
 from tandem.shared.backpressure import Backpressure
+from tandem.shared.cpu_share import CoreShare
 from tandem.shared.gguf_quant import requantized
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class LlamaSlots:
     """A GGUF model and one context holding ``slots`` sequences (model thread only)."""
 
     def __init__(self, model_path: str, slots: int, context_window: int, threads: int,
-                 flash_attn: bool = False) -> None:
+                 flash_attn: bool = False, adaptive_threads: bool = True) -> None:
         import llama_cpp
         import llama_cpp._logger
 
@@ -69,6 +70,9 @@ class LlamaSlots:
         self.slots = slots
         self.batch_tokens = BATCH_TOKENS
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        # fewer threads while other processes keep the cores busy (shared/cpu_share.py)
+        self._share = CoreShare(threads) if adaptive_threads else None
+        self.threads = threads
 
     def evaluate(self, batch: list[SlotInput]) -> list[np.ndarray]:
         b = self._batch
@@ -85,6 +89,9 @@ class LlamaSlots:
         if n > BATCH_TOKENS:
             raise ValueError(f"a step of {n} tokens is over the batch size {BATCH_TOKENS}")
         b.n_tokens = n
+        if self._share is not None and self._share.update() != self.threads:
+            self.threads = self._share.threads
+            self._ll.llama_set_n_threads(self._ctx, self.threads, self.threads)
         status = self._ll.llama_decode(self._ctx, b)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
@@ -107,9 +114,10 @@ class LlamaCppBackend(SlotBackend):
     @classmethod
     def open(cls, model_path: str, slots: int = 1, context_window: int = 4096,
              threads: int = 0, flash_attn: bool = False, max_waiting: int = 16,
-             registry: CollectorRegistry | None = None) -> LlamaCppBackend:
+             registry: CollectorRegistry | None = None,
+             adaptive_threads: bool = True) -> LlamaCppBackend:
         model = LlamaSlots(model_path, slots, context_window, threads or os.cpu_count() or 1,
-                           flash_attn)
+                           flash_attn, adaptive_threads)
         backpressure = Backpressure("edge", slots, max_waiting, registry or CollectorRegistry())
         return cls(model, backpressure, frozenset({model.eos}), model.dtype)
 
@@ -120,5 +128,5 @@ class LlamaCppBackend(SlotBackend):
             raise ValueError(f"the llama.cpp backend needs a .gguf model, got {source.path}")
         path = requantized(source, config.weights) if config.weights else source.path
         return cls.open(str(path), config.slots, config.context_window, config.threads,
-                        config.flash_attn, config.max_waiting, registry)
+                        config.flash_attn, config.max_waiting, registry, config.adaptive_threads)
 

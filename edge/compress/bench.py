@@ -186,7 +186,8 @@ def measure_llama(model_path: str, eval_ids: list[int], settings: BenchSettings)
     prompt, n = eval_ids[: settings.prompt_tokens], settings.llama_pair_tokens
     plain = Llama(model_path=model_path, n_ctx=512, n_threads=settings.threads,
                   n_threads_batch=settings.threads, verbose=False)
-    backend = LlamaCppBackend.open(model_path, context_window=512, threads=settings.threads)
+    backend = LlamaCppBackend.open(model_path, context_window=512, threads=settings.threads,
+                                   adaptive_threads=False)  # the same threads as plain
 
     def run_plain() -> float:
         plain.reset()

@@ -1,0 +1,75 @@
+"""How many compute threads a model step should use now: the cores that other processes
+leave free, measured over the last fraction of a second.
+
+llama.cpp's CPU threads meet at a barrier after every op of a token (hundreds a token),
+spinning while they wait. With more threads than free cores, one of them is descheduled
+behind another process's thread and the others spin until it runs again: a token takes
+scheduler quanta instead of milliseconds. On ``tandem up``'s two cores under a 4x overload
+(the cloud's two threads busy all the time), the edge's first chunks came 3.4-4.5 s
+after sending and 17 of its 20 admitted requests missed a 15 s deadline; with one thread,
+none missed (`tandem chaos --scenarios overload`). On an otherwise idle machine the
+configured count is faster (speculative drafting ~10 % faster with two threads than one),
+so the count follows the load: the configured threads while others leave room for them,
+fewer while they do not.
+
+Linux only (``/proc/stat``); elsewhere the configured count is used as is."""
+
+from __future__ import annotations
+
+import os
+import time
+
+WINDOW_S = 0.2  # how far back the others' use is measured; a decision lasts this long
+
+
+def _busy_and_total_ticks(path: str) -> tuple[int, int] | None:
+    """All CPUs' busy and total clock ticks since boot (steal counts as busy: a core the
+    hypervisor took is not free either)."""
+    try:
+        with open(path, "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    total = sum(fields)
+    idle = fields[3] + fields[4]  # idle + iowait
+    return total - idle, total
+
+
+class CoreShare:
+    """The thread count for the next step: ``wanted`` while the machine's other processes
+    leave that many cores free, down to 1 while they do not (call from one thread)."""
+
+    def __init__(self, wanted: int, stat_path: str = "/proc/stat",
+                 window_s: float = WINDOW_S, cores: int | None = None) -> None:
+        self.wanted = max(1, wanted)
+        self.cores = cores or os.cpu_count() or 1
+        self._stat_path = stat_path
+        self._window_s = window_s
+        self._mark = self._sample()
+        self.threads = self.wanted
+
+    def _sample(self) -> tuple[float, int, int, float] | None:
+        ticks = _busy_and_total_ticks(self._stat_path)
+        if ticks is None:
+            return None
+        return time.monotonic(), ticks[0], ticks[1], time.process_time()
+
+    def update(self) -> int:
+        """The count to use now (re-measured once a window has passed)."""
+        if self.wanted == 1 or self._mark is None:
+            return self.threads
+        if time.monotonic() - self._mark[0] < self._window_s:
+            return self.threads
+        now = self._sample()
+        if now is None:
+            return self.threads
+        ticks = now[2] - self._mark[2]
+        if ticks > 0:
+            busy_cores = self.cores * (now[1] - self._mark[1]) / ticks
+            own_cores = (now[3] - self._mark[3]) / max(now[0] - self._mark[0], 1e-6)
+            free = self.cores - max(busy_cores - own_cores, 0.0)
+            self.threads = max(1, min(self.wanted, int(free + 0.5)))
+        self._mark = now
+        return self.threads
