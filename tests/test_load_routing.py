@@ -126,6 +126,8 @@ def test_a_saturated_edge_spills_to_the_cloud_and_an_idle_one_does_not(small_edg
             assert reply.decision.spill_reason in ("edge_busy", "edge_refused")
             assert [s.tier for s in reply.segments] == [common_pb2.TIER_CLOUD]
             assert reply.usage.edge_generated_tokens == 0
+            if policy == "auto" and reply.decision.spill_reason == "edge_busy":
+                assert reply.timings.scoring_ns == 0  # no prompt encoding for the cloud alone
         spec = stub.Generate(build_request("Name a colour.", policy="speculative",
                                            max_tokens=8, temperature=0.0), timeout=60)
         assert spec.decision.spilled

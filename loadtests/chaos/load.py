@@ -108,7 +108,7 @@ async def _overload(target: Target, settings: LoadSettings, report: Report) -> N
     report.check(bool(refused), "nothing was refused: the load did not exceed capacity")
     report.check(all(r.retry_after_ms for r in refused), "a refusal came without retry-after")
     report.check(refusal_p99 is None or refusal_p99 <= REFUSAL_P99_LIMIT_S,
-                 f"refusals took {refusal_p99:.2f} s (p99): not before model work")
+                 f"refusals took {refusal_p99 or 0:.2f} s (p99): not before model work")
     report.check(len(good) >= 0.95 * len(admitted),
                  f"admitted requests missed their deadline: {tally(admitted)}")
     report.check(after.ok, f"no answer after the overload: {after.code}")

@@ -20,7 +20,8 @@ from tandem.router.policies.base import (Outcome, Policy, PolicyResources, Route
 from tandem.router.policies.cascade import CascadePolicy
 from tandem.router.policies.route import RoutePolicy
 from tandem.router.policies.speculative import SpeculativePolicy
-from tandem.router.policies.spill import or_edge_answer, or_keep_edge_answer
+from tandem.router.policies.spill import (EDGE_BUSY, edge_too_busy, or_edge_answer,
+                                          or_keep_edge_answer, spill)
 from tandem.shared.segments import Segment
 from tandem.v1 import common_pb2
 
@@ -52,15 +53,22 @@ class AutoPolicy(Policy):
     async def run(self, request: RoutedRequest, tiers: Tiers,
                   outcome: Outcome) -> AsyncIterator[Segment]:
         assert self.cascade is not None and self.speculative is not None
-        if self.route is not None and not await self.route.predict(request, outcome,
-                                                                   self.skip_edge_below):
+        if edge_too_busy(tiers, self.cascade.edge_wait_budget_s):
+            # Both branches below would decode on the cloud alone (no edge answer, no
+            # drafts): the prompt router's encoder would be model work for nothing, and
+            # under overload it delayed the cloud's refusals by ~0.1 s at p99.
+            spill(outcome, EDGE_BUSY)
+            edge = None
+        elif self.route is not None and not await self.route.predict(request, outcome,
+                                                                     self.skip_edge_below):
             outcome.decision.escalated = True
             cloud_first = self.speculative.decode(request, tiers, outcome)
             async with aclosing(or_edge_answer(cloud_first, tiers, request, outcome)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return
-        edge = await self.cascade.edge_answer_or_spill(request, tiers, outcome)
+        else:
+            edge = await self.cascade.edge_answer_or_spill(request, tiers, outcome)
         if edge is None:  # the edge is too busy: the cloud answers alone
             async with aclosing(stream_from_tier(tiers, common_pb2.TIER_CLOUD, request,
                                                  outcome)) as chunks:

@@ -36,8 +36,8 @@ def edge_too_busy(tiers: Tiers, budget_s: float) -> bool:
     (from its latest Load; an unknown load counts as not busy) while the cloud could take
     it instead: a cloud whose load is unknown is down or too busy to answer Load, and
     the edge's queue beats an error."""
-    load = tiers.edge_load()
-    return (load is not None and tiers.cloud_load() is not None
+    load, cloud = tiers.edge_load(), tiers.cloud_load()  # both: a first read starts polling
+    return (load is not None and cloud is not None
             and (load.queued >= load.max_queued or load.estimated_wait_ms > budget_s * 1e3))
 
 
