@@ -31,7 +31,9 @@ from tandem.router.policies.base import (Outcome, Policy, PolicyResources, Route
                                          register_policy)
 from tandem.router.policies.draft_length import DraftLengthController, RequestRounds
 from tandem.router.policies.emitter import Emitter
-from tandem.router.policies.spill import EDGE_REFUSED, EDGE_SLOW_DRAFT, edge_too_busy, spill
+from tandem.router.policies.spill import (EDGE_REFUSED, EDGE_SLOW_DRAFT, edge_too_busy, spill,
+                                          unspill)
+from tandem.shared.deadlines import Deadline
 from tandem.shared.errors import ResourceExhausted, TandemError
 from tandem.shared.models import eos_token_ids
 from tandem.shared.segments import Segment
@@ -78,18 +80,31 @@ class SpeculativePolicy(Policy):
         ahead: asyncio.Task[edge_pb2.DraftResponse] | None = None
         drafted_ahead: list[int] = []  # the edge's pipelined tokens that continue `tokens`
         rounds = RequestRounds()
+        # The cloud refused to finish the answer alone after verifying some of it: the
+        # rounds go on on the edge's drafts, however slow, rather than cut the answer.
+        cloud_refused_alone: ResourceExhausted | None = None
         try:
             while not emitter.done:
-                if first_draft is None and edge_too_busy(tiers, self.edge_wait_budget_s):
+                if (first_draft is None and not cloud_refused_alone
+                        and edge_too_busy(tiers, self.edge_wait_budget_s)):
                     spill(outcome, EDGE_SLOW_DRAFT)  # the edge cannot draft in time
                 with spent(outcome.timings, DECISION):
-                    abandon = first_draft is None and (
+                    abandon = first_draft is None and not cloud_refused_alone and (
                         outcome.decision.spilled or self.draft_length.should_abandon(rounds))
                 if abandon:
                     outcome.decision.speculation_abandoned = not outcome.decision.spilled
-                    async for chunk in self._finish_on_cloud(request, tiers, outcome, tokens,
-                                                             emitter):
-                        yield chunk
+                    streamed = False
+                    try:
+                        async for chunk in self._finish_on_cloud(request, tiers, outcome,
+                                                                 tokens, emitter):
+                            streamed = True
+                            yield chunk
+                    except ResourceExhausted as refused:
+                        if streamed or len(tokens) == len(request.prompt_ids):
+                            raise  # nothing verified yet: refused before any cloud work
+                        cloud_refused_alone = refused
+                        unspill(outcome)
+                        continue
                     break
                 if first_draft is not None:
                     draft, distributions = first_draft[:emitter.remaining - 1], []
@@ -100,8 +115,14 @@ class SpeculativePolicy(Policy):
                         draft, distributions = await self._draft(
                             tiers, request, session, tokens, emitter.remaining - 1, outcome,
                             drafted_ahead, rounds)
-                    except ResourceExhausted:  # the edge's queue is full: the cloud goes on
-                        spill(outcome, EDGE_REFUSED)
+                    except ResourceExhausted as refused:  # the edge's queue is full
+                        if cloud_refused_alone is not None:
+                            # Both tiers refuse an answer already begun: the first to have
+                            # room (its retry-after, within the deadline) goes on with it.
+                            await _wait_for_room(request.deadline, cloud_refused_alone, refused)
+                            cloud_refused_alone = None
+                        else:
+                            spill(outcome, EDGE_REFUSED)  # the cloud goes on alone
                         continue
                 ahead = self._draft_ahead(tiers, request, session, tokens, draft,
                                           emitter.remaining - len(draft) - 1)
@@ -230,6 +251,16 @@ class SpeculativePolicy(Policy):
                 emitter.finish(chunk.finish_reason)
             if emitter.done:
                 return
+
+
+async def _wait_for_room(deadline: Deadline, *refusals: ResourceExhausted) -> None:
+    """Sleep until the soonest retry-after of ``refusals``; the last refusal is raised
+    when none gave one or the wait would end past the deadline."""
+    hints = [r.retry_after_s for r in refusals if r.retry_after_s]
+    remaining = deadline.remaining()
+    if not hints or (remaining is not None and min(hints) >= remaining):
+        raise refusals[-1]
+    await asyncio.sleep(min(hints))
 
 
 def _cancel(ahead: asyncio.Task[edge_pb2.DraftResponse]) -> None:

@@ -31,6 +31,13 @@ def spill(outcome: Outcome, reason: str) -> None:
     outcome.decision.spill_reason = reason
 
 
+def unspill(outcome: Outcome) -> None:
+    """The spill did not happen after all (the request stayed where it was)."""
+    outcome.decision.spilled = False
+    outcome.decision.spill_reason = ""
+    outcome.decision.speculation_abandoned = False
+
+
 def edge_too_busy(tiers: Tiers, budget_s: float) -> bool:
     """Whether the edge would refuse a request or make it wait longer than ``budget_s``
     (from its latest Load; an unknown load counts as not busy) while the cloud could take
