@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem.loadtests.chaos.calls import Result, Router, latency_ms, percentile, request, stream, tally
-from tandem.loadtests.chaos.scenario import Report, timed, wait_until
+from tandem.loadtests.chaos.scenario import Report, timed
 from tandem.loadtests.chaos.storm import tier_loads
 from tandem.loadtests.chaos.stack import CROWD, Target, metric
 
