@@ -11,10 +11,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.real_model]
 
 
 def test_a_flooding_tenant_leaves_another_its_latency(chaos_stack, plan):
-    # The promise is a ratio of two medians of a few requests on two shared cores: a
-    # clean-clone CI run once measured 1.75x (limit 1.5x) where three reruns of the same
-    # commit passed. A latency miss is measured once more (both runs' figures are printed);
-    # a broken promise shows in both, noise rarely does. Failed requests fail at once.
+    # The promise is a ratio of two medians of a few requests on two shared cores whose
+    # speed drifts: measured in two blocks apart, a battery run gave 1.70x and 1.83x (the
+    # alone block fell in a fast phase, 354 ms against 500 ms a minute later). The scenario
+    # now alternates alone and beside the flood in four rounds (1.31-1.41x in four runs).
+    # A latency miss is still measured once more (both runs' figures are printed); a
+    # broken promise shows in both, noise rarely does. Failed requests fail at once.
     first = asyncio.run(load.noisy_neighbour(chaos_stack, plan.load))
     if first.failures and all("latency" in failure for failure in first.failures):
         first.print()
