@@ -86,8 +86,11 @@ def measure(python: Path, workload: dict[str, Any], threads: int,
                                   timeout=timeout_s, env=environment(python, threads))
         except subprocess.TimeoutExpired as exc:
             raise PeerUnavailable(f"vLLM did not finish within {timeout_s:.0f} s") from exc
-        if done.returncode != 0 or not result.is_file():
+        if not result.is_file():
             sys.stderr.write(done.stdout[-4000:])
             raise PeerUnavailable(f"vLLM's probe failed (exit {done.returncode}); the end "
                                   "of its log is above")
+        if done.returncode != 0:  # the file is written last: every figure was measured
+            sys.stderr.write(f"vLLM's probe exited with {done.returncode} after writing its "
+                             "figures (a crash in its teardown); they are used\n")
         return json.loads(result.read_text())
