@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 WINDOW_S = 0.2  # how far back the others' use is measured; a decision lasts this long
 
@@ -42,8 +43,10 @@ class CoreShare:
     leave that many cores free, down to 1 while they do not (call from one thread)."""
 
     def __init__(self, wanted: int, stat_path: str = "/proc/stat",
-                 window_s: float = WINDOW_S, cores: int | None = None) -> None:
+                 window_s: float = WINDOW_S, cores: int | None = None,
+                 own_cpu_s: Callable[[], float] = time.process_time) -> None:
         self.wanted = max(1, wanted)
+        self._own_cpu_s = own_cpu_s  # this process's CPU time (its own threads)
         self.cores = cores or os.cpu_count() or 1
         self._stat_path = stat_path
         self._window_s = window_s
@@ -54,7 +57,7 @@ class CoreShare:
         ticks = _busy_and_total_ticks(self._stat_path)
         if ticks is None:
             return None
-        return time.monotonic(), ticks[0], ticks[1], time.process_time()
+        return time.monotonic(), ticks[0], ticks[1], self._own_cpu_s()
 
     def update(self) -> int:
         """The count to use now (re-measured once a window has passed)."""

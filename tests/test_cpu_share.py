@@ -21,7 +21,7 @@ def write_stat(path: Path, busy: int, idle: int) -> None:
 def test_threads_drop_to_one_while_others_use_the_cores(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     write_stat(stat, busy=1000, idle=1000)
-    share = CoreShare(4, str(stat), window_s=0.0, cores=4)
+    share = CoreShare(4, str(stat), window_s=0.0, cores=4, own_cpu_s=lambda: 0.0)
     assert share.update() == 4
     write_stat(stat, busy=1400, idle=1000)  # every tick of the window busy: 4 cores
     assert share.update() == 1
