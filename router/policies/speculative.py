@@ -85,11 +85,11 @@ class SpeculativePolicy(Policy):
         cloud_refused_alone: ResourceExhausted | None = None
         try:
             while not emitter.done:
-                if (first_draft is None and not cloud_refused_alone
+                if (first_draft is None and cloud_refused_alone is None
                         and edge_too_busy(tiers, self.edge_wait_budget_s)):
                     spill(outcome, EDGE_SLOW_DRAFT)  # the edge cannot draft in time
                 with spent(outcome.timings, DECISION):
-                    abandon = first_draft is None and not cloud_refused_alone and (
+                    abandon = first_draft is None and cloud_refused_alone is None and (
                         outcome.decision.spilled or self.draft_length.should_abandon(rounds))
                 if abandon:
                     outcome.decision.speculation_abandoned = not outcome.decision.spilled
