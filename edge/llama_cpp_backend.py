@@ -11,6 +11,7 @@ slot whose cache shares only a prefix) removes its KV past that position
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,10 +90,11 @@ class LlamaSlots:
         if n > BATCH_TOKENS:
             raise ValueError(f"a step of {n} tokens is over the batch size {BATCH_TOKENS}")
         b.n_tokens = n
-        if self._share is not None and self._share.update() != self.threads:
-            self.threads = self._share.threads
-            self._ll.llama_set_n_threads(self._ctx, self.threads, self.threads)
-        status = self._ll.llama_decode(self._ctx, b)
+        with self._share.step() if self._share else nullcontext(self.threads) as threads:
+            if threads != self.threads:
+                self.threads = threads
+                self._ll.llama_set_n_threads(self._ctx, threads, threads)
+            status = self._ll.llama_decode(self._ctx, b)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         # views into llama.cpp's logits buffer: [V] per input, valid until the next call

@@ -18,30 +18,62 @@ def write_stat(path: Path, busy: int, idle: int) -> None:
     path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
 
 
+def run_step(share: CoreShare, stat: Path, before: tuple[int, int],
+             after: tuple[int, int]) -> int:
+    """One step that starts with /proc/stat at ``before`` (busy, idle ticks) and ends at
+    ``after``; the thread count the step was given."""
+    write_stat(stat, *before)
+    with share.step() as threads:
+        write_stat(stat, *after)
+    return threads
+
+
 def test_threads_drop_to_one_while_others_use_the_cores(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
-    write_stat(stat, busy=1000, idle=1000)
     share = CoreShare(4, str(stat), window_s=0.0, cores=4, own_cpu_s=lambda: 0.0)
-    assert share.update() == 4
-    write_stat(stat, busy=1400, idle=1000)  # every tick of the window busy: 4 cores
-    assert share.update() == 1
-    write_stat(stat, busy=1600, idle=1200)  # half busy: 2 cores free
-    assert share.update() == 2
-    write_stat(stat, busy=1600, idle=1600)  # idle again
-    assert share.update() == 4
+    assert run_step(share, stat, (1000, 1000), (1400, 1000)) == 4  # all 4 cores busy
+    assert run_step(share, stat, (1400, 1000), (1600, 1200)) == 1  # half busy: 2 free
+    assert run_step(share, stat, (1600, 1200), (1600, 1600)) == 2  # idle again
+    assert share.threads == 4
+
+
+def test_only_the_steps_own_time_counts(tmp_path: Path) -> None:
+    """Speculative decoding alternates the tiers: the cloud's busy cores between the
+    edge's draft steps leave the edge its threads."""
+    stat = tmp_path / "stat"
+    share = CoreShare(4, str(stat), window_s=0.0, cores=4, own_cpu_s=lambda: 0.0)
+    for start in range(0, 4000, 800):  # 400 busy ticks between steps, idle during them
+        assert run_step(share, stat, (start, start), (start, start + 400)) == 4
+    assert share.threads == 4
+
+
+def test_a_decision_waits_for_a_window_of_steps(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    share = CoreShare(4, str(stat), window_s=3600.0, cores=4, own_cpu_s=lambda: 0.0)
+    run_step(share, stat, (1000, 1000), (1400, 1000))
+    assert share.threads == 4
+
+
+def test_its_own_threads_do_not_count_as_others(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    own = iter([0.0, 1.0e9])  # its own CPU time covers every busy tick of the step
+    share = CoreShare(4, str(stat), window_s=0.0, cores=4, own_cpu_s=lambda: next(own))
+    run_step(share, stat, (1000, 1000), (1400, 1000))
+    assert share.threads == 4
 
 
 def test_threads_stay_as_configured_without_a_reading(tmp_path: Path) -> None:
     missing = CoreShare(3, str(tmp_path / "absent"), window_s=0.0, cores=4)
-    assert missing.update() == 3
+    with missing.step() as threads:
+        assert threads == 3
+    assert missing.threads == 3
     stat = tmp_path / "stat"
-    write_stat(stat, busy=0, idle=0)
     share = CoreShare(3, str(stat), window_s=0.0, cores=4)
-    write_stat(stat, busy=0, idle=0)  # no tick passed: nothing to judge by
-    assert share.update() == 3
+    assert run_step(share, stat, (0, 0), (0, 0)) == 3  # no tick passed: nothing to judge by
+    assert share.threads == 3
     single = CoreShare(1, str(stat), window_s=0.0, cores=4)
-    write_stat(stat, busy=400, idle=0)
-    assert single.update() == 1
+    assert run_step(single, stat, (0, 0), (400, 0)) == 1
+    assert single.threads == 1
 
 
 def spin(seconds: float) -> None:
