@@ -78,9 +78,7 @@ class CoreShare:
         end = self._sample()
         if start is None or end is None:
             return
-        m = self._measured
-        for i in range(4):
-            m[i] += end[i] - start[i]
+        self._measured = m = [total + e - s for total, s, e in zip(self._measured, start, end)]
         if m[0] >= self._window_s and m[2] > 0:
             busy_cores = self.cores * m[1] / m[2]
             own_cores = m[3] / max(m[0], 1e-6)
